@@ -1,0 +1,70 @@
+"""The one configuration of a scoring run.
+
+`ScoreConfig` is the single source of truth: the CLI builds it, the scorer reads it, the store
+records it verbatim and compares it on resume (a changed key is refused, naming the key).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+PRESETS = ("aligned", "reference")
+DIFFICULTY_SOURCES = ("target", "input")
+VALUE_RANGES = ("-1,1", "0,1")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Everything that decides a score. Two runs with equal configs give equal stores."""
+
+    victim: str = ""
+    """Victim spec: `recon:DIR`, `torchscript:PATH`, `python:MODULE:FACTORY`, `pix2pix:CKPT`, ..."""
+    victim_weights: str | None = None
+    victim_size: int | None = None
+    """Side of the square input the victim is fed; None = the input's own size."""
+    victim_range: str = "-1,1"
+    """Value range of the victim's input and output tensors (pix2pix convention: -1,1)."""
+    victim_options: tuple[tuple[str, Any], ...] = ()
+    """Extra keyword options for the victim loader (architecture, ngf, mode, ...), as sorted pairs."""
+    backbone: str = "efficientnet_lite0"
+    backbone_weights: str | None = None
+    weights_sha256: str = ""
+    preset: str = "aligned"
+    difficulty_source: str = "target"
+    fit_fraction: float = 0.7
+    ridge: float = 1e-6
+    seed: int = 0
+    alpha: str = "fit"
+    reference_ids: str | None = None
+    """File of known non-member ids, for `--alpha fit:reference`."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+        if self.difficulty_source not in DIFFICULTY_SOURCES:
+            raise ValueError(f"difficulty_source must be one of {DIFFICULTY_SOURCES}, got {self.difficulty_source!r}")
+        if self.victim_range not in VALUE_RANGES:
+            raise ValueError(f"victim_range must be one of {VALUE_RANGES}, got {self.victim_range!r}")
+        if not 0.0 < self.fit_fraction < 1.0:
+            raise ValueError(f"fit_fraction must be in (0, 1), got {self.fit_fraction}")
+        if self.ridge < 0:
+            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as recorded in the store."""
+        out = dataclasses.asdict(self)
+        out["victim_options"] = {k: v for k, v in self.victim_options}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ScoreConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in fields}
+        kwargs["victim_options"] = tuple(sorted(dict(kwargs.get("victim_options", {})).items()))
+        return cls(**kwargs)
+
+    def differences(self, other: "ScoreConfig", *, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """Keys whose values differ, as {key: (self's, other's)}."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in ignore and mine[k] != theirs[k]}

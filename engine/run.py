@@ -1,0 +1,173 @@
+"""Scoring runs: a dataset cut into store-aligned shards, scored, written, then the alpha pass.
+
+A shard is plain data (`Shard`); `score_shard` is a function of it and a loaded `Scorer`, so the
+same code scores in this process or on a worker. Completed shards are skipped on a rerun, the
+alpha pass runs once every shard is done, and a changed configuration is refused.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .alpha import membership_error, resolve_alpha
+from .config import ScoreConfig
+from .data import Dataset, open_dataset, read_id_list
+from .pipeline import batches
+from .scores import Row, Scorer
+from .store import ScoreStore, ShardScores, StoreError
+
+DEFAULT_SHARD_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to open the dataset: serialisable, so a worker can open it too."""
+
+    data: str | None = None
+    inputs: str | None = None
+    targets: str | None = None
+    direction: str = "AtoB"
+    members_file: str | None = None
+
+    def open(self) -> Dataset:
+        members = read_id_list(self.members_file) if self.members_file else None
+        return open_dataset(self.data, inputs=self.inputs, targets=self.targets, direction=self.direction,
+                            members=members)
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass
+class RunSummary:
+    store: str
+    scored: int
+    failed: int
+    skipped_done: int
+    seconds: float
+
+    def line(self) -> str:
+        rate = (self.scored + self.failed) / self.seconds if self.seconds > 0 else float("nan")
+        return (f"scored {self.scored}, failed {self.failed}, skipped (already done) {self.skipped_done}, "
+                f"wall {self.seconds:.1f} s, {rate:.1f} images/s")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def shard_rows(rows: list[Row], expected_ids: list[str]) -> ShardScores:
+    """Rows in the dataset's order, one per expected id."""
+    by_id = {row.id: row for row in rows}
+    if len(by_id) != len(rows) or set(by_id) != set(expected_ids):
+        raise StoreError("duplicate or missing ids in a shard: ids must be unique within the dataset")
+    ordered = [by_id[i] for i in expected_ids]
+    return ShardScores(
+        id=[r.id for r in ordered],
+        lrec=np.array([r.lrec for r in ordered], dtype=np.float32),
+        ldiff=np.array([r.ldiff for r in ordered], dtype=np.float32),
+        status=[r.status for r in ordered],
+        reason=[r.reason for r in ordered],
+        member=np.array([r.member for r in ordered], dtype=np.int8),
+        out_height=np.array([r.out_height for r in ordered], dtype=np.int32),
+        out_width=np.array([r.out_width for r in ordered], dtype=np.int32),
+    )
+
+
+def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStore, batch_size: int,
+                on_batch=None) -> tuple[int, int]:
+    """Score one shard and write it (data first, done-mark last). Returns (scored, failed)."""
+    pairs = list(dataset.pairs(shard.start, shard.stop))
+    rows: list[Row] = []
+    for batch in batches(pairs, scorer.view, batch_size):
+        new_rows = scorer.score(batch)
+        rows.extend(new_rows)
+        if on_batch is not None:
+            on_batch(new_rows)
+    scores = shard_rows(rows, [pair.id for pair in pairs])
+    store.write_shard(shard.index, scores)
+    failed = sum(status != "ok" for status in scores.status)
+    return len(pairs) - failed, failed
+
+
+def open_or_create(out: str | Path, n_images: int, config: ScoreConfig, shard_size: int,
+                   overwrite: bool) -> ScoreStore:
+    """A fresh store, or the existing one when its configuration matches (resume)."""
+    if overwrite or not Path(out).exists():
+        return ScoreStore.create(out, n_images, shard_size, config, overwrite=overwrite)
+    store = ScoreStore.open(out)
+    differences = store.config.differences(config)
+    if differences:
+        listed = "; ".join(f"{k}: store has {a!r}, asked {b!r}" for k, (a, b) in differences.items())
+        raise StoreError(f"{out} was scored with a different configuration ({listed}). "
+                         "Rerun with the store's settings to resume, use `memscore rescore` to change alpha, "
+                         "or pass --overwrite to start fresh")
+    if store.n_images != n_images:
+        raise StoreError(f"{out} holds {store.n_images} images but the dataset now has {n_images}; "
+                         "pass --overwrite to start fresh")
+    return store
+
+
+def alpha_pass(store: ScoreStore, alpha: str | None = None) -> dict:
+    """Resolve alpha over the whole store (fixed or fitted) and write Lmem for every row."""
+    config = store.config
+    spec = config.alpha if alpha is None else alpha
+    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
+    reference_mask = None
+    if spec.startswith("fit:reference"):
+        if not config.reference_ids:
+            raise ValueError("--alpha fit:reference needs --reference FILE (ids of known non-members)")
+        reference = read_id_list(config.reference_ids)
+        reference_mask = np.isin(store.column("id"), list(reference))
+    fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask)
+    record = {"spec": spec, "value": float(fit.alpha), "method": fit.method, "n_rows": int(fit.n_rows),
+              "r2": None if fit.r2 is None or not np.isfinite(fit.r2) else float(fit.r2)}
+    store.write_lmem(membership_error(lrec, ldiff, fit.alpha), record)
+    return record
+
+
+def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path, *, batch_size: int = 32,
+                shard_size: int = DEFAULT_SHARD_SIZE, device: str = "auto", overwrite: bool = False,
+                progress: bool = True) -> RunSummary:
+    """Score a dataset into `out`, resuming a matching store; in this process."""
+    started = time.perf_counter()
+    dataset = dataset_spec.open()
+    torch_device = pick_device(device)
+    scorer = Scorer(config, device=torch_device)
+    config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": scorer.backbone.weights_sha256()})
+    store = open_or_create(out, len(dataset), config, shard_size, overwrite)
+    scored = failed = skipped = 0
+    with store.lock():
+        done = store.done_shards()
+        todo = [Shard(i, *store.shard_range(i)) for i in range(store.n_shards) if not done[i]]
+        skipped = sum(store.shard_range(i)[1] - store.shard_range(i)[0] for i in range(store.n_shards) if done[i])
+        bar = tqdm(total=store.n_images, initial=skipped, unit="img", desc="scoring", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True)
+        failures = 0
+
+        def on_batch(rows: list[Row]) -> None:
+            nonlocal failures
+            failures += sum(r.status != "ok" for r in rows)
+            bar.update(len(rows))
+            bar.set_postfix(failed=failures)
+
+        for shard in todo:
+            ok, bad = score_shard(shard, dataset, scorer, store, batch_size, on_batch)
+            scored, failed = scored + ok, failed + bad
+        bar.close()
+        if scored + int((store.column("status") == "ok").sum()) == 0:
+            raise StoreError(f"nothing could be scored: every image failed (reasons in {out}/reason)")
+        alpha_pass(store)
+    return RunSummary(str(out), scored, failed, skipped, time.perf_counter() - started)

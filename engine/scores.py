@@ -1,0 +1,102 @@
+"""Per-batch scores: Lrec from the victim, Ldiff from the difficulty kernel.
+
+`Scorer` holds the loaded backbone and victim (load once, reuse for every shard) and turns a
+prepared `Batch` into rows: `lrec`, `ldiff`, status and reason. Lmem needs alpha, which may be
+fitted over the whole store, so it is written by the alpha pass (`engine.run`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kernels.difficulty import predictability_error
+
+from .backbones import Backbone, create_backbone
+from .config import ScoreConfig
+from .pipeline import Batch, View
+from .split import fit_mask
+from .victims import open_victim
+
+
+@dataclass
+class Row:
+    id: str
+    member: int
+    lrec: float = float("nan")
+    ldiff: float = float("nan")
+    status: str = "ok"
+    reason: str = ""
+    out_height: int = 0
+    out_width: int = 0
+
+
+def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> float:
+    """Lrec: mean |V(x) - y| in [0, 1], the target resized to the output's resolution if needed."""
+    if target.shape[-2:] != output.shape[-2:]:
+        target = F.interpolate(target[None], size=tuple(output.shape[-2:]), mode="bilinear",
+                               align_corners=False, antialias=True)[0]
+    return float((output.clamp(0.0, 1.0) - target).abs().mean())
+
+
+@dataclass
+class Scorer:
+    """Scores batches for one configuration on one device."""
+
+    config: ScoreConfig
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backbone: Backbone | None = None
+    victim: object = None
+
+    def __post_init__(self) -> None:
+        if self.backbone is None:
+            self.backbone = create_backbone(self.config.backbone, weights=self.config.backbone_weights)
+        self.backbone = self.backbone.to(self.device)
+        if self.victim is None:
+            self.victim = open_victim(self.config.victim, weights=self.config.victim_weights, device=self.device,
+                                      value_range=self.config.victim_range, seed=self.config.seed,
+                                      **dict(self.config.victim_options))
+        self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
+
+    @property
+    def view(self) -> View:
+        grid = 224 // self.backbone.stage_strides[0]
+        return View(self.config.victim_size, self.backbone.mean, self.backbone.std, grid,
+                    self.config.preset, self.config.difficulty_source)
+
+    @torch.no_grad()
+    def difficulty(self, ids: list[str], cnn_views: torch.Tensor, grid_targets: torch.Tensor) -> torch.Tensor:
+        """Ldiff for a batch of CNN views and their grid targets."""
+        stages = self.backbone(cnn_views.to(self.device))
+        grid = grid_targets.shape[-1]
+        mask = fit_mask(ids, grid * grid, self.config.fit_fraction, self.config.seed).to(self.device)
+        return predictability_error(stages, grid_targets.to(self.device), mask, resize=self.resize_mode,
+                                    ridge=self.config.ridge).cpu()
+
+    def score(self, batch: Batch) -> list[Row]:
+        """Rows for every pair of the batch, failures included, in the batch's order of ids."""
+        rows = [Row(f.pair.id, f.pair.member, status="failed", reason=f.reason) for f in batch.failures]
+        if not batch.items:
+            return rows
+        outputs = self.victim.reconstruct(batch.items)
+        scored = []
+        for item, output in zip(batch.items, outputs):
+            if isinstance(output, str):
+                rows.append(Row(item.pair.id, item.pair.member, status="failed", reason=output))
+                continue
+            row = Row(item.pair.id, item.pair.member, lrec=reconstruction_error(output, item.y),
+                      out_height=int(output.shape[-2]), out_width=int(output.shape[-1]))
+            rows.append(row)
+            scored.append((row, item))
+        if scored:
+            ldiff = self.difficulty([item.pair.id for _, item in scored],
+                                    torch.stack([item.cnn_view for _, item in scored]),
+                                    torch.stack([item.grid_target for _, item in scored]))
+            for (row, _), value in zip(scored, ldiff.tolist()):
+                if np.isfinite(value):
+                    row.ldiff = value
+                else:
+                    row.status, row.reason = "failed", f"{row.id}: difficulty score is not finite"
+        return rows

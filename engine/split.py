@@ -1,0 +1,33 @@
+"""Seeded per-image pixel split for the difficulty score.
+
+The fit/held-out split of an image depends only on the global seed and the image id, never on
+batch composition, worker count or order.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def image_seed(seed: int, image_id: str) -> int:
+    """A 64-bit seed derived from the run seed and the image id."""
+    digest = hashlib.blake2b(f"{seed}\x00{image_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def fit_mask(ids: Sequence[str], n_pixels: int, fit_fraction: float, seed: int) -> torch.Tensor:
+    """Bool [len(ids), n_pixels]: True marks the pixels the linear map is fitted on.
+
+    Every image gets exactly round(fit_fraction * n_pixels) fit pixels.
+    """
+    n_fit = int(round(fit_fraction * n_pixels))
+    if not 0 < n_fit < n_pixels:
+        raise ValueError(f"fit fraction {fit_fraction} leaves no fit or no held-out pixel of {n_pixels}")
+    mask = np.zeros((len(ids), n_pixels), dtype=bool)
+    for row, image_id in enumerate(ids):
+        order = np.random.Generator(np.random.PCG64(image_seed(seed, image_id))).permutation(n_pixels)
+        mask[row, order[:n_fit]] = True
+    return torch.from_numpy(mask)

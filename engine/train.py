@@ -1,0 +1,130 @@
+"""A pix2pix victim trainer for experiments and the demo (the public recipe, small and seeded).
+
+U-Net generator and PatchGAN discriminator from `engine.victims.pix2pix`, vanilla GAN loss plus
+L1 x 100, Adam(2e-4, beta1 0.5), constant learning rate for the first half of the epochs and a
+linear decay to zero over the second, as the public code does. Trained on the member split only;
+the checkpoint is a plain generator state dict that `--victim pix2pix:CKPT` loads, with the
+architecture written beside it (`CKPT.json`).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import Dataset
+from .images import ImageError, load_rgb
+from .preprocess import resize, to_tensor
+from .victims.pix2pix import build_discriminator, build_generator
+
+
+@dataclass(frozen=True)
+class VictimArch:
+    """What `pix2pix.load` needs to rebuild the generator, saved beside the checkpoint."""
+
+    netG: str = "unet_128"
+    ngf: int = 16
+    norm: str = "instance"
+    use_dropout: bool = False
+    size: int = 128
+
+    def load_options(self) -> dict:
+        return {"netG": self.netG, "ngf": self.ngf, "norm": self.norm, "use_dropout": self.use_dropout}
+
+
+def arch_path(checkpoint: str | Path) -> Path:
+    return Path(f"{checkpoint}.json")
+
+
+def read_arch(checkpoint: str | Path) -> VictimArch | None:
+    path = arch_path(checkpoint)
+    return VictimArch(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def load_pairs(dataset: Dataset, members: set[str] | None, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """All usable member pairs at `size`, as [N, 3, size, size] tensors in [-1, 1] (bad files skipped)."""
+    xs, ys, skipped = [], [], []
+    for pair in dataset.pairs():
+        if members is not None and pair.id not in members:
+            continue
+        try:
+            x = to_tensor(load_rgb(pair.input_path, pair.input_half))
+            y = to_tensor(load_rgb(pair.target_path, pair.target_half))
+        except ImageError as error:
+            skipped.append(error.reason)
+            continue
+        xs.append(resize(x, (size, size)) * 2 - 1)
+        ys.append(resize(y, (size, size)) * 2 - 1)
+    if not xs:
+        raise ValueError("no usable member pairs to train on")
+    return torch.stack(xs), torch.stack(ys), skipped
+
+
+def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None = None, arch: VictimArch = VictimArch(),
+                  epochs: int = 20, batch_size: int = 4, ndf: int = 16, seed: int = 0, device: str = "cpu",
+                  checkpoint_every: int = 0, progress: bool = True,
+                  on_checkpoint: Callable[[int, Path], None] | None = None) -> Path:
+    """Train on the member pairs of `dataset`; write `out` (generator state dict) and `out.json`."""
+    torch.manual_seed(seed)
+    x_all, y_all, skipped = load_pairs(dataset, members, arch.size)
+    if skipped:
+        print(f"train-victim: skipped {len(skipped)} unreadable pairs, e.g. {skipped[0]}", file=sys.stderr)
+    netG = build_generator(arch.netG, 3, 3, arch.ngf, arch.norm, arch.use_dropout).to(device)
+    netD = build_discriminator(6, ndf, 3, arch.norm).to(device)
+    for net in (netG, netD):  # the public init: N(0, 0.02) convs
+        for module in net.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                torch.nn.init.normal_(module.weight, 0.0, 0.02)
+                if module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+    opt_g = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    decay_start = epochs // 2
+    schedule = lambda e: 1.0 if e < decay_start else max(0.0, 1.0 - (e - decay_start) / max(epochs - decay_start, 1))
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
+    order_gen = torch.Generator().manual_seed(seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = x_all.shape[0]
+    bar = tqdm(range(epochs), desc=f"train-victim ({n} pairs)", unit="epoch", disable=not progress, file=sys.stderr)
+    for epoch in bar:
+        netG.train(), netD.train()
+        total_l1 = 0.0
+        for idx in torch.randperm(n, generator=order_gen).split(batch_size):
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            fake = netG(x)
+            d_real = netD(torch.cat([x, y], 1))
+            d_fake = netD(torch.cat([x, fake.detach()], 1))
+            loss_d = 0.5 * (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                            + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            d_fake = netD(torch.cat([x, fake], 1))
+            l1 = F.l1_loss(fake, y)
+            loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)) + 100.0 * l1
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            total_l1 += float(l1) * x.shape[0]
+        sched_g.step(), sched_d.step()
+        bar.set_postfix(l1=f"{total_l1 / n:.4f}")
+        if checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
+            path = out.with_name(f"{out.stem}_epoch{epoch + 1}{out.suffix}")
+            _save(netG, arch, path)
+            if on_checkpoint is not None:
+                on_checkpoint(epoch + 1, path)
+    _save(netG, arch, out)
+    return out
+
+
+def _save(netG: torch.nn.Module, arch: VictimArch, path: Path) -> None:
+    torch.save({k: v.detach().cpu() for k, v in netG.state_dict().items()}, path)
+    arch_path(path).write_text(json.dumps(asdict(arch), indent=2))
