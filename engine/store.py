@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,9 @@ class ScoreStore:
             self.group.attrs["history"] = history
         self.group["lmem"][:] = np.asarray(lmem, dtype=np.float32)
         self.group.attrs["alpha"] = alpha
-        zarr.consolidate_metadata(str(self.path))
+        with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3; xarray uses it
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(str(self.path))
 
     # --- reading ------------------------------------------------------------------------------
 
