@@ -85,8 +85,9 @@ def format_report(name: str, report: dict) -> str:
         if point["refused"]:
             lines.append(f"  TPR @ FPR {point['target_fpr']:g}: refused ({point['refused']})")
         else:
+            threshold = "none: no image called a member" if point["threshold"] is None else f"{point['threshold']:.5g}"
             lines.append(f"  TPR @ FPR {point['target_fpr']:g}: {point['tpr']:.4f} "
-                         f"(achieved FPR {point['achieved_fpr']:.4f}, threshold {point['threshold']:.5g})")
+                         f"(achieved FPR {point['achieved_fpr']:.4f}, threshold {threshold})")
     return "\n".join(lines)
 
 

@@ -1,0 +1,358 @@
+"""Membership-inference metrics as pure functions of (scores, labels): ROC, AUC, TPR at low FPR,
+balanced accuracy, bootstrap CIs, alpha sweeps and label-free threshold calibration. No I/O.
+
+Direction, everywhere in this module: a LOWER score means "more likely a member", and a threshold
+``tau`` calls an image a member iff ``score <= tau``. Rows whose score is NaN are excluded and
+counted. The curve is the one sklearn's ``roc_curve`` draws for the member score ``-score``
+(ties handled identically), and ``auc`` equals ``roc_auc_score(is_member, -score)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DIRECTION = "lower score = member; an image is called a member iff score <= threshold"
+CUTOFF_RULE = "largest TPR among operating points with FPR <= target; the lowest such FPR"
+
+
+class UnresolvableFpr(ValueError):
+    """A target FPR below 1/n for the n non-members available: no operating point can show it."""
+
+
+@dataclass(frozen=True)
+class RocCurve:
+    """Every operating point, thresholds ascending; point i calls members ``score <= thresholds[i]``.
+
+    The first point is (0, 0) at threshold -inf (nothing called a member).
+    """
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    n_members: int
+    n_nonmembers: int
+    n_excluded_nan: int
+
+
+@dataclass(frozen=True)
+class TprAtFpr:
+    """TPR at a target FPR under ``CUTOFF_RULE``; ``refused`` says why when n_nonmembers < 1/target."""
+
+    target_fpr: float
+    tpr: float | None
+    achieved_fpr: float | None
+    threshold: float | None
+    refused: str | None = None
+    ci: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class MetricReport:
+    """The reporting set of ALGORITHM.md ("Reporting conventions"); CIs are None unless n_boot > 0."""
+
+    auc: float
+    balanced_accuracy: float
+    balanced_accuracy_threshold: float
+    tpr_at_fpr: list[TprAtFpr]
+    n_members: int
+    n_nonmembers: int
+    n_excluded_nan: int
+    auc_ci: tuple[float, float] | None = None
+    balanced_accuracy_ci: tuple[float, float] | None = None
+    n_boot: int = 0
+    seed: int = 0
+    ci_level: float = 0.95
+    direction: str = DIRECTION
+    cutoff_rule: str = CUTOFF_RULE
+
+    def to_dict(self) -> dict:
+        """JSON-ready: plain floats and lists; non-finite floats become None (a -inf threshold
+        means no image is called a member)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def _vector(name: str, values, length: int | None = None, other: str = "scores") -> np.ndarray:
+    """``values`` as a 1-D float64 array, of ``length`` rows when given (else a ValueError)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if length is not None and array.shape[0] != length:
+        raise ValueError(
+            f"{name} has {array.shape[0]} rows but {other} has {length}; pass one value per image"
+        )
+    return array
+
+
+def _labels(is_member, length: int) -> np.ndarray:
+    """``is_member`` as a bool array: bools, or numbers that are all 0 or 1."""
+    labels = np.asarray(is_member)
+    if labels.ndim != 1 or labels.shape[0] != length:
+        raise ValueError(
+            f"is_member has shape {labels.shape} for {length} scored rows; pass one label per image"
+        )
+    if labels.dtype != bool:
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError("is_member must be boolean (or 0/1); found other values")
+        labels = labels.astype(bool)
+    return labels
+
+
+def _clean(scores, is_member) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked (scores, labels) with NaN-score rows dropped, and how many were dropped.
+
+    Raises when either class is empty after the drop, naming it.
+    """
+    scores = _vector("scores", scores)
+    labels = _labels(is_member, scores.shape[0])
+    keep = ~np.isnan(scores)
+    n_nan = int(scores.shape[0] - keep.sum())
+    labels = labels[keep]
+    _require_both_classes(labels, f"{n_nan} NaN rows excluded")
+    return scores[keep], labels, n_nan
+
+
+def _require_both_classes(labels: np.ndarray, excluded: str) -> None:
+    n_members = int(labels.sum())
+    for count, name in ((n_members, "members"), (labels.shape[0] - n_members, "non-members")):
+        if count == 0:
+            raise ValueError(
+                f"no {name} among the scored rows ({excluded}); metrics need both members and non-members"
+            )
+
+
+def _check_resolvable(target_fpr: float, n_nonmembers: int) -> None:
+    if not 0.0 < target_fpr <= 1.0:
+        raise ValueError(f"target FPR must be in (0, 1], got {target_fpr}")
+    if 1.0 / n_nonmembers > target_fpr:
+        raise UnresolvableFpr(
+            f"FPR {target_fpr:g} cannot be resolved with {n_nonmembers} non-members "
+            f"(need at least {math.ceil(1 / target_fpr - 1e-9)}); use a larger FPR or more non-members"
+        )
+
+
+# ---------------------------------------------------------------- curve and metrics
+
+
+def _curve(scores: np.ndarray, labels: np.ndarray, n_nan: int) -> RocCurve:
+    """The ROC of clean inputs: one point per distinct score (ties move as one block)."""
+    order = np.argsort(scores)  # order within a tie is irrelevant: ties are grouped below
+    sorted_scores = scores[order]
+    # The last row of each block of equal scores: every tied row flips together.
+    last = np.flatnonzero(np.r_[sorted_scores[1:] != sorted_scores[:-1], True])
+    tps = np.cumsum(labels[order], dtype=np.int64)[last]
+    fps = last + 1 - tps
+    n_members, n_nonmembers = int(tps[-1]), int(fps[-1])
+    return RocCurve(
+        fpr=np.r_[0, fps] / n_nonmembers,
+        tpr=np.r_[0, tps] / n_members,
+        thresholds=np.r_[-np.inf, sorted_scores[last]],
+        n_members=n_members,
+        n_nonmembers=n_nonmembers,
+        n_excluded_nan=n_nan,
+    )
+
+
+def _auc_of(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(a member scores below a non-member) + P(tie) / 2 from exact pair counts: the same area
+    sklearn integrates by trapezoids under the curve, but cheaper (two sorts, no argsort)."""
+    members, nonmembers = np.sort(scores[labels]), np.sort(scores[~labels])
+    below = np.searchsorted(members, nonmembers, "left").sum()
+    at_or_below = np.searchsorted(members, nonmembers, "right").sum()
+    return float((below + at_or_below) / (2 * members.shape[0] * nonmembers.shape[0]))
+
+
+def _tpr_at_fpr_of(curve: RocCurve, target_fpr: float) -> TprAtFpr:
+    _check_resolvable(target_fpr, curve.n_nonmembers)
+    # fpr is non-decreasing along the curve, so the admissible points are a prefix; tpr is
+    # non-decreasing too, so the prefix's last point has the largest TPR. Report the first point
+    # reaching that TPR: same TPR, lowest FPR.
+    n_admissible = int(np.searchsorted(curve.fpr, target_fpr, side="right"))
+    best = int(np.searchsorted(curve.tpr[:n_admissible], curve.tpr[n_admissible - 1], side="left"))
+    return TprAtFpr(
+        target_fpr=float(target_fpr),
+        tpr=float(curve.tpr[best]),
+        achieved_fpr=float(curve.fpr[best]),
+        threshold=float(curve.thresholds[best]),
+    )
+
+
+def _balanced_accuracy_of(curve: RocCurve) -> tuple[float, float]:
+    values = (curve.tpr + 1.0 - curve.fpr) / 2
+    best = int(np.argmax(values))
+    return float(values[best]), float(curve.thresholds[best])
+
+
+def roc(scores, is_member) -> RocCurve:
+    """The full ROC curve (lower score = member; member iff ``score <= thresholds[i]``)."""
+    return _curve(*_clean(scores, is_member))
+
+
+def auc(scores, is_member) -> float:
+    """ROC-AUC of calling low scores members; ties count one half, as in sklearn."""
+    return _auc_of(*_clean(scores, is_member)[:2])
+
+
+def tpr_at_fpr(scores, is_member, target_fpr: float) -> TprAtFpr:
+    """TPR at ``target_fpr`` under ``CUTOFF_RULE``.
+
+    Raises UnresolvableFpr (a ValueError) when there are fewer than 1/target_fpr non-members.
+    """
+    return _tpr_at_fpr_of(roc(scores, is_member), target_fpr)
+
+
+def balanced_accuracy(scores, is_member) -> tuple[float, float]:
+    """(best balanced accuracy over all thresholds, its threshold); the lowest threshold wins ties."""
+    return _balanced_accuracy_of(roc(scores, is_member))
+
+
+def bootstrap_ci(
+    scores,
+    is_member,
+    metric: Callable[[np.ndarray, np.ndarray], float | np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float | np.ndarray, float | np.ndarray]:
+    """Percentile CI of ``metric(scores, is_member)`` under a stratified bootstrap.
+
+    Members and non-members are resampled with replacement separately, so every resample keeps
+    both class counts (and an FPR resolvable on the data stays resolvable). NaN rows are dropped
+    first. ``metric`` may return a 1-D array; then low and high are arrays, one entry per value.
+    It must not depend on row order: rows reach it sorted by score, which makes its sorts cheap.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    scores, labels, _ = _clean(scores, is_member)
+    order = np.argsort(scores)
+    scores, labels = scores[order], labels[order]
+    members, nonmembers = np.flatnonzero(labels), np.flatnonzero(~labels)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        rows = np.sort(np.r_[rng.choice(members, members.size), rng.choice(nonmembers, nonmembers.size)])
+        values.append(metric(scores[rows], labels[rows]))
+    low, high = np.quantile(np.asarray(values, dtype=np.float64), [(1 - level) / 2, (1 + level) / 2], axis=0)
+    if np.ndim(low) == 0:
+        return float(low), float(high)
+    return low, high
+
+
+def evaluate_scores(
+    scores,
+    is_member,
+    *,
+    fprs: Sequence[float] = (0.1, 0.01, 0.001),
+    n_boot: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+) -> MetricReport:
+    """AUC, best balanced accuracy and TPR at each FPR in ``fprs``, with stratified bootstrap CIs
+    when ``n_boot > 0``. A target the non-member count cannot resolve is recorded as refused."""
+    scores, labels, n_nan = _clean(scores, is_member)
+    curve = _curve(scores, labels, n_nan)
+    resolvable, tprs = [], []
+    for target in fprs:
+        try:
+            tprs.append(_tpr_at_fpr_of(curve, target))
+            resolvable.append(target)
+        except UnresolvableFpr as refusal:
+            tprs.append(TprAtFpr(float(target), tpr=None, achieved_fpr=None, threshold=None, refused=str(refusal)))
+    ba, ba_threshold = _balanced_accuracy_of(curve)
+    report = MetricReport(
+        auc=_auc_of(scores, labels),
+        balanced_accuracy=ba,
+        balanced_accuracy_threshold=ba_threshold,
+        tpr_at_fpr=tprs,
+        n_members=curve.n_members,
+        n_nonmembers=curve.n_nonmembers,
+        n_excluded_nan=n_nan,
+        n_boot=n_boot,
+        seed=seed,
+        ci_level=level,
+    )
+    if n_boot == 0:
+        return report
+
+    def summary(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+        resample = _curve(s, y, 0)
+        return np.array(
+            [_auc_of(s, y), _balanced_accuracy_of(resample)[0]]
+            + [_tpr_at_fpr_of(resample, target).tpr for target in resolvable]
+        )
+
+    low, high = bootstrap_ci(scores, labels, summary, n_boot=n_boot, seed=seed, level=level)
+    intervals = iter(zip(low[2:].tolist(), high[2:].tolist()))
+    return dataclasses.replace(
+        report,
+        auc_ci=(float(low[0]), float(high[0])),
+        balanced_accuracy_ci=(float(low[1]), float(high[1])),
+        tpr_at_fpr=[t if t.refused else dataclasses.replace(t, ci=next(intervals)) for t in tprs],
+    )
+
+
+def alpha_sweep(lrec, ldiff, is_member, alphas) -> tuple[np.ndarray, np.ndarray]:
+    """(alphas, AUC of ``lrec - alpha * ldiff`` for each alpha) over rows where both are finite."""
+    lrec = _vector("lrec", lrec)
+    ldiff = _vector("ldiff", ldiff, lrec.shape[0], other="lrec")
+    alphas = _vector("alphas", alphas)
+    labels = _labels(is_member, lrec.shape[0])
+    keep = np.isfinite(lrec) & np.isfinite(ldiff)
+    lrec, ldiff, labels = lrec[keep], ldiff[keep], labels[keep]
+    _require_both_classes(labels, f"{int((~keep).sum())} rows with non-finite lrec or ldiff excluded")
+    aucs = np.array([_auc_of(lrec - alpha * ldiff, labels) for alpha in alphas])
+    return alphas, aucs
+
+
+# ---------------------------------------------------------------- label-free threshold
+
+
+def calibrate_threshold(nonmember_scores, fpr: float) -> float:
+    """The threshold a label-free attacker sets on images it knows are non-members.
+
+    Returns the largest tau such that the fraction of those scores with ``score <= tau`` is at
+    most ``fpr``: the k-th smallest score for the largest k with k/n <= fpr, or, when ties would
+    push the count past k, the largest score below the tied block (just below the minimum when
+    there is none). NaN scores are ignored. Raises UnresolvableFpr when n < 1/fpr.
+    """
+    scores = _vector("nonmember_scores", nonmember_scores)
+    scores = np.sort(scores[~np.isnan(scores)])
+    n = scores.shape[0]
+    if n == 0:
+        raise ValueError("nonmember_scores has no non-NaN score to calibrate on")
+    _check_resolvable(fpr, n)
+    # k = the largest count with k / n <= fpr, compared the way the ROC compares (fpr * n rounds).
+    k = int(fpr * n)
+    k += int((k + 1) / n <= fpr)
+    k -= int(k / n > fpr)
+    tau = scores[k - 1]
+    if np.searchsorted(scores, tau, side="right") > k:  # rows tied with tau would exceed k
+        below = int(np.searchsorted(scores, tau, side="left"))
+        tau = scores[below - 1] if below else np.nextafter(scores[0], -np.inf)
+    return float(tau)
+
+
+def predict_members(scores, tau: float) -> np.ndarray:
+    """Membership decisions: True iff ``score <= tau`` (the rule calibrate_threshold uses); NaN -> False."""
+    return _vector("scores", scores) <= tau
