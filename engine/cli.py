@@ -13,6 +13,7 @@ from .backbones import WeightsMissing, available
 from .config import DIFFICULTY_SOURCES, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
 from .run import DEFAULT_SHARD_SIZE, DatasetSpec, alpha_pass, run_scoring
+from .schedule import ClusterPlan, worker_device
 from .store import ScoreStore, StoreError
 from .victims import VictimError
 
@@ -57,7 +58,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     spec = DatasetSpec(args.data, args.inputs, args.targets, args.direction, args.members)
     summary = run_scoring(spec, config, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
-                          device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+                          device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
+                          cluster=ClusterPlan(args.workers, args.scheduler))
     store = ScoreStore.open(args.out, mode="r")
     alpha = store.group.attrs["alpha"]
     print(summary.line())
@@ -154,7 +156,7 @@ def cmd_train_victim(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, direction=args.direction)
     arch = VictimArch(netG=args.netG, ngf=args.ngf, norm=args.norm, use_dropout=args.dropout, size=args.size)
     out = train_pix2pix(dataset, args.out, members=members, arch=arch, epochs=args.epochs, batch_size=args.batch_size,
-                        seed=args.seed, device=args.device if args.device != "auto" else "cpu",
+                        seed=args.seed, device=str(worker_device(args.device)),
                         checkpoint_every=args.checkpoint_every)
     print(f"victim written to {out} (architecture in {out}.json); score with --victim pix2pix:{out}")
     return 0
@@ -193,6 +195,10 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard (= store chunk)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--workers", type=int, default=0,
+                   help="score on a local Dask cluster of N worker processes (one per GPU where there are GPUs)")
+    p.add_argument("--scheduler", help="score on an existing Dask cluster, e.g. tcp://HOST:8786 (the store path "
+                                       "must be reachable from every worker)")
     p.add_argument("--overwrite", action="store_true", help="start a fresh store instead of resuming")
     p.add_argument("--no-progress", action="store_true")
 

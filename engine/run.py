@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,11 @@ import torch
 from tqdm import tqdm
 
 from .alpha import membership_error, resolve_alpha
+from .backbones import create_backbone
 from .config import ScoreConfig
 from .data import Dataset, open_dataset, read_id_list
 from .pipeline import batches
+from .schedule import ClusterPlan, ShardOutcome, run_dask, run_local, threads_per_worker, worker_device
 from .scores import Row, Scorer
 from .store import ScoreStore, ShardScores, StoreError
 
@@ -55,17 +57,16 @@ class RunSummary:
     failed: int
     skipped_done: int
     seconds: float
+    failed_shards: dict[int, str] = field(default_factory=dict)
 
     def line(self) -> str:
         rate = (self.scored + self.failed) / self.seconds if self.seconds > 0 else float("nan")
-        return (f"scored {self.scored}, failed {self.failed}, skipped (already done) {self.skipped_done}, "
+        line = (f"scored {self.scored}, failed {self.failed}, skipped (already done) {self.skipped_done}, "
                 f"wall {self.seconds:.1f} s, {rate:.1f} images/s")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        if self.failed_shards:
+            first = next(iter(self.failed_shards.items()))
+            line += f"; {len(self.failed_shards)} shard(s) failed and stay pending (shard {first[0]}: {first[1]})"
+        return line
 
 
 def shard_rows(rows: list[Row], expected_ids: list[str]) -> ShardScores:
@@ -140,34 +141,51 @@ def alpha_pass(store: ScoreStore, alpha: str | None = None) -> dict:
 
 def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path, *, batch_size: int = 32,
                 shard_size: int = DEFAULT_SHARD_SIZE, device: str = "auto", overwrite: bool = False,
-                progress: bool = True) -> RunSummary:
-    """Score a dataset into `out`, resuming a matching store; in this process."""
+                progress: bool = True, cluster: ClusterPlan = ClusterPlan()) -> RunSummary:
+    """Score a dataset into `out`, resuming a matching store; here, or on Dask when `cluster` asks."""
     started = time.perf_counter()
     dataset = dataset_spec.open()
-    torch_device = pick_device(device)
-    scorer = Scorer(config, device=torch_device)
-    config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": scorer.backbone.weights_sha256()})
+    backbone = create_backbone(config.backbone, weights=config.backbone_weights)
+    config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": backbone.weights_sha256()})
     store = open_or_create(out, len(dataset), config, shard_size, overwrite)
-    scored = failed = skipped = 0
     with store.lock():
         done = store.done_shards()
         todo = [Shard(i, *store.shard_range(i)) for i in range(store.n_shards) if not done[i]]
-        skipped = sum(store.shard_range(i)[1] - store.shard_range(i)[0] for i in range(store.n_shards) if done[i])
+        skipped = store.n_images - sum(shard.stop - shard.start for shard in todo)
         bar = tqdm(total=store.n_images, initial=skipped, unit="img", desc="scoring", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True)
-        failures = 0
+                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        if cluster.distributed:
+            task_args = (dataset_spec, config, str(Path(out).resolve()), batch_size, device, threads_per_worker(cluster))
+            outcomes = run_dask(todo, cluster, task_args)
+        else:
+            scorer = Scorer(config, device=worker_device(device), backbone=backbone)
+            failures = 0
 
-        def on_batch(rows: list[Row]) -> None:
-            nonlocal failures
-            failures += sum(r.status != "ok" for r in rows)
-            bar.update(len(rows))
-            bar.set_postfix(failed=failures)
+            def on_batch(rows: list[Row]) -> None:
+                nonlocal failures
+                failures += sum(r.status != "ok" for r in rows)
+                bar.update(len(rows))
+                bar.set_postfix(failed=failures)
 
-        for shard in todo:
-            ok, bad = score_shard(shard, dataset, scorer, store, batch_size, on_batch)
-            scored, failed = scored + ok, failed + bad
+            def run_one(shard: Shard) -> ShardOutcome:
+                scored, failed = score_shard(shard, dataset, scorer, store, batch_size, on_batch)
+                return ShardOutcome(shard.index, shard.stop - shard.start, scored, failed)
+
+            outcomes = run_local(todo, run_one)
+        summary = RunSummary(str(out), 0, 0, skipped, 0.0)
+        for outcome in outcomes:
+            summary.scored += outcome.scored
+            summary.failed += outcome.failed
+            if outcome.error:
+                summary.failed_shards[outcome.index] = outcome.error
+            if cluster.distributed:
+                bar.update(outcome.n_images)
+                bar.set_postfix(failed=summary.failed, shards_failed=len(summary.failed_shards))
         bar.close()
-        if scored + int((store.column("status") == "ok").sum()) == 0:
+        if summary.failed_shards:
+            store.group.attrs["failed_shards"] = {str(k): v for k, v in summary.failed_shards.items()}
+        if not (store.column("status") == "ok").any():
             raise StoreError(f"nothing could be scored: every image failed (reasons in {out}/reason)")
         alpha_pass(store)
-    return RunSummary(str(out), scored, failed, skipped, time.perf_counter() - started)
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 FLOAT_SCORES = ("lrec", "ldiff", "lmem")
 STRING_FIELDS = ("id", "status", "reason")
 INT_FIELDS = {"member": ("int8", -1), "out_height": ("int32", 0), "out_width": ("int32", 0)}
-LOCK_NAME = "memscore.lock"
+LOCK_SUFFIX = ".lock"  # beside the store, not inside: zarr warns about foreign files
 
 
 class StoreError(RuntimeError):
@@ -202,7 +202,7 @@ class ScoreStore:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """One writer at a time: a second run on the same store is refused with who holds it."""
-        lock_path = self.path / LOCK_NAME
+        lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
         owner = {"host": socket.gethostname(), "pid": os.getpid(),
                  "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         while True:

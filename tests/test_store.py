@@ -53,7 +53,7 @@ def test_lock_refuses_a_second_writer_and_clears_stale_locks(tmp_path):
         with pytest.raises(StoreError, match="being written by another run"):
             with ScoreStore.open(tmp_path / "s.zarr").lock():
                 pass
-    (tmp_path / "s.zarr" / "memscore.lock").write_text('{"host": "%s", "pid": 999999999}' % __import__("socket").gethostname())
+    (tmp_path / "s.zarr.lock").write_text('{"host": "%s", "pid": 999999999}' % __import__("socket").gethostname())
     with store.lock():  # the recorded process is gone: stale lock is taken over
         pass
 

@@ -1,0 +1,406 @@
+"""The attack report of a finished score store: one HTML page and the PNG figures beside it.
+
+Metrics come from engine.evaluate (through `evaluate_store`, so the page and `memscore evaluate`
+agree) and alpha fits from engine.alpha; this module only draws (matplotlib's Agg canvas) and writes.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .alpha import AlphaFit, fit_alpha
+from .cli import evaluate_store, membership
+from .data import Dataset, Pair
+from .evaluate import CUTOFF_RULE, DIRECTION, alpha_sweep, roc
+from .images import ImageError, load_rgb
+from .store import ScoreStore, StoreError
+
+SCORES = ("lrec", "lmem")
+SCORE_NAMES = {"lrec": "Lrec (reconstruction error)", "lmem": "Lmem = Lrec - alpha * Ldiff"}
+SCORE_COLOURS = {"lrec": "#E69F00", "lmem": "#009E73"}
+# (label value, legend name, colour): Okabe-Ito colours, distinguishable with colour-blindness.
+GROUPS = ((0, "non-members", "#0072B2"), (1, "members", "#D55E00"), (-1, "unlabelled", "#555555"))
+SCATTER_MAX_POINTS = 20_000  # beyond this the scatter shows a fixed-seed random sample
+SWEEP_POINTS = 81
+DPI = 110
+NO_LABELS = ("Metrics need membership labels: this store has none (member = -1 everywhere). Pass "
+             "<code>members_file</code> (one member id per line), or score with <code>--members</code>.")
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _save(figure: Figure, path: Path) -> str:
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI)
+    return path.name
+
+
+def _groups(labels: np.ndarray) -> list[tuple[np.ndarray, str, str]]:
+    """(row mask, name, colour) for each membership class present; unlabelled rows form their own."""
+    return [(labels == value, name, colour) for value, name, colour in GROUPS if (labels == value).any()]
+
+
+def _roc_figure(curves: dict[str, Any], aucs: dict[str, float], fprs: list[float], path: Path) -> str:
+    figure = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = figure.add_subplot()
+    n_nonmembers = curves["lrec"].n_nonmembers
+    floor = 1.0 / n_nonmembers
+    for column, curve in curves.items():
+        ax.plot(curve.fpr[1:], curve.tpr[1:], color=SCORE_COLOURS[column], lw=2,
+                label=f"{SCORE_NAMES[column]}, AUC {aucs[column]:.4f}")
+    ax.plot([floor, 1], [floor, 1], color="black", ls=":", lw=1, label="chance (TPR = FPR)")
+    for target in fprs:
+        if target >= floor:
+            ax.axvline(target, color="#999999", lw=0.8, ls="--")
+    ax.set_xscale("log", nonpositive="mask")
+    ax.set_yscale("log", nonpositive="mask")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(min(floor, 1.0 / curves["lrec"].n_members), 1.05)
+    ax.set_xlabel(f"false positive rate (log; floor 1/{n_nonmembers} non-members)")
+    ax.set_ylabel("true positive rate (log)")
+    ax.set_title("ROC, log-log (dashed: FPR targets 10%, 1%, 0.1%)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    return _save(figure, path)
+
+
+def _histogram_figure(scores: dict[str, np.ndarray], labels: np.ndarray, thresholds: dict[str, float | None],
+                      path: Path) -> str:
+    figure = Figure(figsize=(12, 4.4), layout="constrained")
+    for ax, (column, values) in zip(figure.subplots(1, 2), scores.items()):
+        finite = np.isfinite(values)
+        n_bins = int(np.clip(round(2 * finite.sum() ** (1 / 3)), 10, 80))  # Rice rule
+        edges = np.histogram_bin_edges(values[finite], bins=n_bins)
+        for rows, name, colour in _groups(labels):
+            kept = values[rows & finite]
+            ax.hist(kept, bins=edges, density=True, histtype="stepfilled", alpha=0.35, color=colour)
+            ax.hist(kept, bins=edges, density=True, histtype="step", lw=1.5, color=colour,
+                    label=f"{name} ({kept.size})")
+        if thresholds.get(column) is not None:
+            ax.axvline(thresholds[column], color="black", ls="--", lw=1.2,
+                       label=f"best balanced-accuracy threshold {thresholds[column]:.4g}")
+        ax.set_xlabel(f"{SCORE_NAMES[column]}  (lower = member)")
+        ax.set_ylabel("density")
+        ax.set_title(f"{column}: members vs non-members" if len(_groups(labels)) > 1 else f"{column}: all scored images")
+        ax.legend(fontsize=9)
+    return _save(figure, path)
+
+
+def _scatter_figure(lrec: np.ndarray, ldiff: np.ndarray, labels: np.ndarray, fit: AlphaFit,
+                    boundary: tuple[float, float] | None, path: Path) -> tuple[str, int]:
+    """Lrec against Ldiff by class, the label-free fitted line and, with labels, the decision line
+    Lmem = tau (store alpha, best balanced-accuracy tau). Returns (file name, points drawn)."""
+    finite = np.flatnonzero(np.isfinite(lrec) & np.isfinite(ldiff))
+    if finite.size > SCATTER_MAX_POINTS:
+        finite = np.sort(np.random.default_rng(0).choice(finite, SCATTER_MAX_POINTS, replace=False))
+    x, y, classes = ldiff[finite], lrec[finite], labels[finite]
+    figure = Figure(figsize=(7.2, 5.6), layout="constrained")
+    ax = figure.add_subplot()
+    for rows, name, colour in _groups(classes):
+        ax.scatter(x[rows], y[rows], s=10, alpha=0.55, color=colour, edgecolors="none", label=name, rasterized=True)
+    line_x = np.linspace(x.min(), x.max(), 2)
+    r2 = "" if fit.r2 is None else f", R² {fit.r2:.2f}"
+    ax.plot(line_x, fit.intercept + fit.alpha * line_x, color="black", lw=2,
+            label=f"label-free OLS fit: slope alpha = {fit.alpha:.4g}{r2}")
+    if boundary is not None:
+        alpha, tau = boundary
+        ax.plot(line_x, tau + alpha * line_x, color="black", ls="--", lw=1.5,
+                label=f"Lmem = {tau:.4g} (alpha {alpha:.4g}): members below")
+    ax.set_xlabel("Ldiff (difficulty: held-out error of the linear predictor)")
+    ax.set_ylabel("Lrec (victim reconstruction error)")
+    ax.set_title("Reconstruction error vs difficulty")
+    ax.legend(fontsize=9)
+    return _save(figure, path), int(finite.size)
+
+
+def _alpha_figure(alphas: np.ndarray, aucs: np.ndarray, marks: list[tuple[float, str, str]], path: Path) -> str:
+    figure = Figure(figsize=(7.2, 4.6), layout="constrained")
+    ax = figure.add_subplot()
+    ax.plot(alphas, aucs, color="#009E73", lw=2, label="AUC of Lrec - alpha * Ldiff")
+    for value, name, style in marks:
+        auc = float(np.interp(value, alphas, aucs))
+        ax.axvline(value, color="black", ls=style, lw=1.2, label=f"{name}: alpha {value:.4g}, AUC {auc:.4f}")
+    best = int(np.argmax(aucs))
+    ax.plot(alphas[best], aucs[best], "o", color="#D55E00",
+            label=f"best with these labels (hindsight): alpha {alphas[best]:.4g}, AUC {aucs[best]:.4f}")
+    ax.axhline(0.5, color="#999999", ls=":", lw=1, label="chance")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("ROC-AUC")
+    ax.set_title("Attack AUC as a function of alpha (alpha = 0 is Lrec alone)")
+    ax.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _thumbnail_figure(rows: list[tuple[str, np.ndarray]], ids: np.ndarray, ldiff: np.ndarray, labels: np.ndarray,
+                      pairs: dict[str, Pair], path: Path) -> str:
+    """One row per (title, row indices): each image's target, its id, Ldiff and class."""
+    k = len(rows[0][1])
+    figure = Figure(figsize=(1.75 * k + 0.8, 2.3 * len(rows)), layout="constrained")
+    class_name = {value: name.rstrip("s") for value, name, _ in GROUPS}
+    for axes, (title, indices) in zip(figure.subplots(len(rows), k, squeeze=False), rows):
+        axes[0].set_ylabel(title, fontsize=10)
+        for ax, index in zip(axes, indices):
+            image_id = str(ids[index])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{image_id}\nLdiff {ldiff[index]:.4f}, {class_name[int(labels[index])]}", fontsize=8)
+            pair = pairs.get(image_id)
+            try:
+                if pair is None:
+                    raise ImageError(image_id, "not in the dataset")
+                ax.imshow(load_rgb(pair.target_path, pair.target_half))
+            except ImageError as error:
+                ax.text(0.5, 0.5, error.problem, ha="center", va="center", wrap=True, fontsize=7,
+                        transform=ax.transAxes)
+    return _save(figure, path)
+
+
+def _find_pairs(dataset: Dataset, wanted: set[str]) -> dict[str, Pair]:
+    """The dataset's pairs for `wanted` ids, in one pass that stops once all are found."""
+    found: dict[str, Pair] = {}
+    for pair in dataset.pairs():
+        if pair.id in wanted:
+            found[pair.id] = pair
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+# ---------------------------------------------------------------- HTML pieces
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1180px;
+       margin: 1.5em auto; padding: 0 1em; color: #1a1a1a; line-height: 1.45; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; } th, td { border: 1px solid #ccc; padding: 0.3em 0.7em;
+       text-align: left; vertical-align: top; } th { background: #f3f3f3; }
+td small { color: #555; } .refused { color: #a40000; font-weight: 600; }
+.note { background: #fff7e0; border-left: 4px solid #e0a800; padding: 0.5em 0.9em; }
+.rule { background: #eef5fb; border-left: 4px solid #0072B2; padding: 0.5em 0.9em; }
+figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; } figcaption { color: #444; font-size: 0.93em; }
+code { background: #f3f3f3; padding: 0 0.25em; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(value if isinstance(value, str) else json.dumps(value))
+
+
+def _table(header: list[str] | None, rows: list[list[str]], cell_ids: list[list[str]] | None = None) -> str:
+    """A table of already-escaped cells; `cell_ids` names cells (empty string: no id)."""
+    head = "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" if header else ""
+    body = []
+    for r, row in enumerate(rows):
+        cells = []
+        for c, cell in enumerate(row):
+            tag = "th" if c == 0 else "td"
+            name = cell_ids[r][c] if cell_ids else ""
+            cells.append(f'<{tag} id="{name}">{cell}</{tag}>' if name else f"<{tag}>{cell}</{tag}>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _figure(name: str, caption: str) -> str:
+    return f'<figure><img src="{_esc(name)}" alt="{_esc(caption)}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{text}</p>'
+
+
+def _ci(interval: list[float] | None) -> str:
+    return f" <small>[{interval[0]:.4f}, {interval[1]:.4f}]</small>" if interval else ""
+
+
+def _threshold(value: float | None) -> str:
+    return "−∞ (no image called a member)" if value is None else f"{value:.5g}"
+
+
+def _tpr_cell(point: dict) -> str:
+    if point["refused"]:
+        return f'<span class="refused">refused</span><br><small>{_esc(point["refused"])}</small>'
+    return (f"{point['tpr']:.4f}{_ci(point['ci'])}<br><small>achieved FPR {point['achieved_fpr']:.4f}, "
+            f"threshold {_threshold(point['threshold'])}</small>")
+
+
+def _metric_table(metrics: dict[str, dict]) -> str:
+    """Rows: AUC, balanced accuracy, TPR at each FPR; columns: lrec, lmem. Cells carry ids such as
+    `lmem-auc`, `lrec-ba`, `lmem-tpr-0.01`."""
+    lrec = metrics["lrec"]
+    rows = [["ROC-AUC"] + [f"{metrics[c]['auc']:.4f}{_ci(metrics[c]['auc_ci'])}" for c in SCORES],
+            ["balanced accuracy (best threshold)"]
+            + [f"{metrics[c]['balanced_accuracy']:.4f}{_ci(metrics[c]['balanced_accuracy_ci'])}<br><small>threshold "
+               f"{_threshold(metrics[c]['balanced_accuracy_threshold'])}</small>" for c in SCORES]]
+    ids = [[""] + [f"{c}-auc" for c in SCORES], [""] + [f"{c}-ba" for c in SCORES]]
+    for i, point in enumerate(lrec["tpr_at_fpr"]):
+        target = point["target_fpr"]
+        rows.append([f"TPR at FPR {target * 100:g}%"] + [_tpr_cell(metrics[c]["tpr_at_fpr"][i]) for c in SCORES])
+        ids.append([""] + [f"{c}-tpr-{target:g}" for c in SCORES])
+    ci = (f"Brackets: {lrec['ci_level'] * 100:g}% stratified bootstrap intervals, {lrec['n_boot']} resamples "
+          f"(seed {lrec['seed']})." if lrec["n_boot"] else "No bootstrap intervals (n_boot = 0).")
+    return (_table(["metric", SCORE_NAMES["lrec"], SCORE_NAMES["lmem"]], rows, ids)
+            + f"<p><small>{_esc(ci)} {lrec['n_members']} members and {lrec['n_nonmembers']} non-members; "
+              f"{lrec['n_excluded_nan']} labelled rows without a score (failed or pending) excluded.</small></p>")
+
+
+def _key_value_table(mapping: dict[str, Any]) -> str:
+    return _table(["key", "value"], [[_esc(k), _esc(v)] for k, v in mapping.items()])
+
+
+# ---------------------------------------------------------------- the report
+
+
+def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, members_file: str | None = None,
+                 dataset: Dataset | None = None, n_boot: int = 200, thumbnails: int = 8) -> Path:
+    """Write `out_dir/index.html` and its PNGs for the store at `store_path`; returns the HTML path.
+
+    Labels: `members_file` (one member id per line) if given, else the store's `member` column; a
+    store without labels still gets its histograms and scatter, and a note instead of metrics.
+    `dataset` (the one that was scored) supplies the easiest/hardest images by Ldiff, `thumbnails`
+    of each; without it that section is a note. `n_boot` bootstrap resamples give the intervals.
+    The page links the PNGs by relative path: open it from disk, no server needed.
+    """
+    store = ScoreStore.open(store_path, mode="r")
+    alpha_record = store.group.attrs.get("alpha")
+    if alpha_record is None:
+        raise StoreError(f"{store.path} has no lmem yet (no alpha pass): finish it with `memscore score` "
+                         "(it resumes) before writing a report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ids, status = store.column("id"), store.column("status")
+    lrec, ldiff, lmem = (store.column(c).astype(np.float64) for c in ("lrec", "ldiff", "lmem"))
+    labels = membership(store, members_file)
+    scored = status == "ok"
+    fit = fit_alpha(lrec, ldiff)
+    store_alpha = float(alpha_record["value"])
+
+    metrics = None
+    metrics_problem = NO_LABELS
+    if (labels >= 0).any():
+        try:
+            metrics = evaluate_store(store, members_file, n_boot)
+        except ValueError as error:  # e.g. every labelled row is a member
+            metrics_problem = f"No metrics: {_esc(str(error))}."
+
+    counts = {
+        "images in the store": store.n_images,
+        "scored": int(scored.sum()),
+        "failed (excluded)": int((status == "failed").sum()),
+        "pending (excluded)": int((status == "").sum()),
+        "members (scored)": int((scored & (labels == 1)).sum()),
+        "non-members (scored)": int((scored & (labels == 0)).sum()),
+        "unlabelled (scored; not in metrics)": int((scored & (labels < 0)).sum()),
+    }
+    fit_line = (f"label-free OLS slope of Lrec on Ldiff over this store: {fit.alpha:.4g} "
+                f"({fit.n_rows} rows, R² {fit.r2:.3f})")
+    alpha_text = (f"alpha = <b>{store_alpha:.4g}</b>, chosen as <code>{_esc(alpha_record.get('spec'))}</code> "
+                  f"(method {_esc(alpha_record.get('method'))}, {alpha_record.get('n_rows')} rows"
+                  + (f", R² {alpha_record['r2']:.3f}" if alpha_record.get("r2") is not None else "")
+                  + f"); {fit_line}.")
+    history = store.group.attrs.get("history", [])
+
+    sections = [
+        f"<h1>memscore report</h1><p>Store <code>{_esc(str(store.path))}</code>, written "
+        f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. Labels from "
+        + (f"<code>{_esc(str(members_file))}</code>" if members_file else "the store's <code>member</code> column")
+        + ".</p>",
+        f'<p class="rule"><b>Direction:</b> {_esc(DIRECTION)}.<br><b>Cut-off rule for TPR at a target FPR:</b> '
+        f"{_esc(CUTOFF_RULE)}; a target below 1/(number of non-members) is refused.<br>"
+        f"<b>Scores:</b> Lrec = mean |V(x) − y|; Ldiff = difficulty; Lmem = Lrec − alpha · Ldiff.</p>",
+        "<h2>Counts and alpha</h2>" + _key_value_table(counts) + f"<p>{alpha_text}</p>"
+        + (f"<p><small>Earlier alpha choices: {_esc(history)}</small></p>" if history else ""),
+        "<h2>Metrics</h2>" + (_metric_table(metrics) if metrics else _note(metrics_problem)),
+    ]
+
+    thresholds = {c: metrics[c]["balanced_accuracy_threshold"] if metrics else None for c in SCORES}
+    known = labels >= 0
+    if metrics:
+        curves = {c: roc(values[known], labels[known] == 1) for c, values in (("lrec", lrec), ("lmem", lmem))}
+        fprs = [p["target_fpr"] for p in metrics["lrec"]["tpr_at_fpr"]]
+        name = _roc_figure(curves, {c: metrics[c]["auc"] for c in SCORES}, fprs, out / "roc.png")
+        sections.append("<h2>ROC curve</h2>" + _figure(
+            name, "Log-log ROC of Lrec and Lmem: TPR against FPR, each point a threshold (member iff score ≤ "
+                  "threshold). The FPR axis starts at 1/(number of non-members), the smallest FPR this data "
+                  "resolves; dotted: chance."))
+    else:
+        sections.append("<h2>ROC curve</h2>" + _note(metrics_problem))
+
+    name = _histogram_figure({"lrec": lrec, "lmem": lmem}, labels, thresholds, out / "histograms.png")
+    sections.append("<h2>Score distributions</h2>" + _figure(
+        name, "Histograms (density) of Lrec and Lmem by class, as in the paper's Figures 3 and 6: the "
+              "better the score, the better one vertical line (a threshold) separates members from "
+              "non-members." + (" Dashed: the best balanced-accuracy threshold." if metrics else "")))
+
+    boundary = (store_alpha, thresholds["lmem"]) if thresholds["lmem"] is not None else None
+    name, drawn = _scatter_figure(lrec, ldiff, labels, fit, boundary, out / "scatter.png")
+    n_finite = int((np.isfinite(lrec) & np.isfinite(ldiff)).sum())
+    sample = f" Showing a fixed-seed random {drawn} of {n_finite} images." if drawn < n_finite else ""
+    sections.append("<h2>Reconstruction error vs difficulty</h2>" + _figure(
+        name, "Lrec against Ldiff, as in the paper's Figures 5 and 7: harder images are reconstructed worse, "
+              "member or not. Solid: the label-free least-squares line, whose slope is the fitted alpha."
+              + (" Dashed: the decision line Lmem = threshold with the store's alpha; images below it are "
+                 "called members." if boundary else "") + sample))
+
+    if metrics:
+        lo = min(0.0, 1.5 * min(store_alpha, fit.alpha))
+        hi = max(1.0, 1.5 * max(store_alpha, fit.alpha))
+        grid = np.union1d(np.linspace(lo, hi, SWEEP_POINTS), [store_alpha, fit.alpha])
+        alphas, aucs = alpha_sweep(lrec[known], ldiff[known], labels[known] == 1, grid)
+        marks = [(store_alpha, f"store ({alpha_record.get('spec')})", "-"), (fit.alpha, "label-free fit", "--")]
+        name = _alpha_figure(alphas, aucs, marks, out / "alpha.png")
+        sections.append("<h2>Choice of alpha</h2>" + _figure(
+            name, "ROC-AUC of Lrec − alpha · Ldiff over a grid of alpha, as in the paper's Figure 8. The "
+                  "label-free fit uses no labels; the hindsight optimum uses the labels it is scored on, so "
+                  "it is an upper bound, not a usable choice."))
+    else:
+        sections.append("<h2>Choice of alpha</h2>" + _note(metrics_problem))
+
+    sections.append("<h2>Easiest and hardest images by Ldiff</h2>"
+                    + _thumbnail_section(dataset, thumbnails, ids, ldiff, labels, out))
+
+    meta = {k: v for k, v in store.meta.items() if k not in ("config", "versions")}
+    sections.append("<h2>Configuration</h2><h3>Scoring configuration</h3>" + _key_value_table(store.meta["config"])
+                    + "<h3>Versions</h3>" + _key_value_table(store.meta.get("versions", {}))
+                    + "<h3>Store</h3>" + _key_value_table(meta))
+    if metrics:
+        sections.append('<script type="application/json" id="memscore-metrics">'
+                        + json.dumps(metrics).replace("</", "<\\/") + "</script>")
+
+    page = out / "index.html"
+    page.write_text("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                    f"<title>memscore report: {_esc(store.path.name)}</title><style>{CSS}</style></head>"
+                    f"<body>{''.join(sections)}</body></html>\n", encoding="utf-8")
+    return page
+
+
+def _thumbnail_section(dataset: Dataset | None, k: int, ids: np.ndarray, ldiff: np.ndarray, labels: np.ndarray,
+                       out: Path) -> str:
+    """The Figure 1 section: the `k` lowest- and highest-Ldiff images, or a note saying why not."""
+    if dataset is None:
+        return _note("No thumbnails: the store records ids only, not image paths. Pass the scored "
+                     "<code>dataset</code> to <code>write_report</code> to show the easiest and hardest images.")
+    finite = np.flatnonzero(np.isfinite(ldiff))
+    k = min(k, finite.size // 2)
+    if k < 1:
+        return _note("No thumbnails: too few images with a difficulty score (or thumbnails = 0).")
+    order = finite[np.argsort(ldiff[finite], kind="stable")]
+    easiest, hardest = order[:k], order[::-1][:k]
+    wanted = set(ids[np.r_[easiest, hardest]].tolist())
+    pairs = _find_pairs(dataset, wanted)
+    name = _thumbnail_figure([("easiest (lowest Ldiff)", easiest), ("hardest (highest Ldiff)", hardest)],
+                             ids, ldiff, labels, pairs, out / "thumbnails.png")
+    missing = sorted(wanted - set(pairs))
+    listed = (f'<p><small>Easiest, lowest first: <span id="easiest-ids">{_esc(", ".join(ids[easiest]))}</span>. '
+              f'Hardest, highest first: <span id="hardest-ids">{_esc(", ".join(ids[hardest]))}</span>.</small></p>')
+    return (_figure(name, "Ground-truth images with the lowest (top) and highest (bottom) difficulty, as in the "
+                          "paper's Figure 1: detailed, high-contrast images should rank as difficult.")
+            + listed + (_note(f"Not found in the dataset given: {_esc(', '.join(missing))}.") if missing else ""))

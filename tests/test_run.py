@@ -1,0 +1,137 @@
+"""engine.run end to end on generated data: scores, determinism, bad inputs, resume, refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from PIL import Image
+
+from engine.cli import main
+from engine.config import ScoreConfig
+from engine.run import DatasetSpec, run_scoring
+from engine.store import ScoreStore, StoreError
+from engine.synthetic import write_aligned_dataset
+
+N = 14
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_aligned_dataset(root, N, size=32)
+    return root
+
+
+def _split_halves(aligned, out):
+    """The aligned files as two folders (label maps in x/, photos in y/) with the same ids."""
+    for folder in ("x", "y"):
+        (out / folder).mkdir(parents=True)
+    for path in aligned.glob("*.png"):
+        image = Image.open(path)
+        width, height = image.size
+        image.crop((width // 2, 0, width, height)).save(out / "x" / path.name)
+        image.crop((0, 0, width // 2, height)).save(out / "y" / path.name)
+    return out / "x", out / "y"
+
+
+def _scores(path) -> dict[str, tuple[float, float, str]]:
+    ds = xr.open_zarr(path)
+    return {i: (a, b, s) for i, a, b, s in zip(ds["id"].values, ds["lrec"].values, ds["ldiff"].values, ds["status"].values)}
+
+
+def _run(dataset, out, **kwargs):
+    config = ScoreConfig(victim="python:victims_for_tests:blur", alpha=kwargs.pop("alpha", "fit"))
+    spec = kwargs.pop("spec", DatasetSpec(str(dataset)))
+    return run_scoring(spec, config, out, progress=False, **kwargs)
+
+
+def test_scores_are_complete_and_independent_of_batch_size_order_and_form(dataset, tmp_path):
+    _run(dataset, tmp_path / "a.zarr", batch_size=32, spec=DatasetSpec(str(dataset), direction="BtoA"))
+    _run(dataset, tmp_path / "b.zarr", batch_size=3, shard_size=4, spec=DatasetSpec(str(dataset), direction="BtoA"))
+    inputs, targets = _split_halves(dataset, tmp_path)
+    manifest = tmp_path / "reversed.csv"  # the same pairs as separate files, in reverse order
+    rows = sorted(((p.stem, p.name) for p in inputs.glob("*.png")), reverse=True)
+    manifest.write_text("id,input,target\n" + "".join(f"{i},x/{name},y/{name}\n" for i, name in rows))
+    _run(None, tmp_path / "c.zarr", batch_size=5, spec=DatasetSpec(str(manifest)))
+    a, b, c = (_scores(tmp_path / f"{k}.zarr") for k in "abc")
+    assert len(a) == N and all(s == "ok" for *_, s in a.values())
+    assert all(np.isfinite(v[0]) and np.isfinite(v[1]) and v[1] > 0 for v in a.values())
+    assert list(xr.open_zarr(tmp_path / "c.zarr")["id"].values) == [i for i, _ in rows]
+    for other in (b, c):
+        assert set(other) == set(a)
+        for key in a:
+            assert other[key][:2] == pytest.approx(a[key][:2], rel=1e-5)
+
+
+def test_lmem_uses_the_fitted_alpha(dataset, tmp_path):
+    _run(dataset, tmp_path / "s.zarr")
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    lrec, ldiff = ds["lrec"].values.astype(float), ds["ldiff"].values.astype(float)
+    slope = np.polyfit(ldiff, lrec, 1)[0]
+    alpha = ds.attrs["alpha"]
+    assert alpha["spec"] == "fit" and alpha["value"] == pytest.approx(slope, rel=1e-4)
+    np.testing.assert_allclose(ds["lmem"].values, lrec - slope * ldiff, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_inputs_are_recorded_and_the_rest_scored(tmp_path, capsys):
+    inputs, targets = tmp_path / "x", tmp_path / "y"
+    write_aligned_dataset(inputs, 8, size=32)
+    write_aligned_dataset(targets, 8, size=32)
+    (inputs / "0.png").write_bytes(b"")                                   # empty
+    (inputs / "1.png").write_bytes(b"garbage bytes, not an image")          # corrupt
+    (targets / "2.png").write_bytes((targets / "2.png").read_bytes()[:60])  # truncated
+    (targets / "3.png").unlink()                                           # missing partner
+    Image.new("RGB", (64, 32), (0, 0, 0)).save(inputs / "4.png")           # dark: this victim returns NaN
+    code = main(["score", "--inputs", str(inputs), "--targets", str(targets), "--out", str(tmp_path / "s.zarr"),
+                 "--victim", "python:victims_for_tests:broken_on_dark", "--no-progress"])
+    assert code == 0
+    ds = xr.open_zarr(tmp_path / "s.zarr")
+    by_id = dict(zip(ds["id"].values, zip(ds["status"].values, ds["reason"].values, ds["lrec"].values)))
+    assert by_id["0"][0] == "failed" and "empty file" in by_id["0"][1]
+    assert "not a readable image" in by_id["1"][1]
+    assert "2.png" in by_id["2"][1]
+    assert "missing target" in by_id["3"][1]
+    assert "NaN or inf" in by_id["4"][1]
+    assert all(by_id[str(i)][0] == "ok" and np.isfinite(by_id[str(i)][2]) for i in (5, 6, 7))
+    assert all(np.isnan(by_id[str(i)][2]) for i in range(5))
+    assert "failed 5" in capsys.readouterr().out
+
+
+def test_wrong_channel_output_fails_every_image_and_the_command_says_so(dataset, tmp_path, capsys):
+    code = main(["score", str(dataset), "--out", str(tmp_path / "s.zarr"), "--victim",
+                 "python:victims_for_tests:gray", "--no-progress"])
+    assert code != 0
+    assert "nothing could be scored" in capsys.readouterr().err
+    reasons = ScoreStore.open(tmp_path / "s.zarr").column("reason")
+    assert all("expected 3 channels" in r for r in reasons)
+
+
+def test_rerun_resumes_only_unfinished_shards_and_refuses_a_changed_config(dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    first = _run(dataset, out, shard_size=4)
+    reference = _scores(out)
+    store = ScoreStore.open(out)
+    store.group["shard_done"][1] = False          # as if the run had died inside shard 1
+    store.group["lrec"][4:8] = np.float32(np.nan)
+    again = _run(dataset, out, shard_size=4)
+    assert first.scored == N and again.scored == 4 and again.skipped_done == N - 4
+    resumed = _scores(out)
+    assert resumed.keys() == reference.keys()
+    for key, values in reference.items():
+        assert resumed[key][:2] == pytest.approx(values[:2])
+    with pytest.raises(StoreError, match="alpha: store has 'fit', asked '0.5'"):
+        _run(dataset, out, shard_size=4, alpha="0.5")
+
+
+def test_rescore_changes_alpha_without_touching_images_and_is_idempotent(dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    _run(dataset, out)
+    lrec, ldiff = (ScoreStore.open(out).column(c).astype(float) for c in ("lrec", "ldiff"))
+    assert main(["rescore", str(out), "--alpha", "0.5"]) == 0
+    once = ScoreStore.open(out).column("lmem")
+    assert main(["rescore", str(out), "--alpha", "0.5"]) == 0
+    store = ScoreStore.open(out)
+    np.testing.assert_array_equal(store.column("lmem"), once)
+    np.testing.assert_allclose(once, lrec - 0.5 * ldiff, rtol=1e-5)
+    assert store.group.attrs["alpha"]["value"] == 0.5 and store.config.alpha == "0.5"
+    assert [h["spec"] for h in store.group.attrs["history"]] == ["fit", "0.5"]
