@@ -55,6 +55,9 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     config = config_from_args(args)
     spec = DatasetSpec(args.data, args.inputs, args.targets, args.direction, args.members)
     summary = run_scoring(spec, config, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
@@ -195,6 +198,8 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard (= store chunk)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for this process (default: torch's choice; Dask workers share the cores)")
     p.add_argument("--workers", type=int, default=0,
                    help="score on a local Dask cluster of N worker processes (one per GPU where there are GPUs)")
     p.add_argument("--scheduler", help="score on an existing Dask cluster, e.g. tcp://HOST:8786 (the store path "

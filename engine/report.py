@@ -67,7 +67,7 @@ def _roc_figure(curves: dict[str, Any], aucs: dict[str, float], fprs: list[float
     ax.set_ylim(min(floor, 1.0 / curves["lrec"].n_members), 1.05)
     ax.set_xlabel(f"false positive rate (log; floor 1/{n_nonmembers} non-members)")
     ax.set_ylabel("true positive rate (log)")
-    ax.set_title("ROC, log-log (dashed: FPR targets 10%, 1%, 0.1%)")
+    ax.set_title("ROC, log-log")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     return _save(figure, path)
@@ -307,6 +307,7 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
                   + (f", R² {alpha_record['r2']:.3f}" if alpha_record.get("r2") is not None else "")
                   + f"); {fit_line}.")
     history = store.group.attrs.get("history", [])
+    failed_shards = store.group.attrs.get("failed_shards", {})
 
     sections = [
         f"<h1>memscore report</h1><p>Store <code>{_esc(str(store.path))}</code>, written "
@@ -317,7 +318,8 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
         f"{_esc(CUTOFF_RULE)}; a target below 1/(number of non-members) is refused.<br>"
         f"<b>Scores:</b> Lrec = mean |V(x) − y|; Ldiff = difficulty; Lmem = Lrec − alpha · Ldiff.</p>",
         "<h2>Counts and alpha</h2>" + _key_value_table(counts) + f"<p>{alpha_text}</p>"
-        + (f"<p><small>Earlier alpha choices: {_esc(history)}</small></p>" if history else ""),
+        + (f"<p><small>Earlier alpha choices: {_esc(history)}</small></p>" if history else "")
+        + (_note(f"Shards that failed in the last run and stay pending: {_esc(failed_shards)}.") if failed_shards else ""),
         "<h2>Metrics</h2>" + (_metric_table(metrics) if metrics else _note(metrics_problem)),
     ]
 
@@ -330,7 +332,7 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
         sections.append("<h2>ROC curve</h2>" + _figure(
             name, "Log-log ROC of Lrec and Lmem: TPR against FPR, each point a threshold (member iff score ≤ "
                   "threshold). The FPR axis starts at 1/(number of non-members), the smallest FPR this data "
-                  "resolves; dotted: chance."))
+                  "resolves; dashed: the FPR targets of the table it resolves; dotted: chance."))
     else:
         sections.append("<h2>ROC curve</h2>" + _note(metrics_problem))
 

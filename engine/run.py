@@ -103,22 +103,17 @@ def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStor
     return len(pairs) - failed, failed
 
 
-def open_or_create(out: str | Path, n_images: int, config: ScoreConfig, shard_size: int,
-                   overwrite: bool) -> ScoreStore:
-    """A fresh store, or the existing one when its configuration matches (resume)."""
-    if overwrite or not Path(out).exists():
-        return ScoreStore.create(out, n_images, shard_size, config, overwrite=overwrite)
-    store = ScoreStore.open(out)
-    differences = store.config.differences(config)
+def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, *, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a store made with another configuration or for another dataset size."""
+    differences = store.config.differences(config, ignore=ignore)
     if differences:
         listed = "; ".join(f"{k}: store has {a!r}, asked {b!r}" for k, (a, b) in differences.items())
-        raise StoreError(f"{out} was scored with a different configuration ({listed}). "
+        raise StoreError(f"{store.path} was scored with a different configuration ({listed}). "
                          "Rerun with the store's settings to resume, use `memscore rescore` to change alpha, "
                          "or pass --overwrite to start fresh")
     if store.n_images != n_images:
-        raise StoreError(f"{out} holds {store.n_images} images but the dataset now has {n_images}; "
+        raise StoreError(f"{store.path} holds {store.n_images} images but the dataset now has {n_images}; "
                          "pass --overwrite to start fresh")
-    return store
 
 
 def alpha_pass(store: ScoreStore, alpha: str | None = None) -> dict:
@@ -145,9 +140,16 @@ def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path,
     """Score a dataset into `out`, resuming a matching store; here, or on Dask when `cluster` asks."""
     started = time.perf_counter()
     dataset = dataset_spec.open()
+    resuming = Path(out).exists() and not overwrite
+    if resuming:  # refuse a changed configuration before loading anything heavy
+        check_resumable(ScoreStore.open(out), config, len(dataset), ignore=("weights_sha256",))
     backbone = create_backbone(config.backbone, weights=config.backbone_weights)
     config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": backbone.weights_sha256()})
-    store = open_or_create(out, len(dataset), config, shard_size, overwrite)
+    if resuming:
+        store = ScoreStore.open(out)
+        check_resumable(store, config, len(dataset))
+    else:
+        store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite)
     with store.lock():
         done = store.done_shards()
         todo = [Shard(i, *store.shard_range(i)) for i in range(store.n_shards) if not done[i]]

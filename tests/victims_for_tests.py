@@ -1,6 +1,9 @@
 """Small victims for tests, loaded through `--victim python:victims_for_tests:FACTORY`."""
 from __future__ import annotations
 
+import os
+import time
+
 import torch
 from torch import nn
 
@@ -39,3 +42,30 @@ def broken_on_dark() -> nn.Module:
 
 def gray() -> nn.Module:
     return Gray()
+
+
+class SlowBlur(Blur):
+    """A blur that takes its time (MEMSCORE_TEST_DELAY seconds a batch), so a run can be interrupted."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(float(os.environ.get("MEMSCORE_TEST_DELAY", "0.3")))
+        return super().forward(x)
+
+
+class DieOnce(Blur):
+    """Kills its own process the first time it runs while MEMSCORE_TEST_DIE_MARKER does not exist."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        marker = os.environ.get("MEMSCORE_TEST_DIE_MARKER")
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return super().forward(x)
+
+
+def slow_blur() -> nn.Module:
+    return SlowBlur()
+
+
+def die_once() -> nn.Module:
+    return DieOnce()
