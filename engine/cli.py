@@ -12,6 +12,7 @@ import numpy as np
 from .backbones import WeightsMissing, available
 from .config import DIFFICULTY_SOURCES, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
+from .store_metrics import evaluate_store
 from .run import DEFAULT_SHARD_SIZE, DatasetSpec, alpha_pass, run_scoring
 from .schedule import ClusterPlan, worker_device
 from .store import ScoreStore, StoreError
@@ -50,7 +51,8 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         victim_range=args.victim_range, victim_options=tuple(sorted(options.items())),
         backbone=args.backbone, backbone_weights=args.weights, preset=args.preset,
         difficulty_source=args.difficulty_source, fit_fraction=args.fit_fraction, ridge=args.ridge,
-        seed=args.seed, alpha=args.alpha, reference_ids=args.reference,
+        seed=args.seed, alpha=args.alpha, reference_ids=args.reference, augment=args.augment,
+        defense_noise=args.defense_noise,
     )
 
 
@@ -73,14 +75,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def membership(store: ScoreStore, members_file: str | None) -> np.ndarray:
-    """1/0/-1 per row, from a file of member ids or the store's `member` column."""
-    if members_file:
-        members = read_id_list(members_file)
-        return np.isin(store.column("id"), list(members)).astype(np.int8)
-    return store.column("member").astype(np.int8)
-
-
 def format_report(name: str, report: dict) -> str:
     lines = [f"{name}: AUC {report['auc']:.4f}"
              + (f" [{report['auc_ci'][0]:.4f}, {report['auc_ci'][1]:.4f}]" if report.get("auc_ci") else "")
@@ -94,21 +88,6 @@ def format_report(name: str, report: dict) -> str:
             lines.append(f"  TPR @ FPR {point['target_fpr']:g}: {point['tpr']:.4f} "
                          f"(achieved FPR {point['achieved_fpr']:.4f}, threshold {threshold})")
     return "\n".join(lines)
-
-
-def evaluate_store(store: ScoreStore, members_file: str | None = None, n_boot: int = 0) -> dict:
-    """Metrics for lrec and lmem of a finished store (lower score = member)."""
-    from .evaluate import evaluate_scores
-    labels = membership(store, members_file)
-    known = labels >= 0
-    if not known.any():
-        raise SystemExit("no membership known: the store has no member column values; pass --members FILE")
-    result = {"store": str(store.path), "alpha": store.group.attrs.get("alpha"),
-              "direction": "lower score = member", "n_unlabelled_excluded": int((~known).sum())}
-    for column in ("lrec", "lmem"):
-        scores = store.column(column).astype(np.float64)[known]
-        result[column] = evaluate_scores(scores, labels[known] == 1, n_boot=n_boot).to_dict()
-    return result
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -152,6 +131,64 @@ def cmd_failures(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    dataset = None
+    if args.data or args.inputs:
+        dataset = DatasetSpec(args.data, args.inputs, args.targets, args.direction).open()
+    index = write_report(args.store, Path(args.out), members_file=args.members, dataset=dataset, n_boot=args.bootstrap)
+    print(f"report written to {index} (open it in a browser; no server needed)")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .evaluate import calibrate_threshold
+    store = ScoreStore.open(args.store, mode="r")
+    nonmembers = read_id_list(args.nonmembers)
+    rows = np.isin(store.column("id"), list(nonmembers))
+    if not rows.any():
+        raise ValueError(f"none of the ids in {args.nonmembers} is in {args.store}")
+    tau = calibrate_threshold(store.column(args.column)[rows].astype(np.float64), args.fpr)
+    record = {"store": str(args.store), "column": args.column, "tau": tau, "target_fpr": args.fpr,
+              "n_nonmembers": int(rows.sum()), "nonmembers_file": str(args.nonmembers),
+              "rule": "member if score <= tau", "alpha": store.group.attrs.get("alpha")}
+    Path(args.out).write_text(json.dumps(record, indent=2))
+    print(f"tau = {tau:.6g} on {args.column} for FPR <= {args.fpr:g} from {record['n_nonmembers']} known non-members "
+          f"-> {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .evaluate import predict_members
+    if (args.tau is None) == (args.calibration is None):
+        raise ValueError("give exactly one of --tau or --calibration FILE")
+    column, tau, source = args.column, args.tau, {"tau": args.tau}
+    if args.calibration:
+        source = json.loads(Path(args.calibration).read_text())
+        column, tau = source["column"], float(source["tau"])
+    store = ScoreStore.open(args.store)
+    scores = store.column(column).astype(np.float64)
+    decision = np.where(np.isfinite(scores), predict_members(scores, tau), -1).astype(np.int8)
+    with store.lock():
+        store.write_column("predicted_member", decision, -1, {"column": column, "tau": tau,
+                                                              "rule": "member if score <= tau; -1 not scored",
+                                                              "source": source})
+    print(f"{int((decision == 1).sum())} predicted members, {int((decision == 0).sum())} non-members, "
+          f"{int((decision == -1).sum())} not scored -> {args.store}/predicted_member")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    frame = ScoreStore.open(args.store, mode="r").to_frame()
+    out = Path(args.out or Path(args.store).with_suffix(f".{args.format}"))
+    if args.format == "parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+    print(f"{len(frame)} rows written to {out}")
+    return 0
+
+
 def cmd_train_victim(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .train import VictimArch, train_pix2pix
@@ -192,6 +229,10 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--difficulty-source", default="target", choices=DIFFICULTY_SOURCES)
     p.add_argument("--alpha", default="fit", help="NUMBER | fit | fit:robust | fit:reference (default: fit)")
     p.add_argument("--reference", help="ids of known non-members, for --alpha fit:reference")
+    p.add_argument("--augment", type=int, default=1, metavar="K",
+                   help="average Lrec over K copies: the pair, then seeded flips and crops (paper's Ours-Aug)")
+    p.add_argument("--defense-noise", type=float, default=0.0, metavar="SIGMA",
+                   help="add Gaussian noise of this std to victim outputs (measures a noise defence)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-fraction", type=float, default=0.7)
     p.add_argument("--ridge", type=float, default=1e-6, help="relative ridge of the difficulty fit")
@@ -225,6 +266,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", required=True)
     p.add_argument("--reference", help="ids of known non-members, for --alpha fit:reference")
     p.set_defaults(func=cmd_rescore)
+    p = sub.add_parser("report", help="a self-contained HTML report with plots")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="folder for index.html and its PNGs")
+    p.add_argument("--members", help="file of member ids (default: the store's member column)")
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("data", nargs="?", help="the scored dataset, for thumbnails of the easiest and hardest images")
+    p.add_argument("--inputs")
+    p.add_argument("--targets")
+    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("calibrate", help="fix tau from known non-members for a target FPR (no member labels)")
+    p.add_argument("store")
+    p.add_argument("--nonmembers", required=True, help="file of ids known not to be members")
+    p.add_argument("--fpr", type=float, default=0.01)
+    p.add_argument("--column", default="lmem", choices=("lmem", "lrec"))
+    p.add_argument("--out", default="calibration.json")
+    p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("predict", help="write a member / non-member decision per image into the store")
+    p.add_argument("store")
+    p.add_argument("--tau", type=float)
+    p.add_argument("--calibration", help="a file written by `memscore calibrate`")
+    p.add_argument("--column", default="lmem", choices=("lmem", "lrec"))
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="the per-image table as Parquet or CSV")
+    p.add_argument("store")
+    p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("failures", help="list the ids that failed and why")
     p.add_argument("store")
     p.set_defaults(func=cmd_failures)

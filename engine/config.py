@@ -35,6 +35,10 @@ class ScoreConfig:
     fit_fraction: float = 0.7
     ridge: float = 1e-6
     seed: int = 0
+    augment: int = 1
+    """Lrec averaged over this many copies of each pair: the pair itself, then seeded flips and crops."""
+    defense_noise: float = 0.0
+    """Std of Gaussian noise added to the victim's outputs in [0, 1] (to measure a noise defence)."""
     alpha: str = "fit"
     reference_ids: str | None = None
     """File of known non-member ids, for `--alpha fit:reference`."""
@@ -48,6 +52,10 @@ class ScoreConfig:
             raise ValueError(f"victim_range must be one of {VALUE_RANGES}, got {self.victim_range!r}")
         if not 0.0 < self.fit_fraction < 1.0:
             raise ValueError(f"fit_fraction must be in (0, 1), got {self.fit_fraction}")
+        if self.augment < 1:
+            raise ValueError(f"augment must be >= 1 (1 = no augmentation), got {self.augment}")
+        if self.defense_noise < 0:
+            raise ValueError(f"defense_noise must be >= 0, got {self.defense_noise}")
         if self.ridge < 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge}")
 

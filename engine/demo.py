@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .cli import evaluate_store, format_report
+from .cli import format_report
+from .store_metrics import evaluate_store
 from .config import ScoreConfig
 from .data import AlignedFolder
 from .run import DatasetSpec, run_scoring

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .alpha import AlphaFit, fit_alpha
-from .cli import evaluate_store, membership
+from .store_metrics import evaluate_store, membership
 from .data import Dataset, Pair
 from .evaluate import CUTOFF_RULE, DIRECTION, alpha_sweep, roc
 from .images import ImageError, load_rgb

@@ -6,6 +6,7 @@ fitted over the whole store, so it is written by the alpha pass (`engine.run`).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +17,9 @@ from kernels.difficulty import predictability_error
 
 from .backbones import Backbone, create_backbone
 from .config import ScoreConfig
-from .pipeline import Batch, View
-from .split import fit_mask
+from .pipeline import Batch, Prepared, View
+from .preprocess import resize
+from .split import fit_mask, image_seed
 from .victims import open_victim
 
 
@@ -31,6 +33,33 @@ class Row:
     reason: str = ""
     out_height: int = 0
     out_width: int = 0
+
+
+def augmentation(image_id: str, copy: int, seed: int) -> tuple[bool, tuple[float, float, float]]:
+    """Copy `copy` of a pair: (horizontal flip, crop box as (top, left, side) fractions). Copy 0 is the pair."""
+    if copy == 0:
+        return False, (0.0, 0.0, 1.0)
+    rng = np.random.Generator(np.random.PCG64(image_seed(seed, f"{image_id}#augment{copy}")))
+    side = float(rng.uniform(0.8, 1.0))
+    return copy % 2 == 1, (float(rng.uniform(0, 1 - side)), float(rng.uniform(0, 1 - side)), side)
+
+
+def apply_augmentation(image: torch.Tensor, flip: bool, box: tuple[float, float, float]) -> torch.Tensor:
+    """Crop `box` (fractions of the image) and resize back to the image's size, then flip if asked."""
+    height, width = image.shape[-2:]
+    top, left, side = box
+    if side < 1.0:
+        y0, x0 = int(round(top * height)), int(round(left * width))
+        crop = image[:, y0: y0 + max(int(round(side * height)), 1), x0: x0 + max(int(round(side * width)), 1)]
+        image = resize(crop, (height, width))
+    return image.flip(-1) if flip else image
+
+
+def add_defense_noise(output: torch.Tensor, sigma: float, image_id: str, copy: int, seed: int) -> torch.Tensor:
+    """The victim-side Gaussian noise defence, seeded per image and copy."""
+    generator = torch.Generator().manual_seed(image_seed(seed, f"{image_id}#noise{copy}") >> 1)
+    noise = torch.randn(output.shape, generator=generator, dtype=output.dtype) * sigma
+    return (output + noise.to(output.device)).clamp(0.0, 1.0)
 
 
 def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> float:
@@ -75,18 +104,40 @@ class Scorer:
         return predictability_error(stages, grid_targets.to(self.device), mask, resize=self.resize_mode,
                                     ridge=self.config.ridge).cpu()
 
+    def reconstruction_errors(self, items: list[Prepared]) -> list[tuple[float, torch.Tensor] | str]:
+        """Per item: (Lrec averaged over its augmented copies, the first output), or why it failed."""
+        n_copies, seed = self.config.augment, self.config.seed
+        plans = [[augmentation(item.pair.id, copy, seed) for copy in range(n_copies)] for item in items]
+        queries = [dataclasses.replace(item, x=apply_augmentation(item.x, flip, box))
+                   for item, plan in zip(items, plans) for flip, box in plan]
+        outputs = self.victim.reconstruct(queries)
+        results: list[tuple[float, torch.Tensor] | str] = []
+        for index, (item, plan) in enumerate(zip(items, plans)):
+            copies = outputs[index * n_copies: (index + 1) * n_copies]
+            failure = next((output for output in copies if isinstance(output, str)), None)
+            if failure is not None:
+                results.append(failure)
+                continue
+            errors = []
+            for copy, (output, (flip, box)) in enumerate(zip(copies, plan)):
+                if self.config.defense_noise > 0:
+                    output = add_defense_noise(output, self.config.defense_noise, item.pair.id, copy, seed)
+                errors.append(reconstruction_error(output, apply_augmentation(item.y, flip, box)))
+            results.append((float(np.mean(errors)), copies[0]))
+        return results
+
     def score(self, batch: Batch) -> list[Row]:
         """Rows for every pair of the batch, failures included, in the batch's order of ids."""
         rows = [Row(f.pair.id, f.pair.member, status="failed", reason=f.reason) for f in batch.failures]
         if not batch.items:
             return rows
-        outputs = self.victim.reconstruct(batch.items)
         scored = []
-        for item, output in zip(batch.items, outputs):
-            if isinstance(output, str):
-                rows.append(Row(item.pair.id, item.pair.member, status="failed", reason=output))
+        for item, result in zip(batch.items, self.reconstruction_errors(batch.items)):
+            if isinstance(result, str):
+                rows.append(Row(item.pair.id, item.pair.member, status="failed", reason=result))
                 continue
-            row = Row(item.pair.id, item.pair.member, lrec=reconstruction_error(output, item.y),
+            lrec, output = result
+            row = Row(item.pair.id, item.pair.member, lrec=lrec,
                       out_height=int(output.shape[-2]), out_width=int(output.shape[-1]))
             rows.append(row)
             scored.append((row, item))

@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 FLOAT_SCORES = ("lrec", "ldiff", "lmem")
 STRING_FIELDS = ("id", "status", "reason")
 INT_FIELDS = {"member": ("int8", -1), "out_height": ("int32", 0), "out_width": ("int32", 0)}
+DERIVED_COLUMNS = ("predicted_member",)
 LOCK_SUFFIX = ".lock"  # beside the store, not inside: zarr warns about foreign files
 
 
@@ -177,9 +178,24 @@ class ScoreStore:
             self.group.attrs["history"] = history
         self.group["lmem"][:] = np.asarray(lmem, dtype=np.float32)
         self.group.attrs["alpha"] = alpha
-        with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension to v3; xarray uses it
+        self.consolidate()
+
+    def consolidate(self) -> None:
+        """Refresh the consolidated metadata xarray reads (a zarr-python extension to v3)."""
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             zarr.consolidate_metadata(str(self.path))
+
+    def write_column(self, name: str, values: np.ndarray, fill_value: Any, attrs: dict[str, Any]) -> None:
+        """Add or replace a derived per-image column (e.g. a member decision) and record how it was made."""
+        values = np.asarray(values)
+        if name in self.group:
+            del self.group[name]
+        array = self.group.create_array(name, shape=(self.n_images,), chunks=(self.shard_size,), dtype=values.dtype,
+                                        fill_value=fill_value, dimension_names=["image"])
+        array[:] = values
+        array.attrs.update(attrs)
+        self.consolidate()
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -189,7 +205,8 @@ class ScoreStore:
     def to_frame(self):
         """All per-image columns as a pandas DataFrame."""
         import pandas as pd
-        names = ("id", *FLOAT_SCORES, "status", "reason", "member", "out_height", "out_width")
+        names = ["id", *FLOAT_SCORES, "status", "reason", "member", "out_height", "out_width"]
+        names += [name for name in DERIVED_COLUMNS if name in self.group]
         return pd.DataFrame({name: self.column(name) for name in names})
 
     def summary(self) -> dict[str, int]:

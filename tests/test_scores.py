@@ -1,0 +1,67 @@
+"""engine.scores: Lrec against an independent computation, augmentation copies, the noise defence."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engine.config import ScoreConfig
+from engine.data import AlignedFolder
+from engine.pipeline import batches
+from engine.scores import Scorer, apply_augmentation, augmentation
+from engine.synthetic import write_aligned_dataset
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    root = write_aligned_dataset(tmp_path_factory.mktemp("d"), 6, size=32)
+    scorer = Scorer(ScoreConfig(victim="python:victims_for_tests:blur"))
+    batch = next(batches(AlignedFolder(root, "BtoA").pairs(), scorer.view, 6))
+    return scorer, batch
+
+
+def _blur01(x01: torch.Tensor) -> torch.Tensor:
+    """The test victim, applied by hand in [0, 1] space."""
+    return (F.avg_pool2d((x01 * 2 - 1)[None], 3, stride=1, padding=1, count_include_pad=False)[0] + 1) / 2
+
+
+def test_lrec_is_the_mean_absolute_error_of_the_victims_output(items):
+    scorer, batch = items
+    rows = scorer.score(batch)
+    for row, item in zip(rows, batch.items):
+        expected = (_blur01(item.x).clamp(0, 1) - item.y).abs().mean().item()
+        assert row.lrec == pytest.approx(expected, rel=1e-5)
+        assert row.status == "ok" and row.ldiff > 0 and (row.out_height, row.out_width) == (32, 32)
+
+
+def test_augmented_lrec_averages_seeded_flip_and_crop_copies(items):
+    _, batch = items
+    scorer = Scorer(ScoreConfig(victim="python:victims_for_tests:blur", augment=3))
+    rows = scorer.score(batch)
+    for row, item in zip(rows, batch.items):
+        errors = []
+        for copy in range(3):
+            flip, box = augmentation(item.pair.id, copy, 0)
+            assert (copy == 0) == (box == (0.0, 0.0, 1.0) and not flip)
+            x, y = apply_augmentation(item.x, flip, box), apply_augmentation(item.y, flip, box)
+            errors.append((_blur01(x).clamp(0, 1) - y).abs().mean().item())
+        assert row.lrec == pytest.approx(np.mean(errors), rel=1e-5)
+    assert augmentation("a", 1, 0) == augmentation("a", 1, 0) != augmentation("b", 1, 0)
+
+
+def test_defense_noise_is_seeded_and_raises_the_error(items, tmp_path):
+    _, batch = items
+    for item in batch.items:  # a black-box victim that reproduces every target exactly
+        Image.fromarray(np.rint(item.y.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(tmp_path / f"{item.pair.id}.png")
+    perfect = ScoreConfig(victim=f"recon:{tmp_path}")
+    clean = Scorer(perfect).score(batch)
+    noisy = Scorer(dataclasses.replace(perfect, defense_noise=0.1)).score(batch)
+    again = Scorer(dataclasses.replace(perfect, defense_noise=0.1)).score(batch)
+    assert all(c.lrec < 1e-3 for c in clean)
+    assert all(0.04 < n.lrec < 0.09 for n in noisy)  # E|N(0, 0.1)| = 0.08, less where clipped at 0 or 1
+    assert [n.lrec for n in noisy] == [a.lrec for a in again]
+    assert [n.ldiff for n in noisy] == [c.ldiff for c in clean]  # the defence touches outputs only
