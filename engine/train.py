@@ -113,7 +113,7 @@ def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            total_l1 += float(l1) * x.shape[0]
+            total_l1 += l1.item() * x.shape[0]
         sched_g.step(), sched_d.step()
         bar.set_postfix(l1=f"{total_l1 / n:.4f}")
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
