@@ -50,3 +50,26 @@ def write_aligned_dataset(root: str | Path, n: int, *, size: int = 64, seed: int
             side_by_side = np.concatenate([photo, label], axis=1)
             Image.fromarray(np.rint(side_by_side * 255).astype(np.uint8)).save(root / folder / f"{index}.png")
     return root
+
+
+def write_manifest_dataset(root: str | Path, n: int, *, distinct: int = 64, size: int = 64, seed: int = 0,
+                           members_every: int = 2) -> Path:
+    """A manifest of `n` rows over `distinct` pairs written once (inputs/ and targets/), for scale runs.
+
+    Ids are unique (`img0000000`, ...); row i uses pair i % distinct; every `members_every`-th row
+    is marked a member. Written in blocks, so n = 1M costs seconds and no memory.
+    """
+    root = Path(root)
+    for folder in ("inputs", "targets"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for index in range(distinct):
+        photo, label = make_pair(index, size, seed)
+        Image.fromarray(np.rint(label * 255).astype(np.uint8)).save(root / "inputs" / f"{index}.png")
+        Image.fromarray(np.rint(photo * 255).astype(np.uint8)).save(root / "targets" / f"{index}.png")
+    manifest = root / "manifest.csv"
+    with open(manifest, "w", encoding="utf-8") as handle:
+        handle.write("id,input,target,member\n")
+        for start in range(0, n, 100_000):
+            handle.write("".join(f"img{i:07d},inputs/{i % distinct}.png,targets/{i % distinct}.png,"
+                                 f"{int(i % members_every == 0)}\n" for i in range(start, min(start + 100_000, n))))
+    return manifest

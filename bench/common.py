@@ -1,0 +1,53 @@
+"""Shared pieces of the benchmarks: a pix2pix-style victim checkpoint, timing, and result files."""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pix2pix_victim(path: Path, size: int = 64, ngf: int = 16) -> str:
+    """A randomly initialised pix2pix U-Net saved as a public-layout checkpoint; returns its victim spec."""
+    from engine.train import VictimArch, _save
+    from engine.victims.pix2pix import build_generator
+    arch = VictimArch(netG={64: "unet_64", 128: "unet_128", 256: "unet_256"}[size], ngf=ngf, norm="instance", size=size)
+    if not path.exists():
+        torch.manual_seed(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save(build_generator(arch.netG, 3, 3, arch.ngf, arch.norm, False), arch, path)
+    return f"pix2pix:{path}"
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    return {"machine": platform.node(), "processor": platform.processor() or platform.machine(),
+            "cores": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write_results(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
