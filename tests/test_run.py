@@ -135,3 +135,17 @@ def test_rescore_changes_alpha_without_touching_images_and_is_idempotent(dataset
     np.testing.assert_allclose(once, lrec - 0.5 * ldiff, rtol=1e-5)
     assert store.group.attrs["alpha"]["value"] == 0.5 and store.config.alpha == "0.5"
     assert [h["spec"] for h in store.group.attrs["history"]] == ["fit", "0.5"]
+
+
+def test_a_run_interrupted_before_the_alpha_pass_finishes_it_on_rerun(dataset, tmp_path):
+    reference, out = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    _run(dataset, reference)
+    _run(dataset, out)
+    store = ScoreStore.open(out)
+    del store.group.attrs["alpha"]                 # as if killed after the last shard, before the alpha pass
+    store.group["lmem"][:] = np.float32(np.nan)
+    again = _run(dataset, out)
+    assert again.scored == 0 and again.skipped_done == N
+    a, b = xr.open_zarr(reference), xr.open_zarr(out)
+    np.testing.assert_array_equal(a["lmem"].values, b["lmem"].values)
+    assert a.attrs["alpha"] == b.attrs["alpha"]

@@ -83,6 +83,8 @@ def test_one_process_local_workers_and_external_scheduler_agree(dataset, tmp_pat
     assert (one["status"] == "ok").all()
     _assert_same(one, _columns(tmp_path / "two.zarr"))
     _assert_same(one, _columns(tmp_path / "ext.zarr"))
+    alphas = [xr.open_zarr(tmp_path / f"{name}.zarr").attrs["alpha"] for name in ("one", "two", "ext")]
+    assert alphas[0] == alphas[1] == alphas[2] and alphas[0]["spec"] == "fit"  # the fitted alpha too
 
 
 def _memscore(*args, env=None) -> subprocess.Popen:
