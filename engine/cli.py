@@ -68,6 +68,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     store = ScoreStore.open(args.out, mode="r")
     alpha = store.group.attrs["alpha"]
     print(summary.line())
+    if summary.stages.seconds:
+        print(f"time by stage: {summary.stages.line()}")
     print(f"alpha = {alpha['value']:.4g} ({alpha['spec']}, {alpha['n_rows']} rows)")
     counts = store.summary()
     print(f"store: {args.out} ({counts['ok']} ok, {counts['failed']} failed"

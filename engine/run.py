@@ -20,9 +20,10 @@ from .backbones import create_backbone
 from .config import ScoreConfig
 from .data import Dataset, open_dataset, read_id_list
 from .pipeline import batches
-from .schedule import ClusterPlan, ShardOutcome, run_dask, run_local, threads_per_worker, worker_device
+from .schedule import ClusterPlan, ShardOutcome, run_dask, threads_per_worker, worker_device
 from .scores import Row, Scorer
 from .store import ScoreStore, ShardScores, StoreError
+from .timing import StageTimes
 
 DEFAULT_SHARD_SIZE = 1024
 
@@ -58,6 +59,7 @@ class RunSummary:
     skipped_done: int
     seconds: float
     failed_shards: dict[int, str] = field(default_factory=dict)
+    stages: StageTimes = field(default_factory=StageTimes)
 
     def line(self) -> str:
         rate = (self.scored + self.failed) / self.seconds if self.seconds > 0 else float("nan")
@@ -88,19 +90,27 @@ def shard_rows(rows: list[Row], expected_ids: list[str]) -> ShardScores:
 
 
 def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStore, batch_size: int,
-                on_batch=None) -> tuple[int, int]:
-    """Score one shard and write it (data first, done-mark last). Returns (scored, failed)."""
+                on_batch=None) -> ShardOutcome:
+    """Score one shard and write it (data first, done-mark last)."""
+    before = scorer.times.as_dict()
     pairs = list(dataset.pairs(shard.start, shard.stop))
     rows: list[Row] = []
-    for batch in batches(pairs, scorer.view, batch_size):
+    reader = iter(batches(pairs, scorer.view, batch_size))
+    while True:
+        with scorer.times.stage("decode"):  # time spent waiting for the reader, not hidden behind compute
+            batch = next(reader, None)
+        if batch is None:
+            break
         new_rows = scorer.score(batch)
         rows.extend(new_rows)
         if on_batch is not None:
             on_batch(new_rows)
     scores = shard_rows(rows, [pair.id for pair in pairs])
-    store.write_shard(shard.index, scores)
+    with scorer.times.stage("write"):
+        store.write_shard(shard.index, scores)
     failed = sum(status != "ok" for status in scores.status)
-    return len(pairs) - failed, failed
+    spent = tuple((name, value - before.get(name, 0.0)) for name, value in scorer.times.as_dict().items())
+    return ShardOutcome(shard.index, len(pairs), len(pairs) - failed, failed, stage_seconds=spent)
 
 
 def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, *, ignore: tuple[str, ...] = ()) -> None:
@@ -169,15 +179,12 @@ def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path,
                 bar.update(len(rows))
                 bar.set_postfix(failed=failures)
 
-            def run_one(shard: Shard) -> ShardOutcome:
-                scored, failed = score_shard(shard, dataset, scorer, store, batch_size, on_batch)
-                return ShardOutcome(shard.index, shard.stop - shard.start, scored, failed)
-
-            outcomes = run_local(todo, run_one)
+            outcomes = (score_shard(shard, dataset, scorer, store, batch_size, on_batch) for shard in todo)
         summary = RunSummary(str(out), 0, 0, skipped, 0.0)
         for outcome in outcomes:
             summary.scored += outcome.scored
             summary.failed += outcome.failed
+            summary.stages.add(dict(outcome.stage_seconds))
             if outcome.error:
                 summary.failed_shards[outcome.index] = outcome.error
             if cluster.distributed:

@@ -27,6 +27,8 @@ class ShardOutcome:
     failed: int = 0
     error: str = ""
     """Set when the whole shard could not be scored (after retries)."""
+    stage_seconds: tuple[tuple[str, float], ...] = ()
+    """Seconds per pipeline stage spent on this shard."""
 
 
 _PROCESS_CACHE: dict[tuple, object] = {}
@@ -63,19 +65,13 @@ def score_shard_task(shard, dataset_spec, config: ScoreConfig, store_path: str, 
     from .run import score_shard
     from .scores import Scorer
     from .store import ScoreStore
+
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     torch_device = worker_device(device)
     scorer = cached(("scorer", config, str(torch_device)), lambda: Scorer(config, device=torch_device))
     dataset = cached(("dataset", dataset_spec), dataset_spec.open)
-    store = ScoreStore.open(store_path)
-    scored, failed = score_shard(shard, dataset, scorer, store, batch_size)
-    return ShardOutcome(shard.index, shard.stop - shard.start, scored, failed)
-
-
-def run_local(shards, run_one: Callable[[object], ShardOutcome]) -> Iterator[ShardOutcome]:
-    for shard in shards:
-        yield run_one(shard)
+    return score_shard(shard, dataset, scorer, ScoreStore.open(store_path), batch_size)
 
 
 @dataclass(frozen=True)

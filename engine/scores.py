@@ -20,6 +20,7 @@ from .config import ScoreConfig
 from .pipeline import Batch, Prepared, View
 from .preprocess import resize
 from .split import fit_mask, image_seed
+from .timing import StageTimes
 from .victims import open_victim
 
 
@@ -78,6 +79,7 @@ class Scorer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backbone: Backbone | None = None
     victim: object = None
+    times: StageTimes = field(default_factory=StageTimes)
 
     def __post_init__(self) -> None:
         if self.backbone is None:
@@ -98,11 +100,13 @@ class Scorer:
     @torch.no_grad()
     def difficulty(self, ids: list[str], cnn_views: torch.Tensor, grid_targets: torch.Tensor) -> torch.Tensor:
         """Ldiff for a batch of CNN views and their grid targets."""
-        stages = self.backbone(cnn_views.to(self.device))
-        grid = grid_targets.shape[-1]
-        mask = fit_mask(ids, grid * grid, self.config.fit_fraction, self.config.seed).to(self.device)
-        return predictability_error(stages, grid_targets.to(self.device), mask, resize=self.resize_mode,
-                                    ridge=self.config.ridge).cpu()
+        with self.times.stage("backbone", self.device):
+            stages = self.backbone(cnn_views.to(self.device))
+        with self.times.stage("kernel", self.device):
+            grid = grid_targets.shape[-1]
+            mask = fit_mask(ids, grid * grid, self.config.fit_fraction, self.config.seed).to(self.device)
+            return predictability_error(stages, grid_targets.to(self.device), mask, resize=self.resize_mode,
+                                        ridge=self.config.ridge).cpu()
 
     def reconstruction_errors(self, items: list[Prepared]) -> list[tuple[float, torch.Tensor] | str]:
         """Per item: (Lrec averaged over its augmented copies, the first output), or why it failed."""
@@ -110,7 +114,8 @@ class Scorer:
         plans = [[augmentation(item.pair.id, copy, seed) for copy in range(n_copies)] for item in items]
         queries = [dataclasses.replace(item, x=apply_augmentation(item.x, flip, box))
                    for item, plan in zip(items, plans) for flip, box in plan]
-        outputs = self.victim.reconstruct(queries)
+        with self.times.stage("victim", self.device):
+            outputs = self.victim.reconstruct(queries)
         results: list[tuple[float, torch.Tensor] | str] = []
         for index, (item, plan) in enumerate(zip(items, plans)):
             copies = outputs[index * n_copies: (index + 1) * n_copies]
