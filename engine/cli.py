@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import WeightsMissing, available
-from .config import DIFFICULTY_SOURCES, PRESETS, VALUE_RANGES, ScoreConfig
+from .config import DIFFICULTY_SOURCES, PRECISIONS, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
 from .store_metrics import evaluate_store
 from .run import DEFAULT_SHARD_SIZE, DatasetSpec, alpha_pass, run_scoring
@@ -52,7 +52,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         backbone=args.backbone, backbone_weights=args.weights, preset=args.preset,
         difficulty_source=args.difficulty_source, fit_fraction=args.fit_fraction, ridge=args.ridge,
         seed=args.seed, alpha=args.alpha, reference_ids=args.reference, augment=args.augment,
-        defense_noise=args.defense_noise,
+        defense_noise=args.defense_noise, precision=args.precision,
     )
 
 
@@ -235,6 +235,8 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
                    help="average Lrec over K copies: the pair, then seeded flips and crops (paper's Ours-Aug)")
     p.add_argument("--defense-noise", type=float, default=0.0, metavar="SIGMA",
                    help="add Gaussian noise of this std to victim outputs (measures a noise defence)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: backbone and victim under bfloat16 autocast (CUDA only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-fraction", type=float, default=0.7)
     p.add_argument("--ridge", type=float, default=1e-6, help="relative ridge of the difficulty fit")

@@ -12,6 +12,7 @@ from typing import Any
 PRESETS = ("aligned", "reference")
 DIFFICULTY_SOURCES = ("target", "input")
 VALUE_RANGES = ("-1,1", "0,1")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class ScoreConfig:
     weights_sha256: str = ""
     preset: str = "aligned"
     difficulty_source: str = "target"
+    precision: str = "fp32"
+    """`bf16`: the backbone and the victim run under bfloat16 autocast (CUDA only; the kernel stays fp32/fp64)."""
     fit_fraction: float = 0.7
     ridge: float = 1e-6
     seed: int = 0
@@ -50,6 +53,8 @@ class ScoreConfig:
             raise ValueError(f"difficulty_source must be one of {DIFFICULTY_SOURCES}, got {self.difficulty_source!r}")
         if self.victim_range not in VALUE_RANGES:
             raise ValueError(f"victim_range must be one of {VALUE_RANGES}, got {self.victim_range!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 < self.fit_fraction < 1.0:
             raise ValueError(f"fit_fraction must be in (0, 1), got {self.fit_fraction}")
         if self.augment < 1:

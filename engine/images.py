@@ -72,3 +72,26 @@ def load_rgb(path: str, half: Half = None) -> np.ndarray:
             raise ImageError(path, "too narrow to split into A|B halves")
         array = array[:, : width // 2] if half == "left" else array[:, width // 2:]
     return np.ascontiguousarray(array)
+
+
+def load_labels(path: str, half: Half = None) -> np.ndarray:
+    """Decode a label map of class ids to int64 [H, W] (palette indices, or gray / 16-bit values)."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageError(path, "empty file (0 bytes)")
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("P", "L", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+                raise ImageError(path, f"a label map must hold one class id per pixel (palette or grayscale), "
+                                       f"got mode {image.mode}")
+            labels = np.asarray(image).astype(np.int64)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageError(path, f"cannot decode label map: {error}") from None
+    if half is not None:
+        width = labels.shape[1]
+        labels = labels[:, : width // 2] if half == "left" else labels[:, width // 2:]
+    return np.ascontiguousarray(labels)

@@ -90,6 +90,14 @@ class Scorer:
                                       value_range=self.config.victim_range, seed=self.config.seed,
                                       **dict(self.config.victim_options))
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
+        if self.config.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError("precision bf16 needs a CUDA device; use fp32 on CPU")
+        if self.device.type == "cuda":
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+
+    def autocast(self):
+        """bfloat16 autocast for the networks when the config asks for it (no-op otherwise)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
 
     @property
     def view(self) -> View:
@@ -100,8 +108,11 @@ class Scorer:
     @torch.no_grad()
     def difficulty(self, ids: list[str], cnn_views: torch.Tensor, grid_targets: torch.Tensor) -> torch.Tensor:
         """Ldiff for a batch of CNN views and their grid targets."""
-        with self.times.stage("backbone", self.device):
-            stages = self.backbone(cnn_views.to(self.device))
+        with self.times.stage("backbone", self.device), self.autocast():
+            views = cnn_views.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                views = views.contiguous(memory_format=torch.channels_last)
+            stages = [stage.float() for stage in self.backbone(views)]
         with self.times.stage("kernel", self.device):
             grid = grid_targets.shape[-1]
             mask = fit_mask(ids, grid * grid, self.config.fit_fraction, self.config.seed).to(self.device)
@@ -114,7 +125,7 @@ class Scorer:
         plans = [[augmentation(item.pair.id, copy, seed) for copy in range(n_copies)] for item in items]
         queries = [dataclasses.replace(item, x=apply_augmentation(item.x, flip, box))
                    for item, plan in zip(items, plans) for flip, box in plan]
-        with self.times.stage("victim", self.device):
+        with self.times.stage("victim", self.device), self.autocast():
             outputs = self.victim.reconstruct(queries)
         results: list[tuple[float, torch.Tensor] | str] = []
         for index, (item, plan) in enumerate(zip(items, plans)):

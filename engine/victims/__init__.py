@@ -47,6 +47,14 @@ class ModelVictim:
         self.signed = value_range == "-1,1"
         self.seed = seed
         self.takes_seeds = "seeds" in inspect.signature(self.module.forward).parameters
+        if getattr(module, "use_instance", False):
+            raise VictimError("this checkpoint expects instance maps (trained without --no_instance); memscore does "
+                              "not read instance maps, so it cannot feed this model")
+
+    @property
+    def takes_labels(self) -> bool:
+        """Label-map generators (pix2pixHD, SPADE with label_nc > 0) take integer class ids, not RGB."""
+        return getattr(self.module, "label_nc", 0) > 0
 
     @torch.no_grad()
     def reconstruct(self, items: list[Prepared]) -> list[Reconstruction]:
@@ -54,7 +62,10 @@ class ModelVictim:
         results: list[Reconstruction] = [""] * len(items)
         for group in same_size_groups([item.x for item in items]):
             x = torch.stack([items[i].x for i in group]).to(self.device)
-            x = x * 2.0 - 1.0 if self.signed else x
+            if self.takes_labels:
+                x = x.round().long()
+            elif self.signed:
+                x = x * 2.0 - 1.0
             if self.takes_seeds:
                 seeds = torch.tensor([image_seed(self.seed, items[i].pair.id) >> 1 for i in group], dtype=torch.int64)
                 out = self.module(x, seeds=seeds)
@@ -68,6 +79,8 @@ class ModelVictim:
 
 class ReconFolder:
     """Victim outputs obtained beforehand (black-box API queries), one file per id under a folder."""
+
+    takes_labels = False
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
