@@ -198,7 +198,7 @@ def cmd_train_victim(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, direction=args.direction)
     arch = VictimArch(netG=args.netG, ngf=args.ngf, norm=args.norm, use_dropout=args.dropout, size=args.size)
     out = train_pix2pix(dataset, args.out, members=members, arch=arch, epochs=args.epochs, batch_size=args.batch_size,
-                        seed=args.seed, device=str(worker_device(args.device)),
+                        seed=args.seed, device=str(worker_device(args.device)), use_jitter=not args.no_jitter,
                         checkpoint_every=args.checkpoint_every)
     print(f"victim written to {out} (architecture in {out}.json); score with --victim pix2pix:{out}")
     return 0
@@ -312,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngf", type=int, default=16)
     p.add_argument("--norm", default="instance", choices=("batch", "instance", "none"))
     p.add_argument("--dropout", action="store_true")
+    p.add_argument("--no-jitter", action="store_true", help="no random resize-crop and flip (the public default has them)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--checkpoint-every", type=int, default=0)

@@ -37,8 +37,9 @@ def run_demo(out: Path, *, quick: bool = False, size: int = 64) -> dict:
     checkpoint = out / "victim" / "latest_net_G.pth"
     arch = VictimArch(netG="unet_64", ngf=16, norm="instance", size=size)
     members = {line for line in members_file.read_text().split()}
+    # no random jitter: a small victim trained briefly must memorise its members to be worth attacking
     train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, members=members, arch=arch, epochs=plan["epochs"],
-                  device="cuda" if torch.cuda.is_available() else "cpu")
+                  use_jitter=False, device="cuda" if torch.cuda.is_available() else "cpu")
     print(f"[2/3] victim: pix2pix {arch.netG} trained {plan['epochs']} epochs on the members -> {checkpoint}")
 
     store_path = out / "scores.zarr"

@@ -2,7 +2,8 @@
 
 U-Net generator and PatchGAN discriminator from `engine.victims.pix2pix`, vanilla GAN loss plus
 L1 x 100, Adam(2e-4, beta1 0.5), constant learning rate for the first half of the epochs and a
-linear decay to zero over the second, as the public code does. Trained on the member split only;
+linear decay to zero over the second, and the public random jitter (resize to 286/256 of the size,
+random crop, random flip; `jitter=False` turns it off), as the public code does. Trained on the member split only;
 the checkpoint is a plain generator state dict that `--victim pix2pix:CKPT` loads, with the
 architecture written beside it (`CKPT.json`).
 """
@@ -48,7 +49,7 @@ def read_arch(checkpoint: str | Path) -> VictimArch | None:
 
 
 def load_pairs(dataset: Dataset, members: set[str] | None, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """All usable member pairs at `size`, as [N, 3, size, size] tensors in [-1, 1] (bad files skipped)."""
+    """All usable member pairs at `size` x `size`, as [N, 3, size, size] tensors in [-1, 1] (bad files skipped)."""
     xs, ys, skipped = [], [], []
     for pair in dataset.pairs():
         if members is not None and pair.id not in members:
@@ -66,13 +67,28 @@ def load_pairs(dataset: Dataset, members: set[str] | None, size: int) -> tuple[t
     return torch.stack(xs), torch.stack(ys), skipped
 
 
+def jitter(x: torch.Tensor, y: torch.Tensor, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The public `resize_and_crop` + flip on a batch of loaded pairs (loaded at 286/256 of `size`)."""
+    load = x.shape[-1]
+    crops_x, crops_y = [], []
+    for index in range(x.shape[0]):
+        top, left = (int(v) for v in torch.randint(0, load - size + 1, (2,), generator=generator))
+        cx, cy = x[index, :, top: top + size, left: left + size], y[index, :, top: top + size, left: left + size]
+        if torch.rand((), generator=generator) < 0.5:
+            cx, cy = cx.flip(-1), cy.flip(-1)
+        crops_x.append(cx)
+        crops_y.append(cy)
+    return torch.stack(crops_x), torch.stack(crops_y)
+
+
 def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None = None, arch: VictimArch = VictimArch(),
                   epochs: int = 20, batch_size: int = 4, ndf: int = 16, seed: int = 0, device: str = "cpu",
-                  checkpoint_every: int = 0, progress: bool = True,
+                  use_jitter: bool = True, checkpoint_every: int = 0, progress: bool = True,
                   on_checkpoint: Callable[[int, Path], None] | None = None) -> Path:
     """Train on the member pairs of `dataset`; write `out` (generator state dict) and `out.json`."""
     torch.manual_seed(seed)
-    x_all, y_all, skipped = load_pairs(dataset, members, arch.size)
+    load_size = round(arch.size * 286 / 256) if use_jitter else arch.size
+    x_all, y_all, skipped = load_pairs(dataset, members, load_size)
     if skipped:
         print(f"train-victim: skipped {len(skipped)} unreadable pairs, e.g. {skipped[0]}", file=sys.stderr)
     netG = build_generator(arch.netG, 3, 3, arch.ngf, arch.norm, arch.use_dropout).to(device)
@@ -98,7 +114,10 @@ def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None
         netG.train(), netD.train()
         total_l1 = 0.0
         for idx in torch.randperm(n, generator=order_gen).split(batch_size):
-            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            x, y = x_all[idx], y_all[idx]
+            if use_jitter:
+                x, y = jitter(x, y, arch.size, order_gen)
+            x, y = x.to(device), y.to(device)
             fake = netG(x)
             d_real = netD(torch.cat([x, y], 1))
             d_fake = netD(torch.cat([x, fake.detach()], 1))
