@@ -210,12 +210,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_score_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", nargs="?", help="aligned pix2pix folder, or a manifest (.csv/.parquet: id,input,target[,member])")
+def _add_dataset_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
+    p.add_argument("data", nargs="?", help=f"{purpose}: an aligned pix2pix folder, or a manifest "
+                                           "(.csv/.parquet: id,input,target[,member])")
     p.add_argument("--inputs", help="folder of conditioning inputs (with --targets), paired by relative path")
     p.add_argument("--targets", help="folder of ground-truth images (with --inputs)")
     p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
                    help="aligned files: which half is the input x (Facades label->photo: BtoA)")
+
+
+def _add_score_arguments(p: argparse.ArgumentParser) -> None:
+    _add_dataset_arguments(p, "the dataset to score")
     p.add_argument("--members", help="file of member ids (one per line), recorded in the store")
     p.add_argument("--out", required=True, help="the Zarr store to write (resumed if it exists)")
     p.add_argument("--victim", required=True,
@@ -275,10 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for index.html and its PNGs")
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
     p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("data", nargs="?", help="the scored dataset, for thumbnails of the easiest and hardest images")
-    p.add_argument("--inputs")
-    p.add_argument("--targets")
-    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
+    _add_dataset_arguments(p, "the scored dataset, for thumbnails of the easiest and hardest images")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("calibrate", help="fix tau from known non-members for a target FPR (no member labels)")
     p.add_argument("store")
