@@ -1,18 +1,22 @@
 """Pairs -> batches of tensors ready for scoring, decoded in background threads.
 
-This is the Pillow reader, the path on every machine. Each pair is decoded and prepared on its
-own, so one bad file becomes one recorded failure and never stops the batch.
+Two readers give the same `Batch`es: DALI (`engine.dali_reader`; nvJPEG and GPU resizes when CUDA
+is there, a CPU pipeline otherwise) and Pillow (`prepare` below, the reference, on every machine).
+`batches(..., reader="auto")` uses DALI when it imports. Each pair is prepared on its own terms, so
+one bad file becomes one recorded failure and never stops the batch.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .data import Pair
-from .images import ImageError, load_rgb
+from .images import ImageError, load_labels, load_rgb
 from .preprocess import difficulty_target, normalise, resize, resize_shorter_center_crop, to_tensor
 
 
@@ -26,6 +30,8 @@ class View:
     grid: int
     preset: str
     difficulty_source: str
+    input_kind: str = "rgb"
+    """`labels`: x is the input's class-id map ([1, H, W], nearest-neighbour resized) for label-map victims."""
 
 
 @dataclass
@@ -60,45 +66,102 @@ def prepare(pair: Pair, view: View) -> Prepared | Failure:
     if pair.problem:
         return Failure(pair, pair.problem)
     try:
-        x_image = load_rgb(pair.input_path, pair.input_half)
         y_image = load_rgb(pair.target_path, pair.target_half)
+        if view.input_kind == "labels":
+            x = torch.from_numpy(load_labels(pair.input_path, pair.input_half)).float()[None]
+            size = (view.victim_size, view.victim_size) if view.victim_size is not None else tuple(x.shape[-2:])
+            x = F.interpolate(x[None], size=size, mode="nearest")[0]
+        if view.input_kind != "labels" or view.difficulty_source == "input":
+            x_image = load_rgb(pair.input_path, pair.input_half)
     except ImageError as error:
         return Failure(pair, error.reason)
-    x = to_tensor(x_image)
-    if view.victim_size is not None:
-        x = resize(x, (view.victim_size, view.victim_size))
+    if view.input_kind != "labels":
+        x = to_tensor(x_image)
+        if view.victim_size is not None:
+            x = resize(x, (view.victim_size, view.victim_size))
     source = y_image if view.difficulty_source == "target" else x_image
     cnn_view = normalise(resize_shorter_center_crop(to_tensor(source)), view.mean, view.std)
     return Prepared(pair, x, to_tensor(y_image), cnn_view, difficulty_target(y_image, view.grid, view.preset))
 
 
-def batches(pairs: Iterable[Pair], view: View, batch_size: int, *, threads: int = 2) -> Iterator[Batch]:
-    """Prepared batches of up to `batch_size` pairs, in order; decoding runs one batch ahead."""
+READERS = ("auto", "dali", "pillow")
+_noticed_fallback = False
+
+
+def choose_reader(reader: str = "auto") -> str:
+    """`dali` or `pillow`; `auto` is DALI where `nvidia.dali` imports, else Pillow (said once on stderr)."""
+    global _noticed_fallback
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+    if reader != "auto":
+        return reader
+    from .dali_reader import available
+    if available():
+        return "dali"
+    if not _noticed_fallback:
+        _noticed_fallback = True
+        print("memscore: nvidia.dali is not importable here; reading images with Pillow", file=sys.stderr, flush=True)
+    return "pillow"
+
+
+def batches(pairs: Iterable[Pair], view: View, batch_size: int, *, threads: int = 2, reader: str = "auto",
+            device: str | torch.device | None = "auto") -> Iterator[Batch]:
+    """Prepared batches of up to `batch_size` pairs, in order; decoding runs one batch ahead.
+
+    `reader`: "auto" (DALI if available, else Pillow), "dali" or "pillow". `device` places the DALI
+    reader's work and tensors ("auto": CUDA when torch sees it, else CPU); the Pillow reader's
+    tensors are always on the CPU.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-    def chunks() -> Iterator[list[Pair]]:
-        chunk: list[Pair] = []
-        for pair in pairs:
-            chunk.append(pair)
-            if len(chunk) == batch_size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+    if view.input_kind == "rgb" and choose_reader(reader) == "dali":  # label maps: Pillow keeps the ids
+        yield from _dali_batches(pairs, view, batch_size, threads, device)
+        return
 
     def assemble(chunk: list[Pair], pool: ThreadPoolExecutor) -> list:
         return [pool.submit(prepare, pair, view) for pair in chunk]
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending = None
-        for chunk in chunks():
+        for chunk in _chunks(pairs, batch_size):
             submitted = assemble(chunk, pool)
             if pending is not None:
                 yield _collect(pending)
             pending = submitted
         if pending is not None:
             yield _collect(pending)
+
+
+def _chunks(pairs: Iterable[Pair], batch_size: int) -> Iterator[list[Pair]]:
+    chunk: list[Pair] = []
+    for pair in pairs:
+        chunk.append(pair)
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _dali_batches(pairs: Iterable[Pair], view: View, batch_size: int, threads: int,
+                  device: str | torch.device | None) -> Iterator[Batch]:
+    """The DALI reader on one worker thread (it builds and runs the pipelines), one batch ahead, as
+    the Pillow reader: at most three decoded batches at once (the caller's, the next, one being read)."""
+    from .dali_reader import DaliReader
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscore-dali") as worker:
+        reader = worker.submit(DaliReader, view, batch_size, device=device, threads=threads).result()
+        try:
+            pending = None
+            for chunk in _chunks(pairs, batch_size):
+                submitted = worker.submit(reader.read, chunk)
+                if pending is not None:
+                    yield pending.result()
+                pending = submitted
+            if pending is not None:
+                yield pending.result()
+        finally:
+            worker.submit(reader.close).result()
 
 
 def _collect(futures: list) -> Batch:

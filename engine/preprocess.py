@@ -29,13 +29,17 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def resize_shorter_center_crop(image: torch.Tensor, shorter: int = CNN_RESIZE, crop: int = CNN_CROP) -> torch.Tensor:
-    """torchvision's `Resize(shorter)` then `CenterCrop(crop)` on [3, H, W]."""
-    height, width = image.shape[-2:]
+def cnn_geometry(height: int, width: int, shorter: int = CNN_RESIZE, crop: int = CNN_CROP) -> tuple[int, int, int, int]:
+    """(resized height, width, crop top, left) of torchvision's `Resize(shorter)` then `CenterCrop(crop)`."""
     scale = shorter / min(height, width)
     new_h, new_w = (shorter, max(round(width * scale), 1)) if height <= width else (max(round(height * scale), 1), shorter)
+    return new_h, new_w, int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+
+
+def resize_shorter_center_crop(image: torch.Tensor, shorter: int = CNN_RESIZE, crop: int = CNN_CROP) -> torch.Tensor:
+    """torchvision's `Resize(shorter)` then `CenterCrop(crop)` on [3, H, W]."""
+    new_h, new_w, top, left = cnn_geometry(*image.shape[-2:], shorter, crop)
     image = resize(image, (new_h, new_w))
-    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
     return image[:, top: top + crop, left: left + crop]
 
 

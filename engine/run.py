@@ -89,13 +89,18 @@ def shard_rows(rows: list[Row], expected_ids: list[str]) -> ShardScores:
     )
 
 
+def reader_threads() -> int:
+    """Decode threads: this process's share of the cores, at least 2 (decoding overlaps compute)."""
+    return max(2, torch.get_num_threads())
+
+
 def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStore, batch_size: int,
                 on_batch=None) -> ShardOutcome:
     """Score one shard and write it (data first, done-mark last)."""
     before = scorer.times.as_dict()
     pairs = list(dataset.pairs(shard.start, shard.stop))
     rows: list[Row] = []
-    reader = iter(batches(pairs, scorer.view, batch_size))
+    reader = iter(batches(pairs, scorer.view, batch_size, device=scorer.device, threads=reader_threads()))
     while True:
         with scorer.times.stage("decode"):  # time spent waiting for the reader, not hidden behind compute
             batch = next(reader, None)

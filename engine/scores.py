@@ -65,6 +65,7 @@ def add_defense_noise(output: torch.Tensor, sigma: float, image_id: str, copy: i
 
 def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> float:
     """Lrec: mean |V(x) - y| in [0, 1], the target resized to the output's resolution if needed."""
+    target = target.to(output.device)
     if target.shape[-2:] != output.shape[-2:]:
         target = F.interpolate(target[None], size=tuple(output.shape[-2:]), mode="bilinear",
                                align_corners=False, antialias=True)[0]
@@ -102,8 +103,9 @@ class Scorer:
     @property
     def view(self) -> View:
         grid = 224 // self.backbone.stage_strides[0]
+        input_kind = "labels" if getattr(self.victim, "takes_labels", False) else "rgb"
         return View(self.config.victim_size, self.backbone.mean, self.backbone.std, grid,
-                    self.config.preset, self.config.difficulty_source)
+                    self.config.preset, self.config.difficulty_source, input_kind)
 
     @torch.no_grad()
     def difficulty(self, ids: list[str], cnn_views: torch.Tensor, grid_targets: torch.Tensor) -> torch.Tensor:

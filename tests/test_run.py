@@ -149,3 +149,33 @@ def test_a_run_interrupted_before_the_alpha_pass_finishes_it_on_rerun(dataset, t
     a, b = xr.open_zarr(reference), xr.open_zarr(out)
     np.testing.assert_array_equal(a["lmem"].values, b["lmem"].values)
     assert a.attrs["alpha"] == b.attrs["alpha"]
+
+
+def test_label_map_victims_get_class_ids_and_rgb_label_files_are_refused(tmp_path):
+    """pix2pixHD with label_nc > 0 is fed integer id maps (nearest-resized), as the public code feeds it."""
+    import torch
+    from engine.victims.pix2pixhd import build_generator, one_hot
+    rng = np.random.default_rng(0)
+    (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 4, (32, 32), dtype=np.uint8), mode="L").save(tmp_path / "x" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "y" / f"{i}.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "x" / "3.png")  # a colour-coded map: no class ids in it
+    torch.manual_seed(0)
+    generator = build_generator("global", input_nc=4, ngf=8, n_downsample_global=2, n_blocks_global=1)
+    torch.save(generator.state_dict(), tmp_path / "g.pth")
+    options = ["label_nc=4", "no_instance=true", "ngf=8", "n_downsample_global=2", "n_blocks_global=1"]
+    assert main(["score", "--inputs", str(tmp_path / "x"), "--targets", str(tmp_path / "y"), "--out",
+                 str(tmp_path / "s.zarr"), "--victim", f"pix2pixhd:{tmp_path / 'g.pth'}", "--no-progress",
+                 *[arg for option in options for arg in ("--victim-opt", option)]]) == 0
+    store = ScoreStore.open(tmp_path / "s.zarr")
+    status, reason, lrec = store.column("status"), store.column("reason"), store.column("lrec")
+    assert list(status) == ["ok", "ok", "ok", "failed"] and "one class id per pixel" in reason[3]
+    generator.eval()
+    for i in range(3):
+        labels = torch.from_numpy(np.asarray(Image.open(tmp_path / "x" / f"{i}.png"), dtype=np.int64))[None, None]
+        with torch.no_grad():
+            out = (generator(one_hot(labels, 4)) + 1) / 2
+        target = torch.from_numpy(np.asarray(Image.open(tmp_path / "y" / f"{i}.png"), dtype=np.float32) / 255)
+        expected = (out[0].clamp(0, 1) - target.permute(2, 0, 1)).abs().mean().item()
+        assert lrec[i] == pytest.approx(expected, rel=1e-4)

@@ -71,7 +71,7 @@ class ModelVictim:
                 out = self.module(x, seeds=seeds)
             else:
                 out = self.module(x)
-            out = ((out + 1.0) / 2.0 if self.signed else out).float().cpu()
+            out = ((out + 1.0) / 2.0 if self.signed else out).float()
             for row, index in enumerate(group):
                 results[index] = check_output(out[row], items[index].pair.id)
         return results
