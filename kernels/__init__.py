@@ -1,0 +1,1 @@
+"""Numeric kernels: explicit interpolation operators and the fused predictability-error solver."""
