@@ -45,9 +45,11 @@ def _columns(path):
 
 
 def _assert_same(a, b):
+    """Ids and statuses identical; scores equal up to float32 rounding (the last bit of a BLAS or numba
+    reduction can depend on thread scheduling, not on how the work was sharded)."""
     for name in a:
         if a[name].dtype.kind == "f":
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+            np.testing.assert_allclose(a[name], b[name], rtol=2e-6, atol=0, err_msg=name)
         else:
             assert list(a[name]) == list(b[name]), name
 
@@ -84,7 +86,9 @@ def test_one_process_local_workers_and_external_scheduler_agree(dataset, tmp_pat
     _assert_same(one, _columns(tmp_path / "two.zarr"))
     _assert_same(one, _columns(tmp_path / "ext.zarr"))
     alphas = [xr.open_zarr(tmp_path / f"{name}.zarr").attrs["alpha"] for name in ("one", "two", "ext")]
-    assert alphas[0] == alphas[1] == alphas[2] and alphas[0]["spec"] == "fit"  # the fitted alpha too
+    assert all(a["spec"] == "fit" and a["n_rows"] == N for a in alphas)  # the fitted alpha too
+    assert alphas[1]["value"] == pytest.approx(alphas[0]["value"], rel=1e-4)
+    assert alphas[2]["value"] == pytest.approx(alphas[0]["value"], rel=1e-4)
 
 
 def _memscore(*args, env=None) -> subprocess.Popen:
