@@ -24,7 +24,7 @@ from engine.data import AlignedFolder
 from engine.evaluate import alpha_sweep, evaluate_scores
 from engine.run import DatasetSpec, run_scoring
 from engine.store import ScoreStore
-from engine.train import VictimArch, train_pix2pix
+from engine.train import VictimArch, read_arch, train_pix2pix
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "facades"
 ALPHA_GRID = np.round(np.arange(0.0, 10.0001, 0.05), 4)
@@ -95,10 +95,14 @@ def main() -> None:
     parser.add_argument("--ngf", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--checkpoint-every", type=int, default=10)
-    parser.add_argument("--second-backbone", default="wide_resnet50_2")
+    parser.add_argument("--no-jitter", action="store_true", help="train without the public random resize-crop and flip")
+    parser.add_argument("--second-backbone", default="wide_resnet50_2", help="or 'none' to skip it")
     parser.add_argument("--second-backbone-weights", default=None,
                         help="ImageNet weights for the second backbone; random init when absent (a control)")
     parser.add_argument("--out", default="bench/results/facades_experiment.json")
+    parser.add_argument("--checkpoints", help="score the checkpoints a previous run left in this folder "
+                                              "(latest_net_G_epochN.pth, latest_net_G.pth) instead of training")
+    parser.add_argument("--variants-at", type=int, help="the epoch whose checkpoint gets every variant (default: last)")
     args = parser.parse_args()
 
     facades, work = Path(args.facades), Path(args.work)
@@ -118,28 +122,39 @@ def main() -> None:
     member_ids = set(members.read_text().split())
 
     arch = VictimArch(netG=args.netG, ngf=args.ngf, norm="instance", size=args.size)
-    checkpoint = work / "victim" / "latest_net_G.pth"
     checkpoints: dict[int, Path] = {}
     started = time.perf_counter()
-    train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, members=member_ids, arch=arch, epochs=args.epochs,
-                  checkpoint_every=args.checkpoint_every, on_checkpoint=lambda e, p: checkpoints.__setitem__(e, p))
-    checkpoints[args.epochs] = checkpoint
+    if args.checkpoints:
+        for path in Path(args.checkpoints).glob("latest_net_G_epoch*.pth"):
+            checkpoints[int(path.stem.rsplit("epoch", 1)[1])] = path
+        checkpoints[args.epochs] = Path(args.checkpoints) / "latest_net_G.pth"
+        arch = read_arch(checkpoints[args.epochs]) or arch
+    else:
+        checkpoint = work / "victim" / "latest_net_G.pth"
+        train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, members=member_ids, arch=arch, epochs=args.epochs,
+                      checkpoint_every=args.checkpoint_every, use_jitter=not args.no_jitter,
+                      on_checkpoint=lambda e, p: checkpoints.__setitem__(e, p))
+        checkpoints[args.epochs] = checkpoint
     train_seconds = time.perf_counter() - started
+    variants_at = args.variants_at or args.epochs
 
-    results = {"setup": {"victim": f"pix2pix {args.netG} ngf {args.ngf} norm instance, {args.size}x{args.size}, "
-                                   f"{args.epochs} epochs, GAN + 100 L1, Adam 2e-4 beta1 0.5, batch 4",
+    results = {"setup": {"victim": f"pix2pix {arch.netG} ngf {arch.ngf} norm {arch.norm}, {arch.size}x{arch.size}, "
+                                   f"{args.epochs} epochs, GAN + 100 L1, Adam 2e-4 beta1 0.5, batch 4, "
+                                   f"{'no random jitter' if args.no_jitter else 'random jitter'}",
                          "members": len(member_ids), "nonmembers": len(ids) - len(member_ids),
                          "train_seconds": train_seconds},
                "checkpoints": {}}
     for epoch, path in sorted(checkpoints.items()):
         entry = {"efficientnet_lite0": score(data, members, path, arch, work / f"e{epoch}.zarr")}
-        if epoch == args.epochs:
+        if epoch == variants_at:
             entry["efficientnet_lite0_input_source"] = score(data, members, path, arch, work / "input.zarr",
                                                              difficulty_source="input")
             entry["efficientnet_lite0_augment4"] = score(data, members, path, arch, work / "aug.zarr", augment=4)
             entry["efficientnet_lite0_reference_preset"] = score(data, members, path, arch, work / "ref.zarr",
                                                                  preset="reference")
-            if args.second_backbone_weights or args.second_backbone != "wide_resnet50_2":
+            if args.second_backbone == "none":
+                pass
+            elif args.second_backbone_weights or args.second_backbone != "wide_resnet50_2":
                 entry[args.second_backbone] = score(data, members, path, arch, work / "second.zarr",
                                                     backbone=args.second_backbone,
                                                     backbone_weights=args.second_backbone_weights)
