@@ -3,37 +3,43 @@ maps to the image's own pixels, fitted on one pixel subset and scored (mean |err
 
 Structure exploited (ALGORITHM.md, "Closed form"): predictions depend on the features only through
 F F^T, and centring removes anything constant over pixels. So a stage with h*w <= C positions is
-replaced by a (h*w - 1)-column factor of its Gram with the constant projected out (`_native_factor`),
+replaced by an (h*w - 1)-column factor of its Gram with the constant projected out (`_native_factor`),
 and every stage is interpolated straight into the gathered fit / held-out rows (1, 2 or 4 taps a row),
 never materialising the D_full-wide map. Reduced and dense agree up to rounding for any ridge, since
 lam = ridge * trace(centred Gram) / D_full keeps the original width.
 
-Precision (Facades, 2-core AVX2 EPYC; numbers from tests/test_difficulty.py and bench/kernel.py):
-- fp32: native factors (QR), interpolation, centring, the Gram and its Cholesky. The Gram is ~85% of
-  the FLOPs; fp64 GEMM runs at half the fp32 rate and fp64 Cholesky (D = 1011) at about half too.
+Precision (Facades; tests/test_difficulty.py, bench/kernel.py):
+- fp32: native factors (QR), interpolation, centring, the Gram and its Cholesky factor. The Gram is
+  ~85% of the FLOPs; on this CPU fp64 GEMM runs at half the fp32 rate, fp64 Cholesky too.
 - fp64: the right-hand side, every residual F^T (y - F beta) - lam beta and the held-out predictions,
   accumulated in fp64 from the fp32 features. The fp32 solution alone is off by up to 6e-5 relative
   in Ldiff on pretrained EfficientNet-Lite0 (1e-2 on random-init Wide-ResNet-50-2), so it is refined
-  with fp64 residuals (the fp32 Cholesky factor as preconditioner) until a step moves the held-out
-  predictions by <= REFINE_TOL of Ldiff while contracting at least 2x. Measured result versus a dense
-  float64 reference: 2e-8 median / 5e-8 worst (Lite0), 2e-7 worst (random WRN), i.e. the rounding of
-  the fp32 features themselves.
-- Per-image fallback, where the fp32 Cholesky fails or refinement stalls: the Gram in fp64 from the
-  same features; where that Cholesky fails too, or ridge == 0 (OLS), the min-norm solution from an
-  eigendecomposition. No extra jitter: it would change the defined ridge.
+  with fp64 residuals, the fp32 factor as preconditioner, until the change still expected (from the
+  last step and its shrink ratio) is <= REFINE_TOL of Ldiff. Lite0 takes 2 steps; random WRN 2-8.
+  Versus a dense float64 reference: Lite0 2e-8 median / 5e-8 worst, random WRN 2e-7 worst: the
+  rounding of the fp32 features themselves.
+- Per image, where the fp32 Cholesky fails or refinement stalls (a step shrinks by less than
+  REFINE_STALL): the Gram again in fp64 from the same features; where that Cholesky fails too, or
+  ridge == 0 (OLS), the min-norm solution from an eigendecomposition. Never extra jitter: it would
+  change the defined ridge.
 
-numba vs torch on CPU, ms per image (WRN geometry: D = 1011, 2195 fit rows, batch 8):
-- interpolate + gather + centre, stage 2 (28 -> 56, 512 ch): numba row taps 1.0 vs torch (two
-  interpolation GEMMs, then gather) 12.2 -> numba.
-- fp64-accumulated F^T (y - F beta) from fp32 F: numba one pass 5.3 vs torch (cast, two bmm) 20.9 ->
-  numba; likewise the held-out predictions and the fit-row means.
-- Gram (bmm), QR, Cholesky, triangular solves: torch (MKL). numba cannot approach MKL's GEMM.
-The torch formulation of the numba steps runs for CUDA tensors (and is tested on CPU).
+numba vs torch on CPU: numba for the interpolate-gather-centre step, the fit-row means, the fp64
+residuals and the held-out predictions; torch (MKL) for the Gram, QR, Cholesky and triangular solves,
+where numba cannot approach MKL. Measured, WRN geometry (D = 1011, 2195 fit rows), ms per image:
+gather of the 28x28, 512-channel stage 1.0 (numba, 4 taps a row) vs 12.2 (two interpolation GEMMs
+then a gather); fp64-accumulated residual from fp32 features 5.3 (one numba pass) vs 20.9 (cast,
+two bmm). End to end (bench/kernel.py, 1 thread): 145 vs 569 ms per WRN image, 23 vs 86 per Lite0
+image with those steps in torch. The torch formulation runs for CUDA tensors and is tested on CPU.
+
+Threads: on a CPU that other busy processes share, OpenMP threads (torch's and numba's) stall at
+every barrier of the many small parallel regions; one thread per process (or OMP_WAIT_POLICY=passive)
+is then several times faster: measured 10 vs 120 ms per Lite0 image, 1 vs 2 threads, both cores busy.
 """
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -44,8 +50,9 @@ from .interp import cached_matrix, interpolation_matrix
 
 MAX_CHUNK_BYTES = 256 << 20  # working memory per chunk of images (features, Grams, factors)
 GRAM_PANEL = 256  # row-panel width of the lower-triangle Gram
-REFINE_STEPS = 5
-REFINE_TOL = 1e-5  # a refinement step that moves held-out predictions by <= this * Ldiff ends it
+REFINE_STEPS = 10
+REFINE_TOL = 1e-5  # refinement ends once the estimated remaining change of held-out predictions <= this * Ldiff
+REFINE_STALL = 0.8  # ... and hands an image to the fp64 refit when a step shrinks by less than this factor
 _BLOCKS = 8  # fixed row blocks per image in numba reductions: summation order never depends on the batch
 
 
@@ -74,7 +81,7 @@ def predictability_error(stages: list[torch.Tensor], target: torch.Tensor, fit_m
     plan = [_StagePlan.build(s.shape[1], (s.shape[2], s.shape[3]), (height, width), resize) for s in stages]
     lam_per_trace = ridge / sum(stage.shape[1] for stage in stages)
     step = max(1, MAX_CHUNK_BYTES // _bytes_per_image(plan, fit_rows.shape[1] + held_rows.shape[1], height * width))
-    work = _Workspace(target.device)
+    work = _Workspace.for_device(target.device)
     errors = []
     for start in range(0, batch, step):
         part = slice(start, start + step)
@@ -161,20 +168,34 @@ def _bytes_per_image(plan: list[_StagePlan], rows: int, pixels: int) -> int:
 
 
 class _Workspace:
-    """The big buffers of a chunk, allocated at the first chunk of a call and reused by the next ones:
-    on this VM a fresh 4 KiB page costs ~4 us to fault in, 29 ms of system time per WRN image when
-    every chunk allocates anew (features, Gram, factor, channel-last stage copies: 28 MB an image)."""
+    """The big buffers of a chunk (features, Gram, factor, channel-last stage copies: 28 MB per WRN
+    image), reused chunk after chunk. On CPU they also outlive the call (one set per thread, at most
+    about MAX_CHUNK_BYTES): on this VM a fresh 4 KiB page costs ~4 us to fault in, 29 ms of system
+    time per WRN image and 3 ms per EfficientNet-Lite0 image when every chunk allocates anew.
+    CUDA's caching allocator already recycles memory: there a workspace lives for one call."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.buffers: dict[str, torch.Tensor] = {}
 
+    @staticmethod
+    def for_device(device: torch.device) -> _Workspace:
+        if device.type != "cpu":
+            return _Workspace(device)
+        if not hasattr(_CPU_WORKSPACE, "work"):
+            _CPU_WORKSPACE.work = _Workspace(device)
+        return _CPU_WORKSPACE.work
+
     def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         size = math.prod(shape)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            self.buffers.pop(name, None)  # release the old one before allocating the new
             buffer = self.buffers[name] = torch.empty(size, dtype=dtype, device=self.device)
         return buffer[:size].view(shape)
+
+
+_CPU_WORKSPACE = threading.local()
 
 
 def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: torch.Tensor, n_fit: torch.Tensor,
@@ -214,9 +235,13 @@ def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: to
         delta = _cholesky_solve(factor, _residual(fit, fit_y, beta, todo) - lam[todo, None, None] * beta)
         beta = beta + delta
         step_error, moved = _held_out_error(held, held_y, held_rows, n_held, y_mean, beta, delta, todo)
-        converged = moved <= REFINE_TOL * step_error
+        # Steps shrink geometrically by ratio q, so what is left after this one is ~ moved * q / (1 - q);
+        # the first step has no q yet: it must itself be below the tolerance.
+        ratio = moved / previous
+        left = torch.where(torch.isfinite(previous) & (ratio < 1.0), moved * ratio / (1.0 - ratio), moved)
+        converged = left <= REFINE_TOL * step_error
         error[todo[converged]] = step_error[converged]
-        keep = ~converged & (moved < 0.5 * previous)
+        keep = ~converged & (ratio < REFINE_STALL)
         if not bool(keep.all()):  # compact once per shrink, not per step
             factor, beta, todo, moved = factor[keep], beta[keep], todo[keep], moved[keep]
         previous = moved
