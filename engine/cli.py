@@ -94,11 +94,14 @@ def format_report(name: str, report: dict) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     store = ScoreStore.open(args.store, mode="r")
-    result = evaluate_store(store, args.members, args.bootstrap)
+    result = evaluate_store(store, args.members, args.bootstrap, alpha=args.alpha,
+                            calibration_fraction=args.calibration_fraction)
     alpha = result["alpha"] or {}
     print(f"{args.store}: {result['lrec']['n_members']} members, {result['lrec']['n_nonmembers']} non-members, "
           f"{result['lrec']['n_excluded_nan']} failed excluded; lower score = member")
-    print(f"alpha = {alpha.get('value', float('nan')):.4g} ({alpha.get('spec', '?')})")
+    chosen = f", chosen on {alpha['calibration_rows']} calibration rows; metrics on the others" \
+        if alpha.get("calibration_rows") else ""
+    print(f"alpha = {alpha.get('value', float('nan')):.4g} ({alpha.get('spec', '?')}{chosen})")
     for column in ("lrec", "lmem"):
         print(format_report(column, result[column]))
     if args.json:
@@ -269,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
     p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals")
     p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--alpha", help="evaluate lmem at this alpha instead of the store's: NUMBER | fit | fit:robust | "
+                                   "auto (chosen with labels on a calibration split, reported on the rest)")
+    p.add_argument("--calibration-fraction", type=float, default=0.5, help="share of labelled rows for --alpha auto")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("rescore", help="recompute lmem with another alpha, from the stored lrec and ldiff")
     p.add_argument("store")

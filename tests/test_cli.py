@@ -71,3 +71,19 @@ def test_report_command_writes_a_page_with_thumbnails(scored):
                  "--bootstrap", "20"]) == 0
     page = (root / "report" / "index.html").read_text()
     assert "thumbnails.png" in page and (root / "report" / "thumbnails.png").stat().st_size > 1000
+
+
+def test_evaluate_alpha_auto_reports_only_on_rows_it_did_not_calibrate_on(scored, capsys):
+    root, _, _, store = scored
+    assert main(["evaluate", str(store), "--alpha", "auto", "--json", str(root / "auto.json")]) == 0
+    metrics = json.loads((root / "auto.json").read_text())
+    from engine.store_metrics import calibration_split
+    s = ScoreStore.open(store)
+    calibration = calibration_split(s.column("id"), 0.5, 0)
+    assert metrics["alpha"]["calibration_rows"] == int(calibration.sum()) > 0
+    held_out = ~calibration
+    member = s.column("member") == 1
+    assert metrics["lmem"]["n_members"] + metrics["lmem"]["n_nonmembers"] == int(held_out.sum())
+    lmem = s.column("lrec").astype(float) - metrics["alpha"]["value"] * s.column("ldiff").astype(float)
+    assert metrics["lmem"]["auc"] == pytest.approx(auc(lmem[held_out], member[held_out]))
+    assert "calibration rows" in capsys.readouterr().out
