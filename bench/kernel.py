@@ -7,8 +7,8 @@ images/s (best of the repeats after a warm-up; also CPU time, which others shari
 less) and peak RSS above the loaded inputs (VmHWM after /proc/self/clear_refs). `fused_torch` is the
 fused kernel with its numba steps replaced by their torch formulation (what CUDA runs). Also the
 float32 GEMM rate and the fraction of it the fused kernel achieves on the FLOPs it performs (counted).
-Prints Markdown, writes bench/results/kernel.json (kernel_threads{N}.json with --threads);
-`--quick` < 1 min on an idle machine.
+Prints Markdown, writes bench/results/kernel.json (kernel_quick / _threads{N} variants for --quick and
+--threads); `--quick` aims at < 1 min on an idle machine (2 min with both cores busy elsewhere).
 """
 from __future__ import annotations
 
@@ -284,7 +284,8 @@ def main() -> None:
     results["gemm_fp32_gflops"] = {basis: max(r[basis] for r in rates) for basis in ("wall", "cpu")}
     results["gemm_fp32_gflops_runs"] = rates
     print(report(results))
-    write_results("kernel" if args.threads == DEFAULT_THREADS else f"kernel_threads{args.threads}", results)
+    name = "kernel" + ("_quick" if args.quick else "") + ("" if args.threads == DEFAULT_THREADS else f"_threads{args.threads}")
+    write_results(name, results)
 
 
 def report(results: dict) -> str:

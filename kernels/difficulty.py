@@ -52,7 +52,7 @@ MAX_CHUNK_BYTES = 256 << 20  # working memory per chunk of images (features, Gra
 GRAM_PANEL = 256  # row-panel width of the lower-triangle Gram
 REFINE_STEPS = 10
 REFINE_TOL = 1e-5  # refinement ends once the estimated remaining change of held-out predictions <= this * Ldiff
-REFINE_STALL = 0.8  # ... and hands an image to the fp64 refit when a step shrinks by less than this factor
+REFINE_STALL = 0.8  # an image whose step is not below this times the previous one goes to the fp64 refit
 _BLOCKS = 8  # fixed row blocks per image in numba reductions: summation order never depends on the batch
 
 
