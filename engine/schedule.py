@@ -16,9 +16,6 @@ import torch
 
 from .config import ScoreConfig
 
-ShardDone = Callable[["ShardOutcome"], None]
-
-
 @dataclass(frozen=True)
 class ShardOutcome:
     index: int
@@ -107,8 +104,7 @@ def threads_per_worker(plan: ClusterPlan) -> int:
     return max(1, (os.cpu_count() or 1) // plan.workers)
 
 
-def run_dask(shards, plan: ClusterPlan, task_args: tuple, on_done: ShardDone | None = None,
-             retries: int = 2) -> Iterator[ShardOutcome]:
+def run_dask(shards, plan: ClusterPlan, task_args: tuple, retries: int = 2) -> Iterator[ShardOutcome]:
     """Submit one task per shard; yield outcomes as they finish (failed shards carry their error)."""
     from distributed import as_completed
     client = open_client(plan)
