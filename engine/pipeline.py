@@ -172,10 +172,6 @@ def _collect(futures: list) -> Batch:
     return batch
 
 
-def stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(tensors) if tensors else torch.empty(0)
-
-
 def same_size_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
     """Indices grouped by spatial size, so a victim without a fixed input size runs in batches."""
     groups: dict[tuple[int, ...], list[int]] = {}
