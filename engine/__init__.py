@@ -1,6 +1,7 @@
 """memscore: membership-inference scores (Lrec, Ldiff, Lmem) for conditional image generators.
 
 The handful of names a notebook needs; the `memscore` command (engine.cli) wraps the same calls.
+No name here may equal a submodule's (importing `engine.evaluate` would replace it).
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ def open_store(path: str) -> ScoreStore:
     return ScoreStore.open(path, mode="r")
 
 
-def evaluate(store: str | ScoreStore, members_file: str | None = None, **options) -> dict:
+def attack_metrics(store: str | ScoreStore, members_file: str | None = None, **options) -> dict:
     """Attack metrics of a store (see `engine.store_metrics.evaluate_store` for the options)."""
     return evaluate_store(store if isinstance(store, ScoreStore) else open_store(store), members_file, **options)
 
 
-__all__ = ["DatasetSpec", "RunSummary", "ScoreConfig", "ScoreStore", "evaluate", "open_store", "score"]
+__all__ = ["DatasetSpec", "RunSummary", "ScoreConfig", "ScoreStore", "attack_metrics", "open_store", "score"]
