@@ -14,7 +14,7 @@ from .config import DIFFICULTY_SOURCES, PRECISIONS, PRESETS, VALUE_RANGES, Score
 from .data import read_id_list
 from .store_metrics import evaluate_store
 from .run import DEFAULT_SHARD_SIZE, DatasetSpec, alpha_pass, run_scoring
-from .schedule import ClusterPlan, worker_device
+from .schedule import ClusterPlan, use_threads, worker_device
 from .store import ScoreStore, StoreError
 from .victims import VictimError
 
@@ -58,8 +58,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
 
 def cmd_score(args: argparse.Namespace) -> int:
     if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+        use_threads(args.threads)
     config = config_from_args(args)
     spec = DatasetSpec(args.data, args.inputs, args.targets, args.direction, args.members)
     summary = run_scoring(spec, config, args.out, batch_size=args.batch_size, shard_size=args.shard_size,

@@ -90,8 +90,8 @@ def shard_rows(rows: list[Row], expected_ids: list[str]) -> ShardScores:
 
 
 def reader_threads() -> int:
-    """Decode threads: this process's share of the cores, at least 2 (decoding overlaps compute)."""
-    return max(2, torch.get_num_threads())
+    """Decode threads: this process's share of the cores (the reader runs a batch ahead of compute)."""
+    return torch.get_num_threads()
 
 
 def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStore, batch_size: int,

@@ -40,6 +40,14 @@ def cached(key: tuple, build: Callable[[], object]) -> object:
     return _PROCESS_CACHE[key]
 
 
+def use_threads(threads: int) -> None:
+    """This process's CPU threads, for torch (MKL, oneDNN) and the numba kernels alike; numba would
+    otherwise take every core in each Dask worker and spin against the other workers."""
+    import numba
+    torch.set_num_threads(threads)
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+
+
 def worker_device(requested: str) -> torch.device:
     """The device for this process: `auto` spreads Dask workers over visible GPUs by worker name."""
     if requested != "auto":
@@ -63,8 +71,8 @@ def score_shard_task(shard, dataset_spec, config: ScoreConfig, store_path: str, 
     from .scores import Scorer
     from .store import ScoreStore
 
-    if threads > 0 and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    if threads > 0:
+        use_threads(threads)
     torch_device = worker_device(device)
     scorer = cached(("scorer", config, str(torch_device)), lambda: Scorer(config, device=torch_device))
     dataset = cached(("dataset", dataset_spec), dataset_spec.open)

@@ -65,3 +65,31 @@ def test_defense_noise_is_seeded_and_raises_the_error(items, tmp_path):
     assert all(0.04 < n.lrec < 0.09 for n in noisy)  # E|N(0, 0.1)| = 0.08, less where clipped at 0 or 1
     assert [n.lrec for n in noisy] == [a.lrec for a in again]
     assert [n.ldiff for n in noisy] == [c.ldiff for c in clean]  # the defence touches outputs only
+
+
+def test_ldiff_from_backbone_micro_batches_equals_one_whole_batch_forward(items):
+    """On CPU the backbone runs CPU_BACKBONE_IMAGES at a time; Ldiff must equal the kernel applied to
+    one forward of the whole batch (channels-first, as a user would write it)."""
+    from engine.backbones import create_backbone
+    from engine.scores import CPU_BACKBONE_IMAGES
+    from engine.split import fit_mask
+    from kernels.difficulty import predictability_error
+
+    scorer, batch = items
+    assert len(batch.items) > CPU_BACKBONE_IMAGES  # the batch really is split
+    ids = [item.pair.id for item in batch.items]
+    views = torch.stack([item.cnn_view for item in batch.items])
+    targets = torch.stack([item.grid_target for item in batch.items])
+    ours = scorer.difficulty(ids, views, targets)
+    with torch.no_grad():
+        stages = create_backbone(scorer.config.backbone, weights=scorer.config.backbone_weights).eval()(views)
+    mask = fit_mask(ids, targets.shape[-1] ** 2, scorer.config.fit_fraction, scorer.config.seed)
+    expected = predictability_error(stages, targets, mask, ridge=scorer.config.ridge)
+    np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-4)
+
+
+def test_allocator_settings_apply_on_glibc():
+    import platform
+
+    from engine.allocator import keep_freed_memory
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
