@@ -219,7 +219,7 @@ def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: to
     factor = work.take("factor", (len(fit), width, width)).mT  # column-major: LAPACK writes it in place
     info = torch.empty(len(fit), dtype=torch.int32, device=fit.device)
     torch.linalg.cholesky_ex(system, out=(factor, info))
-    beta = _cholesky_solve(factor, _residual(fit, fit_y, fit_y.new_zeros(len(fit), fit.shape[2], 3), everyone))
+    beta = _cholesky_solve(factor, _residual(fit, fit_y, None, everyone))
 
     # Refinement with fp64 residuals on the images still in `todo`; each leaves it converged
     # (error recorded) or stalled (error left NaN: refitted in fp64 below). lam == 0 means OLS:
@@ -270,9 +270,11 @@ def _native_factor(stage: torch.Tensor, work: _Workspace, name: str) -> torch.Te
     """
     batch, channels, height, width = stage.shape
     positions = height * width
+    if positions > channels:  # one strided copy; a plain memcpy for channels-last maps
+        out = work.take(name, (batch, positions, channels))
+        out.view(batch, height, width, channels).copy_(stage.detach().permute(0, 2, 3, 1))
+        return out
     maps = stage.detach().to(torch.float32).reshape(batch, channels, positions)  # G^T
-    if positions > channels:
-        return work.take(name, (batch, positions, channels)).copy_(maps.transpose(1, 2))
     if positions == 1:
         return maps.new_zeros(batch, 1, 0)
     normal = torch.full((positions,), positions ** -0.5, dtype=torch.float64)
@@ -350,15 +352,17 @@ def _cholesky_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(factor.mT, half, upper=True).to(torch.float64)
 
 
-def _residual(features: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """F^T (y - F beta) for the listed images, `[m, D, 3]` fp64, accumulated in fp64 from fp32 F."""
+def _residual(features: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor | None, images: torch.Tensor
+              ) -> torch.Tensor:
+    """F^T (y - F beta) for the listed images, `[m, D, 3]` fp64, accumulated in fp64 from fp32 F;
+    beta None means zero (F^T y: one pass over F instead of two)."""
     if _use_numba(features):
         partial = np.zeros((len(images), _BLOCKS, 3, features.shape[2]))
-        _residual_kernel(features.numpy(), targets.numpy(), beta.transpose(1, 2).contiguous().numpy(),
-                         images.numpy(), partial)
+        coefficients = np.zeros((len(images), 3, 0)) if beta is None else beta.transpose(1, 2).contiguous().numpy()
+        _residual_kernel(features.numpy(), targets.numpy(), coefficients, images.numpy(), partial)
         return torch.from_numpy(partial.sum(1)).transpose(1, 2)
     wide = features[images].to(torch.float64)
-    return wide.transpose(1, 2) @ (targets[images] - wide @ beta)
+    return wide.transpose(1, 2) @ (targets[images] if beta is None else targets[images] - wide @ beta)
 
 
 def _held_out_error(features: torch.Tensor, pixels: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor,
@@ -451,8 +455,9 @@ def _gather_kernel(factor, taps, weights, rows, mean, out, offset):  # pragma: n
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _residual_kernel(features, targets, beta, images, partial):  # pragma: no cover - compiled
     """partial[m, blk, c, :] = sum over rows of block blk of F[r] * (y[r, c] - F[r] . beta[m, c]), fp64;
-    image = images[m]."""
+    image = images[m]; an empty beta (width 0) stands for zero."""
     count, width = features.shape[1], features.shape[2]
+    predict = beta.shape[2] > 0
     for job in numba.prange(len(images) * _BLOCKS):
         slot = job // _BLOCKS
         block = job - slot * _BLOCKS
@@ -462,7 +467,7 @@ def _residual_kernel(features, targets, beta, images, partial):  # pragma: no co
         for row in range(block * count // _BLOCKS, (block + 1) * count // _BLOCKS):
             f = features[image, row]
             t0, t1, t2 = targets[image, row, 0], targets[image, row, 1], targets[image, row, 2]
-            for j in range(width):
+            for j in range(width if predict else 0):
                 fj = np.float64(f[j])
                 t0 -= fj * b0[j]
                 t1 -= fj * b1[j]
