@@ -2,8 +2,13 @@
 limit, cost growth with N, 1 process vs 2 workers, the kernel table. Writes
 bench/results/<machine>-<date>.json and prints Markdown tables.
 
-    python bench/run.py --quick      # under a few minutes: small N, lite0 only
-    python bench/run.py              # the full set (WRN-50-2 end to end, 10k/100k growth: hours on 2 cores)
+    python bench/run.py --quick                  # about a minute: small N, lite0 only
+    python bench/run.py                          # the full set (tens of minutes on 2 cores)
+    python bench/run.py --sections growth --growth 1000,10000,100000   # growth alone, to 100k
+    python bench/run.py --reuse                  # kernel/scale tables from their last result files
+
+Sections not run keep their figures in today's result file. Every end-to-end run is a fresh
+process (`run_scoring`), so its peak RSS is its own.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -24,20 +30,31 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS, machine, markdown_table, pix2pix_victim  # noqa: E402
 
 FACADES = HERE.parents[1] / "shared" / "datasets" / "facades"
+STAGES = ("decode", "victim", "backbone", "kernel", "write")
+DECODE_SAMPLE = 512  # pairs read by the standalone decode measurement
 
 
 def run_one(spec: dict) -> dict:
-    """One end-to-end `run_scoring` (this is run in a fresh process, so peak RSS is its own)."""
+    """One end-to-end `run_scoring`, then the reader alone on the same data (this runs in a fresh process)."""
     from engine.config import ScoreConfig
-    from engine.run import DatasetSpec, run_scoring
+    from engine.pipeline import batches
+    from engine.run import DatasetSpec, reader_threads, run_scoring
+    from engine.scores import Scorer
     config = ScoreConfig(**{**spec["config"], "victim_options": tuple(tuple(p) for p in spec["config"]["victim_options"])})
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    summary = run_scoring(DatasetSpec(**spec["dataset"]), config, spec["out"], batch_size=spec.get("batch_size", 32),
+    dataset_spec = DatasetSpec(**spec["dataset"])
+    summary = run_scoring(dataset_spec, config, spec["out"], batch_size=spec.get("batch_size", 32),
                           shard_size=spec.get("shard_size", 1024), overwrite=True, progress=False)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = summary.scored + summary.failed
-    return {"images": n, "seconds": summary.seconds, "images_per_s": n / summary.seconds,
-            "stages": summary.stages.as_dict(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "start_rss_mb": before / 1024}
+    pairs = list(dataset_spec.open().pairs(0, min(n, DECODE_SAMPLE)))
+    started = time.perf_counter()
+    decoded = sum(len(b.items) + len(b.failures) for b in batches(pairs, Scorer(config).view, 32, threads=reader_threads()))
+    decode_rate = decoded / (time.perf_counter() - started)
+    stages = summary.stages.as_dict()
+    standalone = {stage: n / seconds for stage, seconds in stages.items() if stage != "decode" and seconds > 0}
+    standalone["decode"] = decode_rate  # in a run, decoding overlaps compute: its in-run time is only waiting
+    return {"images": n, "seconds": summary.seconds, "images_per_s": n / summary.seconds, "stages": stages,
+            "stage_images_per_s": standalone, "peak_rss_mb": peak_rss}
 
 
 def in_subprocess(spec: dict) -> dict:
@@ -48,20 +65,24 @@ def in_subprocess(spec: dict) -> dict:
 
 
 def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
-    import time
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
-    started = time.perf_counter()
+    best = float("inf")
     for _ in range(repeats):
+        started = time.perf_counter()
         a @ b
-    return 2 * size ** 3 * repeats / (time.perf_counter() - started) / 1e9
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
 
 
 def flops_per_image(config: dict, victim_size: int) -> dict[str, float]:
-    """FLOPs of one image through the victim and the backbone (torch's counter) and the kernel (closed form)."""
+    """FLOPs of one image through the victim and the backbone (torch's counter) and the fused kernel
+    (its Gram, Cholesky, right-hand side and held-out predictions; the reduced width of kernels.difficulty)."""
     from torch.utils.flop_counter import FlopCounterMode
+
     from engine.backbones import create_backbone
     from engine.victims import load
+    from kernels.difficulty import reduced_width
     counts = {}
     backbone = create_backbone(config["backbone"], pretrained=False)
     victim = load(config["victim"], **dict(config["victim_options"]))
@@ -70,97 +91,134 @@ def flops_per_image(config: dict, victim_size: int) -> dict[str, float]:
             with FlopCounterMode(display=False) as counter:
                 module(torch.randn(*shape))
             counts[name] = float(counter.get_total_flops())
-    grid = 56
-    width = sum(min(c, (grid // (s // 4)) ** 2) for c, s in zip(backbone.stage_channels, backbone.stage_strides))
+    grid = 224 // backbone.stage_strides[0]
+    sizes = [(224 // s, 224 // s) for s in backbone.stage_strides]
+    width = reduced_width(list(backbone.stage_channels), sizes)
     n_fit = round(0.7 * grid * grid)
-    # upsample (width x grid^2 x 4), Gram on fit rows, Cholesky, predict held-out rows
-    counts["kernel"] = float(2 * grid * grid * width * 4 + 2 * n_fit * width ** 2 + width ** 3 / 3
-                             + 2 * (grid * grid - n_fit) * width * 3 + 2 * width * width * 3)
+    counts["kernel"] = float(n_fit * width * (width + 1) + width ** 3 / 3 + 2 * n_fit * width * 3
+                             + 2 * (grid * grid - n_fit) * width * 3)
     return counts
+
+
+def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[dict, list, list]:
+    """Each dataset x backbone in a fresh process; the limit uses the best GEMM rate measured before
+    and after (a shared machine's rate drifts; the faster reading is the machine's)."""
+    from engine.synthetic import write_manifest_dataset
+    gemm_runs = [gemm_gflops()]
+    n_synthetic = {"efficientnet_lite0": 256 if quick else 1024, "wide_resnet50_2": 256}
+    backbones = ["efficientnet_lite0"] + ([] if quick else ["wide_resnet50_2"])
+    results, rows, stage_rows, runs = {}, [], [], []
+    for backbone in backbones:
+        config = {**base, "backbone": backbone}
+        if backbone == "wide_resnet50_2":  # random weights are fine for timing
+            from torchvision.models import wide_resnet50_2
+            weights = work / "wrn_random.pth"
+            torch.save(wide_resnet50_2(weights=None).state_dict(), weights)
+            config["backbone_weights"] = str(weights)
+        synthetic = write_manifest_dataset(work / f"synthetic{n_synthetic[backbone]}", n_synthetic[backbone],
+                                           distinct=64, size=256)
+        datasets = {"synthetic 256px": {"data": str(synthetic)}}
+        if FACADES.is_dir() and not quick:
+            datasets["facades"] = {"data": str(FACADES), "direction": "BtoA"}
+        flops = flops_per_image(config, victim_size)
+        for name, dataset in datasets.items():
+            result = in_subprocess({"config": config, "dataset": dataset, "out": str(work / "e2e.zarr")})
+            runs.append((f"{name} / {backbone}", {**result, "flops_per_image": flops}))
+    gemm_runs.append(gemm_gflops())
+    gemm = max(gemm_runs)
+    for key, result in runs:
+        limit = gemm * 1e9 / sum(result["flops_per_image"].values())
+        slowest_stage, slowest = min(result["stage_images_per_s"].items(), key=lambda item: item[1])
+        results[key] = {**result, "limit_images_per_s": limit, "vs_slowest_stage": result["images_per_s"] / slowest,
+                        "slowest_stage": slowest_stage}
+        rows.append([key, result["images"], result["images_per_s"], limit, result["images_per_s"] / limit,
+                     f"{result['images_per_s'] / slowest:.2f} ({slowest_stage})", result["peak_rss_mb"]])
+        stage_rows.append([key, *(f"{result['stages'].get(s, 0.0):.1f} s / {result['stage_images_per_s'].get(s, float('nan')):.0f}"
+                                  for s in STAGES)])
+    results["gemm_gflops"], results["gemm_gflops_runs"] = gemm, gemm_runs
+    return results, rows, stage_rows
+
+
+def growth(work: Path, base: dict, runs: list[dict], n: int) -> dict:
+    """`runs` plus one more at N = n (tiny images, a manifest over 16 distinct pairs), and the slope
+    of peak RSS from the first run to this one."""
+    from engine.synthetic import write_manifest_dataset
+    manifest = write_manifest_dataset(work / f"grow{n}", n, distinct=16, size=16)
+    result = in_subprocess({"config": {**base, "backbone": "efficientnet_lite0"}, "dataset": {"data": str(manifest)},
+                            "out": str(work / "grow.zarr"), "batch_size": 64})
+    runs = [*runs, {"n": n, **result}]
+    print(f"growth N={n}: {result['images_per_s']:.1f} images/s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    out = {"runs": runs}
+    if len(runs) > 1:
+        out["rss_slope_mb_per_million_images"] = ((runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"])
+                                                  / (runs[-1]["n"] - runs[0]["n"]) * 1e6)
+    return out
+
+
+def sub_benchmark(script: str, quick: bool, reuse: bool) -> tuple[dict, str]:
+    """bench/kernel.py or bench/scale.py: run it (its table is printed), or reuse its last result file."""
+    result_file = RESULTS / f"{Path(script).stem}{'_quick' if quick else ''}.json"
+    if reuse and result_file.exists():
+        return json.loads(result_file.read_text()), f"(reused {result_file.name})"
+    done = subprocess.run([sys.executable, str(HERE / script), *(["--quick"] if quick else [])], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr[-2000:]}, done.stderr[-2000:]
+    return json.loads(result_file.read_text()), done.stdout[-4000:]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--growth", help="comma-separated N for the growth runs (default 1000,10000; --quick 1000)")
+    parser.add_argument("--reuse", action="store_true", help="take kernel.py / scale.py results from their last files")
+    parser.add_argument("--sections", default="e2e,growth,kernel,scale", help="comma-separated subset to run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
-    from engine.synthetic import write_manifest_dataset
     work = Path(tempfile.mkdtemp(prefix="memscore-bench-"))
     size = 64 if args.quick else 128
     options = [["netG", {64: "unet_64", 128: "unet_128"}[size]], ["ngf", 16], ["norm", "instance"], ["use_dropout", False]]
-    victim = pix2pix_victim(work / "victim.pth", size=size)
-    base = {"victim": victim, "victim_size": size, "victim_options": options, "alpha": "fit"}
-    results: dict = {"quick": args.quick, "victim": f"pix2pix {options[0][1]} ngf 16 at {size}x{size} (random init)"}
-
-    # end to end: synthetic and Facades, per backbone
-    n_e2e = 256 if args.quick else 1024
-    synthetic = write_manifest_dataset(work / "synthetic", n_e2e, distinct=64, size=256)
-    datasets = {"synthetic 256px": {"data": str(synthetic)}}
-    if FACADES.is_dir():
-        datasets["facades"] = {"data": str(FACADES), "direction": "BtoA"}
-    backbones = ["efficientnet_lite0"] + ([] if args.quick else ["wide_resnet50_2"])
-    rows, e2e = [], {}
-    gemm = gemm_gflops()
-    for backbone in backbones:
-        config = {**base, "backbone": backbone}
-        if backbone == "wide_resnet50_2":  # random weights are fine for timing
-            weights = work / "wrn_random.pth"
-            from torchvision.models import wide_resnet50_2
-            torch.save(wide_resnet50_2(weights=None).state_dict(), weights)
-            config["backbone_weights"] = str(weights)
-        flops = flops_per_image(config, size)
-        limit = gemm * 1e9 / sum(flops.values())
-        for name, dataset in datasets.items():
-            result = in_subprocess({"config": config, "dataset": dataset, "out": str(work / "e2e.zarr")})
-            key = f"{name} / {backbone}"
-            e2e[key] = {**result, "flops_per_image": flops, "limit_images_per_s": limit}
-            stage_rates = {stage: result["images"] / seconds for stage, seconds in result["stages"].items() if seconds > 0}
-            slowest = min(stage_rates.values())
-            rows.append([key, result["images"], result["images_per_s"], limit, result["images_per_s"] / limit,
-                         result["images_per_s"] / slowest, result["peak_rss_mb"]])
-            e2e[key]["stage_images_per_s"] = stage_rates
-    results["gemm_gflops"] = gemm
-    results["end_to_end"] = e2e
-    print(f"float32 GEMM: {gemm:.1f} GFLOP/s ({torch.get_num_threads()} threads)\n")
-    print(markdown_table(["dataset / backbone", "images", "images/s", "limit images/s", "achieved/limit",
-                          "vs slowest stage", "peak RSS MB"], rows))
-    print()
-    stage_rows = [[key, *(f"{value['stages'].get(s, 0.0):.1f} s / {value['stage_images_per_s'].get(s, float('nan')):.0f} img/s"
-                          for s in ("decode", "victim", "backbone", "kernel", "write"))] for key, value in e2e.items()]
-    print(markdown_table(["run", "decode wait", "victim", "backbone", "kernel", "store write"], stage_rows))
-
-    # cost growth with N (tiny images: the data path and the store, not the CNN, is what grows)
-    growth_ns = [1000] if args.quick else [1000, 10000, 100000]
-    growth = []
-    for n in growth_ns:
-        manifest = write_manifest_dataset(work / f"grow{n}", n, distinct=16, size=16)
-        config = {**base, "backbone": "efficientnet_lite0"}
-        result = in_subprocess({"config": config, "dataset": {"data": str(manifest)}, "out": str(work / "grow.zarr"),
-                                "batch_size": 64})
-        growth.append({"n": n, **result})
-    results["growth"] = growth
-    print()
-    print(markdown_table(["N", "images/s", "peak RSS MB"], [[g["n"], g["images_per_s"], g["peak_rss_mb"]] for g in growth]))
-    if len(growth) > 1:
-        slope = (growth[-1]["peak_rss_mb"] - growth[0]["peak_rss_mb"]) / (growth[-1]["n"] - growth[0]["n"]) * 1e6
-        results["rss_slope_mb_per_million_images"] = slope
-        print(f"peak RSS slope: {slope:.1f} MB per million images")
-
-    # the fused kernel table and 1 process vs 2 workers come from their own scripts
-    for script in ("kernel.py", "scale.py"):
-        if (HERE / script).exists():
-            done = subprocess.run([sys.executable, str(HERE / script), *(["--quick"] if args.quick else [])],
-                                  capture_output=True, text=True)
-            print(f"\n## {script}\n{done.stdout[-4000:]}")
-            results[script] = json.loads((RESULTS / f"{Path(script).stem}.json").read_text()) if done.returncode == 0 \
-                else {"error": done.stderr[-2000:]}
-    name = f"{platform.node() or 'machine'}-{datetime.date.today().isoformat()}"
+    base = {"victim": pix2pix_victim(work / "victim.pth", size=size), "victim_size": size, "victim_options": options,
+            "alpha": "fit"}
+    name = f"{platform.node() or 'machine'}-{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}"
+    path = RESULTS / f"{name}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), **results}, indent=2))
-    print(f"\nwritten {RESULTS / (name + '.json')}")
+    results: dict = json.loads(path.read_text()) if path.exists() else {}  # sections not rerun keep today's figures
+    results.update({"quick": args.quick, "victim": f"pix2pix {options[0][1]} ngf 16 at {size}x{size} (random init)",
+                    "threads": torch.get_num_threads()})
+
+    def save() -> None:  # after every section: a long run interrupted late keeps what it measured
+        path.write_text(json.dumps({"machine": machine(), **results}, indent=2))
+
+    sections = args.sections.split(",")
+    if "e2e" in sections:
+        e2e, rows, stage_rows = end_to_end(work, base, size, args.quick)
+        results["end_to_end"] = e2e
+        save()
+        print(f"float32 GEMM: {e2e['gemm_gflops']:.1f} GFLOP/s, best of before/after ({torch.get_num_threads()} threads)\n")
+        print(markdown_table(["dataset / backbone", "images", "images/s", "limit images/s", "achieved/limit",
+                              "vs slowest stage", "peak RSS MB"], rows))
+        print("\nper stage: seconds in the run / standalone images/s (decode: the reader alone)")
+        print(markdown_table(["run", *STAGES], stage_rows), flush=True)
+    if "growth" in sections:
+        sizes = [int(n) for n in (args.growth or ("1000" if args.quick else "1000,10000")).split(",")]
+        results["growth"] = {"runs": []}
+        for n in sizes:
+            results["growth"] = growth(work, base, results["growth"]["runs"], n)
+            save()
+        print()
+        print(markdown_table(["N", "images/s", "peak RSS MB"],
+                             [[g["n"], g["images_per_s"], g["peak_rss_mb"]] for g in results["growth"]["runs"]]))
+        if "rss_slope_mb_per_million_images" in results["growth"]:
+            print(f"peak RSS slope: {results['growth']['rss_slope_mb_per_million_images']:.1f} MB per million images")
+    for script in ("kernel.py", "scale.py"):
+        if Path(script).stem in sections:
+            results[script], printed = sub_benchmark(script, args.quick, args.reuse)
+            save()
+            print(f"\n## {script}\n{printed}")
+    print(f"\nwritten {path}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class Scorer:
         keep_freed_memory()
         if self.backbone is None:
             self.backbone = create_backbone(self.config.backbone, weights=self.config.backbone_weights)
-        self.backbone = self.backbone.to(self.device)
+        self.backbone = self.backbone.to(self.device, memory_format=torch.channels_last)
         if self.victim is None:
             self.victim = open_victim(self.config.victim, weights=self.config.victim_weights, device=self.device,
                                       value_range=self.config.victim_range, seed=self.config.seed,
@@ -102,7 +102,6 @@ class Scorer:
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
         if self.config.precision == "bf16" and self.device.type != "cuda":
             raise ValueError("precision bf16 needs a CUDA device; use fp32 on CPU")
-        self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
     def autocast(self):
         """bfloat16 autocast for the networks when the config asks for it (no-op otherwise)."""
