@@ -145,23 +145,49 @@ def _chunks(pairs: Iterable[Pair], batch_size: int) -> Iterator[list[Pair]]:
 
 def _dali_batches(pairs: Iterable[Pair], view: View, batch_size: int, threads: int,
                   device: str | torch.device | None) -> Iterator[Batch]:
-    """The DALI reader on one worker thread (it builds and runs the pipelines), one batch ahead, as
-    the Pillow reader: at most three decoded batches at once (the caller's, the next, one being read)."""
-    from .dali_reader import DaliReader
+    """The DALI reader on its own thread, one batch ahead, as the Pillow reader: at most three decoded
+    batches at once (the caller's, the next, one being read)."""
+    reader = _DaliThread.for_settings(view, batch_size, threads, device)
+    pending = None
+    for chunk in _chunks(pairs, batch_size):
+        submitted = reader.submit(chunk)
+        if pending is not None:
+            yield pending.result()
+        pending = submitted
+    if pending is not None:
+        yield pending.result()
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscore-dali") as worker:
-        reader = worker.submit(DaliReader, view, batch_size, device=device, threads=threads).result()
-        try:
-            pending = None
-            for chunk in _chunks(pairs, batch_size):
-                submitted = worker.submit(reader.read, chunk)
-                if pending is not None:
-                    yield pending.result()
-                pending = submitted
-            if pending is not None:
-                yield pending.result()
-        finally:
-            worker.submit(reader.close).result()
+
+class _DaliThread:
+    """A `DaliReader` and the one thread that builds and runs its pipelines, kept for the process and
+    reused by every shard: DALI does not hand back the memory of a closed reader (measured: +17 MB of
+    RSS per reader built and closed, so a reader per shard grew a 10k-image run by ~700 MB)."""
+
+    current: _DaliThread | None = None
+
+    def __init__(self, settings: tuple) -> None:
+        from .dali_reader import DaliReader
+
+        view, batch_size, threads, device = settings
+        self.settings = settings
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memscore-dali")
+        self.reader = self.worker.submit(DaliReader, view, batch_size, device=device, threads=threads).result()
+
+    @classmethod
+    def for_settings(cls, view: View, batch_size: int, threads: int, device) -> _DaliThread:
+        settings = (view, batch_size, threads, device)
+        if cls.current is None or cls.current.settings != settings:
+            if cls.current is not None:
+                cls.current.close()
+            cls.current = cls(settings)
+        return cls.current
+
+    def submit(self, pairs: list[Pair]):
+        return self.worker.submit(self.reader.read, pairs)
+
+    def close(self) -> None:
+        self.worker.submit(self.reader.close).result()
+        self.worker.shutdown()
 
 
 def _collect(futures: list) -> Batch:
