@@ -26,12 +26,11 @@ sys.path.insert(0, str(ROOT))
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
 from skimage.transform import resize as sk_resize  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
 import kernels.difficulty as difficulty  # noqa: E402
+from engine.samples import aligned_photo_batch  # noqa: E402
 from bench.common import markdown_table, write_results  # noqa: E402
 from kernels.interp import upsample  # noqa: E402
 
@@ -220,13 +219,7 @@ def worker(method: str, inputs: Path, count: int, repeats: int) -> dict:
 def facade_inputs(folder: Path, count: int, name: str, pretrained: bool) -> dict:
     from engine.backbones import create_backbone
 
-    photos = []
-    for path in sorted((folder / "train").glob("*.jpg"))[:count]:
-        image = Image.open(path).convert("RGB")
-        photo = image.crop((0, 0, image.width // 2, image.height)).resize((224, 224), Image.BILINEAR)
-        photos.append(torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    images = torch.stack(photos)
-    target = F.interpolate(images, size=(56, 56), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    images, target = aligned_photo_batch(folder / "train", count)
     torch.manual_seed(0)
     model = create_backbone(name, pretrained=pretrained)
     mean, std = torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)

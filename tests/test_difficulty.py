@@ -6,10 +6,10 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from skimage.transform import resize as sk_resize
 
 import kernels.difficulty as difficulty
+from engine.samples import aligned_photo_batch
 from kernels.difficulty import predictability_error, reduced_width
 
 
@@ -193,18 +193,6 @@ def test_reduced_width_of_the_paper_backbones() -> None:
 # --- real backbone features on Facades ---------------------------------------------------------------
 
 
-def facade_batch(facades_dir, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `count` Facades photos (left half) at 224x224 in [0, 1], and the 56x56 target grid."""
-    photos = []
-    for path in sorted((facades_dir / "train").glob("*.jpg"))[:count]:
-        image = Image.open(path).convert("RGB")
-        photo = image.crop((0, 0, image.width // 2, image.height)).resize((224, 224), Image.BILINEAR)
-        photos.append(torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1))
-    images = torch.stack(photos)
-    target = F.interpolate(images, size=(56, 56), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-    return images, target
-
-
 def backbone_stages(name: str, images: torch.Tensor, pretrained: bool) -> list[torch.Tensor]:
     from engine.backbones import create_backbone
 
@@ -221,7 +209,7 @@ def backbone_stages(name: str, images: torch.Tensor, pretrained: bool) -> list[t
 @pytest.fixture(scope="module")
 def lite0(facades) -> tuple[list[torch.Tensor], torch.Tensor]:
     torch.manual_seed(0)
-    images, target = facade_batch(facades, 32)
+    images, target = aligned_photo_batch(facades / "train", 32)
     return backbone_stages("efficientnet_lite0", images, pretrained=True), target
 
 
@@ -240,7 +228,7 @@ def test_random_wide_resnet_matches_dense(facades) -> None:
     # fp32 Gram alone is off by up to 1e-2 here, so this checks that fp64 refinement (or the per-image
     # fp64 fallback) recovers the answer. Tolerance as for pretrained features, on the worst image.
     torch.manual_seed(0)
-    images, target = facade_batch(facades, 2)
+    images, target = aligned_photo_batch(facades / "train", 2)
     stages = backbone_stages("wide_resnet50_2", images, pretrained=False)
     mask = fixed_fraction_masks(2, 56 * 56, 0.7, seed=8)
     ratio = relative(predictability_error(stages, target, mask), dense_reference(stages, target, mask))
