@@ -118,18 +118,9 @@ def batches(pairs: Iterable[Pair], view: View, batch_size: int, *, threads: int 
         yield from _dali_batches(pairs, view, batch_size, threads, device)
         return
 
-    def assemble(chunk: list[Pair], pool: ThreadPoolExecutor) -> list:
-        return [pool.submit(prepare, pair, view) for pair in chunk]
-
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        pending = None
-        for chunk in _chunks(pairs, batch_size):
-            submitted = assemble(chunk, pool)
-            if pending is not None:
-                yield _collect(pending)
-            pending = submitted
-        if pending is not None:
-            yield _collect(pending)
+        yield from _read_ahead(_chunks(pairs, batch_size), lambda chunk: [pool.submit(prepare, p, view) for p in chunk],
+                               _collect)
 
 
 def _chunks(pairs: Iterable[Pair], batch_size: int) -> Iterator[list[Pair]]:
@@ -143,19 +134,24 @@ def _chunks(pairs: Iterable[Pair], batch_size: int) -> Iterator[list[Pair]]:
         yield chunk
 
 
+def _read_ahead(chunks: Iterator[list[Pair]], start, finish) -> Iterator[Batch]:
+    """`finish(start(chunk))` for each chunk, the next chunk started before a batch is handed out: at
+    most three decoded batches at once (the caller's, the next, one being read)."""
+    pending = None
+    for chunk in chunks:
+        started = start(chunk)
+        if pending is not None:
+            yield finish(pending)
+        pending = started
+    if pending is not None:
+        yield finish(pending)
+
+
 def _dali_batches(pairs: Iterable[Pair], view: View, batch_size: int, threads: int,
                   device: str | torch.device | None) -> Iterator[Batch]:
-    """The DALI reader on its own thread, one batch ahead, as the Pillow reader: at most three decoded
-    batches at once (the caller's, the next, one being read)."""
+    """The DALI reader on its own thread, one batch ahead, as the Pillow reader."""
     reader = _DaliThread.for_settings(view, batch_size, threads, device)
-    pending = None
-    for chunk in _chunks(pairs, batch_size):
-        submitted = reader.submit(chunk)
-        if pending is not None:
-            yield pending.result()
-        pending = submitted
-    if pending is not None:
-        yield pending.result()
+    yield from _read_ahead(_chunks(pairs, batch_size), reader.submit, lambda future: future.result())
 
 
 class _DaliThread:
