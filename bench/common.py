@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +24,20 @@ def pix2pix_victim(path: Path, size: int = 64, ngf: int = 16) -> str:
     return f"pix2pix:{path}"
 
 
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def timed(run: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process): CPU time is what the work costs when others share the cores."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def gemm_rate(size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best float32 torch matmul rate, GFLOP/s per wall second and per CPU second (all threads)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = [timed(lambda: a @ b) for _ in range(repeats)]
+    return {"wall": 2.0 * size ** 3 / min(t[0] for t in times) / 1e9,
+            "cpu": 2.0 * size ** 3 / min(t[1] for t in times) / 1e9}
 
 
 def machine() -> dict:

@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from skimage.transform import resize as sk_resize  # noqa: E402
@@ -31,7 +30,8 @@ from sklearn.linear_model import LinearRegression  # noqa: E402
 
 import kernels.difficulty as difficulty  # noqa: E402
 from engine.samples import aligned_photo_batch  # noqa: E402
-from bench.common import markdown_table, write_results  # noqa: E402
+from engine.schedule import use_threads  # noqa: E402
+from bench.common import gemm_rate, markdown_table, timed, write_results  # noqa: E402
 from kernels.interp import upsample  # noqa: E402
 
 RESIZE = "skimage"  # the authors' operator, so all three methods solve the same problem
@@ -157,15 +157,6 @@ def dense_flops(stages: list[torch.Tensor], target: torch.Tensor, mask: torch.Te
 # --- measurement --------------------------------------------------------------------------------
 
 
-def gemm_rate(size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Best float32 torch matmul rate, GFLOP/s per wall second and per CPU second (all threads)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = [_timed(lambda: a @ b) for _ in range(repeats)]
-    return {"wall": 2.0 * size ** 3 / min(t[0] for t in times) / 1e9,
-            "cpu": 2.0 * size ** 3 / min(t[1] for t in times) / 1e9}
-
-
 def busy_fraction(seconds: float = 0.5) -> float:
     """Share of all CPUs in use (by anything) over a short window: the machine is shared."""
     def snapshot() -> tuple[int, int]:
@@ -175,13 +166,6 @@ def busy_fraction(seconds: float = 0.5) -> float:
     time.sleep(seconds)
     total1, idle1 = snapshot()
     return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def _timed(run) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process): CPU time is what the work costs when others share the cores."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    run()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _proc_kib(field: str) -> int:
@@ -203,7 +187,7 @@ def worker(method: str, inputs: Path, count: int, repeats: int) -> dict:
     baseline = _proc_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     outputs = []
-    times = [_timed(lambda: outputs.append(run(stages, target, mask))) for _ in range(repeats)]
+    times = [timed(lambda: outputs.append(run(stages, target, mask))) for _ in range(repeats)]
     result = {"seconds": min(t[0] for t in times), "cpu_seconds": min(t[1] for t in times), "images": count,
               "peak_rss_mib": (_proc_kib("VmHWM") - baseline) / 1024, "ldiff": [float(e) for e in outputs[-1]]}
     if method.startswith("fused"):
@@ -243,8 +227,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    use_threads(args.threads)
     if args.worker:
         print(json.dumps(worker(args.worker, args.inputs, args.count, args.repeats)))
         return

@@ -27,7 +27,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, machine, markdown_table, pix2pix_victim  # noqa: E402
+from common import RESULTS, gemm_rate, machine, markdown_table, pix2pix_victim  # noqa: E402
 
 FACADES = HERE.parents[1] / "shared" / "datasets" / "facades"
 STAGES = ("decode", "victim", "backbone", "kernel", "write")
@@ -64,17 +64,6 @@ def in_subprocess(spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - started)
-    return 2 * size ** 3 / best / 1e9
-
-
 def flops_per_image(config: dict, victim_size: int) -> dict[str, float]:
     """FLOPs of one image through the victim and the backbone (torch's counter) and the fused kernel
     (its Gram, Cholesky, right-hand side and held-out predictions; the reduced width of kernels.difficulty)."""
@@ -104,7 +93,7 @@ def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[d
     """Each dataset x backbone in a fresh process; the limit uses the best GEMM rate measured before
     and after (a shared machine's rate drifts; the faster reading is the machine's)."""
     from engine.synthetic import write_manifest_dataset
-    gemm_runs = [gemm_gflops()]
+    gemm_runs = [gemm_rate()["wall"]]
     n_synthetic = {"efficientnet_lite0": 256 if quick else 1024, "wide_resnet50_2": 256}
     backbones = ["efficientnet_lite0"] + ([] if quick else ["wide_resnet50_2"])
     results, rows, stage_rows, runs = {}, [], [], []
@@ -124,7 +113,7 @@ def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[d
         for name, dataset in datasets.items():
             result = in_subprocess({"config": config, "dataset": dataset, "out": str(work / "e2e.zarr")})
             runs.append((f"{name} / {backbone}", {**result, "flops_per_image": flops}))
-    gemm_runs.append(gemm_gflops())
+    gemm_runs.append(gemm_rate()["wall"])
     gemm = max(gemm_runs)
     for key, result in runs:
         limit = gemm * 1e9 / sum(result["flops_per_image"].values())
