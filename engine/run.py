@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .allocator import release_freed_memory
 from .alpha import membership_error, resolve_alpha
 from .backbones import create_backbone
 from .config import ScoreConfig
@@ -96,7 +97,7 @@ def reader_threads() -> int:
 
 def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStore, batch_size: int,
                 on_batch=None) -> ShardOutcome:
-    """Score one shard and write it (data first, done-mark last)."""
+    """Score one shard and write it (data first, done-mark last), then give the heap's free pages back."""
     before = scorer.times.as_dict()
     pairs = list(dataset.pairs(shard.start, shard.stop))
     rows: list[Row] = []
@@ -114,6 +115,7 @@ def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStor
     with scorer.times.stage("write"):
         store.write_shard(shard.index, scores)
     failed = sum(status != "ok" for status in scores.status)
+    release_freed_memory()  # peak RSS stays flat in N (engine.allocator)
     spent = tuple((name, value - before.get(name, 0.0)) for name, value in scorer.times.as_dict().items())
     return ShardOutcome(shard.index, len(pairs), len(pairs) - failed, failed, stage_seconds=spent)
 
