@@ -2,7 +2,7 @@
 limit, cost growth with N, 1 process vs 2 workers, the kernel table. Writes
 bench/results/<machine>-<date>.json and prints Markdown tables.
 
-    python bench/run.py --quick                  # about a minute: small N, lite0 only
+    python bench/run.py --quick                  # under a minute: small N, lite0 only, every section
     python bench/run.py                          # the full set (tens of minutes on 2 cores)
     python bench/run.py --sections growth --growth 1000,10000,100000   # growth alone, to 100k
     python bench/run.py --reuse                  # kernel/scale tables from their last result files
@@ -16,13 +16,13 @@ import argparse
 import datetime
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +31,34 @@ from common import RESULTS, gemm_rate, machine, markdown_table, pix2pix_victim  
 
 FACADES = HERE.parents[1] / "shared" / "datasets" / "facades"
 STAGES = ("decode", "victim", "backbone", "kernel", "write")
+GROWTH_SHARD = 1024
 STANDALONE_SAMPLE = 256  # pairs decoded, held in memory, then scored stage by stage with nothing else running
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since it started or since the last `reset_peak_rss` (Linux VmHWM)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def measure_shard_peaks(peaks: list[float]) -> None:
+    """Append each shard's own peak RSS to `peaks` (the peak is reset as a shard starts). A run's peak
+    is the largest of its shards' peaks, which vary by tens of MB with timing and fragmentation, so it
+    creeps up with the number of shards even when nothing accumulates; the shards' peaks against
+    their order show whether anything does."""
+    import engine.run
+    score_shard = engine.run.score_shard
+
+    def measured(*args, **kwargs):
+        peaks.append(peak_rss_mb())  # setup before the first shard, then each previous shard
+        reset_peak_rss()
+        return score_shard(*args, **kwargs)
+
+    engine.run.score_shard = measured
 
 
 def run_one(spec: dict) -> dict:
@@ -49,9 +76,12 @@ def run_one(spec: dict) -> dict:
     config = ScoreConfig(**{**spec["config"], "victim_options": tuple(tuple(p) for p in spec["config"]["victim_options"])})
     dataset_spec = DatasetSpec(**spec["dataset"])
     batch_size = spec.get("batch_size", 32)
+    peaks: list[float] = []
+    measure_shard_peaks(peaks)
     summary = run_scoring(dataset_spec, config, spec["out"], batch_size=batch_size,
                           shard_size=spec.get("shard_size", 1024), overwrite=True, progress=False)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peaks.append(peak_rss_mb())  # the last shard and the alpha pass
+    setup_peak, shard_peaks = peaks[0], peaks[1:]
     n = summary.scored + summary.failed
     stages = summary.stages.as_dict()
     scorer = Scorer(config)
@@ -65,7 +95,8 @@ def run_one(spec: dict) -> dict:
         scorer.score(batch)
     standalone.update({stage: len(pairs) / seconds for stage, seconds in scorer.times.as_dict().items()})
     return {"images": n, "seconds": summary.seconds, "images_per_s": n / summary.seconds, "stages": stages,
-            "stage_images_per_s": standalone, "peak_rss_mb": peak_rss}
+            "stage_images_per_s": standalone, "peak_rss_mb": max(peaks), "setup_peak_rss_mb": setup_peak,
+            "shard_peak_rss_mb": shard_peaks}
 
 
 def in_subprocess(spec: dict) -> dict:
@@ -105,7 +136,7 @@ def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[d
     and after (a shared machine's rate drifts; the faster reading is the machine's)."""
     from engine.synthetic import write_manifest_dataset
     gemm_runs = [gemm_rate()["wall"]]
-    n_synthetic = {"efficientnet_lite0": 256 if quick else 1024, "wide_resnet50_2": 256}
+    n_synthetic = {"efficientnet_lite0": 64 if quick else 1024, "wide_resnet50_2": 256}
     backbones = ["efficientnet_lite0"] + ([] if quick else ["wide_resnet50_2"])
     results, rows, stage_rows, runs = {}, [], [], []
     for backbone in backbones:
@@ -140,14 +171,22 @@ def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[d
 
 
 def growth(work: Path, base: dict, runs: list[dict], n: int) -> dict:
-    """`runs` plus one more at N = n (tiny images, a manifest over 16 distinct pairs), and the slope
-    of peak RSS from the first run to this one."""
+    """`runs` plus one more at N = n (tiny images, a manifest over 16 distinct pairs, shards of 1024),
+    the slope of the runs' peak RSS from the first to this one, and within this run the least-squares
+    slope of each shard's own peak against the images scored before it."""
     from engine.synthetic import write_manifest_dataset
     manifest = write_manifest_dataset(work / f"grow{n}", n, distinct=16, size=16)
     result = in_subprocess({"config": {**base, "backbone": "efficientnet_lite0"}, "dataset": {"data": str(manifest)},
-                            "out": str(work / "grow.zarr"), "batch_size": 64})
+                            "out": str(work / "grow.zarr"), "batch_size": 64, "shard_size": GROWTH_SHARD})
+    shard_peaks = result["shard_peak_rss_mb"]
+    if len(shard_peaks) > 2:
+        result["shard_peak_slope_mb_per_1000"] = float(np.polyfit(np.arange(len(shard_peaks)) * GROWTH_SHARD / 1000,
+                                                                  shard_peaks, 1)[0])
     runs = [*runs, {"n": n, **result}]
-    print(f"growth N={n}: {result['images_per_s']:.1f} images/s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+    print(f"growth N={n}: {result['images_per_s']:.1f} images/s, peak RSS {result['peak_rss_mb']:.0f} MB; "
+          f"shards' own peaks {min(shard_peaks):.0f}-{max(shard_peaks):.0f} MB (median {np.median(shard_peaks):.0f})"
+          + (f", slope {result['shard_peak_slope_mb_per_1000']:+.2f} MB per 1000 images"
+             if "shard_peak_slope_mb_per_1000" in result else ""), flush=True)
     out = {"runs": runs}
     if len(runs) > 1:
         out["rss_slope_mb_per_million_images"] = ((runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"])
@@ -169,7 +208,7 @@ def sub_benchmark(script: str, quick: bool, reuse: bool) -> tuple[dict, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--growth", help="comma-separated N for the growth runs (default 1000,10000; --quick 1000)")
+    parser.add_argument("--growth", help="comma-separated N for the growth runs (default 1000,10000; --quick 64,256)")
     parser.add_argument("--reuse", action="store_true", help="take kernel.py / scale.py results from their last files")
     parser.add_argument("--sections", default="e2e,growth,kernel,scale", help="comma-separated subset to run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -203,14 +242,16 @@ def main() -> None:
         print("\nper stage: seconds in the run / standalone images/s (each stage alone: the reader, then the decoded batches)")
         print(markdown_table(["run", *STAGES], stage_rows), flush=True)
     if "growth" in sections:
-        sizes = [int(n) for n in (args.growth or ("1000" if args.quick else "1000,10000")).split(",")]
+        sizes = [int(n) for n in (args.growth or ("64,256" if args.quick else "1000,10000")).split(",")]
         results["growth"] = {"runs": []}
         for n in sizes:
             results["growth"] = growth(work, base, results["growth"]["runs"], n)
             save()
         print()
-        print(markdown_table(["N", "images/s", "peak RSS MB"],
-                             [[g["n"], g["images_per_s"], g["peak_rss_mb"]] for g in results["growth"]["runs"]]))
+        print(markdown_table(["N", "images/s", "peak RSS MB", "shards' own peaks MB (min-max)", "shard peak slope MB/1000"],
+                             [[g["n"], g["images_per_s"], g["peak_rss_mb"],
+                               f"{min(g['shard_peak_rss_mb']):.0f}-{max(g['shard_peak_rss_mb']):.0f}",
+                               g.get("shard_peak_slope_mb_per_1000", "")] for g in results["growth"]["runs"]]))
         if "rss_slope_mb_per_million_images" in results["growth"]:
             print(f"peak RSS slope: {results['growth']['rss_slope_mb_per_million_images']:.1f} MB per million images")
     for script in ("kernel.py", "scale.py"):

@@ -13,7 +13,7 @@ from .backbones import WeightsMissing, available
 from .config import DIFFICULTY_SOURCES, PRECISIONS, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
 from .store_metrics import evaluate_store
-from .run import DEFAULT_SHARD_SIZE, DatasetSpec, alpha_pass, run_scoring
+from .run import DatasetSpec, alpha_pass, run_scoring
 from .schedule import ClusterPlan, use_threads, worker_device
 from .store import ScoreStore, StoreError
 from .victims import VictimError
@@ -248,7 +248,8 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-fraction", type=float, default=0.7)
     p.add_argument("--ridge", type=float, default=1e-6, help="relative ridge of the difficulty fit")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard (= store chunk)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="images per shard (= store chunk); default 1024, or about 16 shards per local Dask worker")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for this process (default: torch's choice; Dask workers share the cores)")

@@ -344,7 +344,7 @@ def _build(spec: _Spec, batch_size: int, threads: int, device: torch.device):
     from nvidia.dali import pipeline_def
 
     inputs: list[str] = []
-    # prefetch_queue_depth=1: one batch in flight inside DALI; the reader itself runs one batch ahead
+    # prefetch_queue_depth=1: one batch in flight inside DALI; reading ahead (on GPU runs) is engine.pipeline's
     pipe = pipeline_def(_graph, batch_size=batch_size, num_threads=threads, prefetch_queue_depth=1,
                         device_id=device.index if spec.gpu else None)(spec, inputs)
     pipe.build()

@@ -6,6 +6,7 @@ alpha pass runs once every shard is done, and a changed configuration is refused
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,22 @@ from .store import ScoreStore, ShardScores, StoreError
 from .timing import StageTimes
 
 DEFAULT_SHARD_SIZE = 1024
+SHARDS_PER_WORKER = 16
+MIN_SHARD_SIZE = 64
+
+
+def default_shard_size(n_images: int, cluster: ClusterPlan = ClusterPlan()) -> int:
+    """Images per shard (= store chunk) when none is asked for.
+
+    One process: 1024. Local Dask workers: small enough that each worker gets about 16 shards, so
+    they finish their last shards together instead of one idling while the other ends a big one
+    (measured, 4096 images on 2 workers: 0.88 of one process in 8 shards, 0.96 in 32), never under
+    64 nor over 1024. An external scheduler's worker count is not known up front: 1024.
+    """
+    if not cluster.workers:
+        return DEFAULT_SHARD_SIZE
+    wanted = math.ceil(n_images / (SHARDS_PER_WORKER * cluster.workers))
+    return min(DEFAULT_SHARD_SIZE, max(MIN_SHARD_SIZE, wanted))
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,8 @@ def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStor
     before = scorer.times.as_dict()
     pairs = list(dataset.pairs(shard.start, shard.stop))
     rows: list[Row] = []
-    reader = iter(batches(pairs, scorer.view, batch_size, device=scorer.device, threads=reader_threads()))
+    reader = iter(batches(pairs, scorer.view, batch_size, device=scorer.device, threads=reader_threads(),
+                          read_ahead=scorer.device.type != "cpu"))  # on a CPU, compute has every core
     while True:
         with scorer.times.stage("decode"):  # time spent waiting for the reader, not hidden behind compute
             batch = next(reader, None)
@@ -152,9 +170,11 @@ def alpha_pass(store: ScoreStore, alpha: str | None = None) -> dict:
 
 
 def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path, *, batch_size: int = 32,
-                shard_size: int = DEFAULT_SHARD_SIZE, device: str = "auto", overwrite: bool = False,
+                shard_size: int | None = None, device: str = "auto", overwrite: bool = False,
                 progress: bool = True, cluster: ClusterPlan = ClusterPlan()) -> RunSummary:
-    """Score a dataset into `out`, resuming a matching store; here, or on Dask when `cluster` asks."""
+    """Score a dataset into `out`, resuming a matching store; here, or on Dask when `cluster` asks.
+
+    `shard_size` None: `default_shard_size` (a resumed store keeps its own)."""
     started = time.perf_counter()
     dataset = dataset_spec.open()
     resuming = Path(out).exists() and not overwrite
@@ -166,6 +186,7 @@ def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path,
         store = ScoreStore.open(out)
         check_resumable(store, config, len(dataset))
     else:
+        shard_size = default_shard_size(len(dataset), cluster) if shard_size is None else shard_size
         store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite)
     with store.lock():
         done = store.done_shards()

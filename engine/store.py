@@ -84,6 +84,8 @@ class ScoreStore:
         path = Path(path)
         if n_images < 1:
             raise StoreError("nothing to score: the dataset is empty")
+        if shard_size < 1:
+            raise StoreError(f"shard size must be at least 1 image, got {shard_size}")
         if path.exists():
             if not overwrite:
                 raise StoreError(f"{path} already exists (rerun to resume, or pass --overwrite)")

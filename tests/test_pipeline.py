@@ -354,3 +354,28 @@ def test_gpu_reader_tensors_arrive_on_the_gpu(facades_pairs):
         for name in FIELDS:
             gap = (getattr(item, name).cpu() - getattr(reference, name)).abs()
             assert float(gap.mean()) < 2 / 255 and float(gap.max()) < 0.25, (name, float(gap.mean()))
+
+
+@pytest.mark.parametrize("reader", ["pillow", pytest.param("dali", marks=needs_dali)])
+def test_reading_ahead_or_not_gives_the_same_batches_and_decodes_ahead_only_when_asked(tmp_path, reader):
+    from engine.synthetic import write_aligned_dataset
+    pairs = list(AlignedFolder(write_aligned_dataset(tmp_path, 7, size=32)).pairs())
+    view = make_view(victim_size=32)
+    for ahead in (True, False):
+        read_pairs: list[str] = []
+
+        def watched():
+            for pair in pairs:
+                read_pairs.append(pair.id)
+                yield pair
+        stream = batches(watched(), view, 3, reader=reader, device="cpu", read_ahead=ahead)
+        first = next(stream)
+        assert len(read_pairs) == (6 if ahead else 3)  # the next batch's pairs are taken only when reading ahead
+        got = [first, *stream]
+        assert [i.pair.id for b in got for i in b.items] == [p.id for p in pairs]
+        if ahead:
+            reference = got
+        else:
+            for mine, theirs in zip(items(got), items(reference)):
+                for name in FIELDS:
+                    assert torch.equal(getattr(mine, name), getattr(theirs, name))

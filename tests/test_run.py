@@ -8,7 +8,8 @@ from PIL import Image
 
 from engine.cli import main
 from engine.config import ScoreConfig
-from engine.run import DatasetSpec, run_scoring
+from engine.run import DatasetSpec, default_shard_size, run_scoring
+from engine.schedule import ClusterPlan
 from engine.store import ScoreStore, StoreError
 from engine.synthetic import write_aligned_dataset
 
@@ -179,3 +180,13 @@ def test_label_map_victims_get_class_ids_and_rgb_label_files_are_refused(tmp_pat
         target = torch.from_numpy(np.asarray(Image.open(tmp_path / "y" / f"{i}.png"), dtype=np.float32) / 255)
         expected = (out[0].clamp(0, 1) - target.permute(2, 0, 1)).abs().mean().item()
         assert lrec[i] == pytest.approx(expected, rel=1e-4)
+
+
+def test_default_shard_size_gives_each_local_worker_about_16_shards(tmp_path):
+    assert default_shard_size(1_000_000) == 1024  # one process
+    assert default_shard_size(4096, ClusterPlan(workers=2)) == 128
+    assert default_shard_size(1000, ClusterPlan(workers=2)) == 64  # never under 64
+    assert default_shard_size(1_000_000, ClusterPlan(workers=4)) == 1024  # never over 1024
+    assert default_shard_size(4096, ClusterPlan(scheduler="tcp://127.0.0.1:8786")) == 1024  # workers unknown
+    with pytest.raises(StoreError, match="shard size must be at least 1"):
+        ScoreStore.create(tmp_path / "s.zarr", 10, 0, ScoreConfig(victim="recon:x"))
