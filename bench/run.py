@@ -208,7 +208,7 @@ def sub_benchmark(script: str, quick: bool, reuse: bool) -> tuple[dict, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--growth", help="comma-separated N for the growth runs (default 1000,10000; --quick 64,256)")
+    parser.add_argument("--growth", help="comma-separated N for the growth runs (default 1000,10000; --quick 256)")
     parser.add_argument("--reuse", action="store_true", help="take kernel.py / scale.py results from their last files")
     parser.add_argument("--sections", default="e2e,growth,kernel,scale", help="comma-separated subset to run")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -242,7 +242,7 @@ def main() -> None:
         print("\nper stage: seconds in the run / standalone images/s (each stage alone: the reader, then the decoded batches)")
         print(markdown_table(["run", *STAGES], stage_rows), flush=True)
     if "growth" in sections:
-        sizes = [int(n) for n in (args.growth or ("64,256" if args.quick else "1000,10000")).split(",")]
+        sizes = [int(n) for n in (args.growth or ("256" if args.quick else "1000,10000")).split(",")]
         results["growth"] = {"runs": []}
         for n in sizes:
             results["growth"] = growth(work, base, results["growth"]["runs"], n)
