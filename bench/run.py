@@ -2,7 +2,7 @@
 limit, cost growth with N, 1 process vs 2 workers, the kernel table. Writes
 bench/results/<machine>-<date>.json and prints Markdown tables.
 
-    python bench/run.py --quick                  # under a minute: small N, lite0 only, every section
+    python bench/run.py --quick                  # every section small, lite0 only: a smoke run (~2 min on 2 cores)
     python bench/run.py                          # the full set (tens of minutes on 2 cores)
     python bench/run.py --sections growth --growth 1000,10000,100000   # growth alone, to 100k
     python bench/run.py --reuse                  # kernel/scale tables from their last result files
@@ -133,7 +133,9 @@ def flops_per_image(config: dict, victim_size: int) -> dict[str, float]:
 
 def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[dict, list, list]:
     """Each dataset x backbone in a fresh process; the limit uses the best GEMM rate measured before
-    and after (a shared machine's rate drifts; the faster reading is the machine's)."""
+    and after (a shared machine's rate drifts; the faster reading is the machine's). "Stages in
+    series" is the rate of running every stage alone one after the other (1 / the sum of their
+    standalone costs): the ceiling wherever the stages share the same cores, as on a CPU."""
     from engine.synthetic import write_manifest_dataset
     gemm_runs = [gemm_rate()["wall"]]
     n_synthetic = {"efficientnet_lite0": 64 if quick else 1024, "wide_resnet50_2": 256}
@@ -160,10 +162,12 @@ def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[d
     for key, result in runs:
         limit = gemm * 1e9 / sum(result["flops_per_image"].values())
         slowest_stage, slowest = min(result["stage_images_per_s"].items(), key=lambda item: item[1])
+        in_series = 1.0 / sum(1.0 / rate for rate in result["stage_images_per_s"].values())
         results[key] = {**result, "limit_images_per_s": limit, "vs_slowest_stage": result["images_per_s"] / slowest,
-                        "slowest_stage": slowest_stage}
+                        "slowest_stage": slowest_stage, "stages_in_series_images_per_s": in_series}
         rows.append([key, result["images"], result["images_per_s"], limit, result["images_per_s"] / limit,
-                     f"{result['images_per_s'] / slowest:.2f} ({slowest_stage})", result["peak_rss_mb"]])
+                     f"{result['images_per_s'] / slowest:.2f} ({slowest_stage})", result["images_per_s"] / in_series,
+                     result["peak_rss_mb"]])
         stage_rows.append([key, *(f"{result['stages'].get(s, 0.0):.1f} s / {result['stage_images_per_s'].get(s, float('nan')):.0f}"
                                   for s in STAGES)])
     results["gemm_gflops"], results["gemm_gflops_runs"] = gemm, gemm_runs
@@ -238,7 +242,7 @@ def main() -> None:
         save()
         print(f"float32 GEMM: {e2e['gemm_gflops']:.1f} GFLOP/s, best of before/after ({torch.get_num_threads()} threads)\n")
         print(markdown_table(["dataset / backbone", "images", "images/s", "limit images/s", "achieved/limit",
-                              "vs slowest stage", "peak RSS MB"], rows))
+                              "vs slowest stage", "vs stages in series", "peak RSS MB"], rows))
         print("\nper stage: seconds in the run / standalone images/s (each stage alone: the reader, then the decoded batches)")
         print(markdown_table(["run", *STAGES], stage_rows), flush=True)
     if "growth" in sections:

@@ -133,7 +133,7 @@ def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStor
     with scorer.times.stage("write"):
         store.write_shard(shard.index, scores)
     failed = sum(status != "ok" for status in scores.status)
-    release_freed_memory()  # peak RSS stays flat in N (engine.allocator)
+    release_freed_memory()  # the next shard starts from the live memory alone (engine.allocator)
     spent = tuple((name, value - before.get(name, 0.0)) for name, value in scorer.times.as_dict().items())
     return ShardOutcome(shard.index, len(pairs), len(pairs) - failed, failed, stage_seconds=spent)
 
