@@ -7,11 +7,11 @@ and the trim threshold to 256 MiB lets the heap recycle those blocks. Measured, 
 at 224, 4 images a forward, 1 thread: 142 ms per image in a Dask worker's environment, 61 in a plain
 process, 37-47 with these settings in either.
 
-What the heap keeps, though, fragments: free holes between live blocks grow slowly from shard to
-shard, and peak RSS crept with N (2.7 MB per 1,000 images from 1k to 50k). `release_freed_memory`
-after each shard (`malloc_trim`, which also returns whole free pages inside the heap) starts every
-shard from the live memory alone. Measured, 16 shards of 256 tiny images: RSS after a shard 1135
-MB with it vs 1435 without, and peak RSS flat from the third shard on (it crept by 21 MB without).
+What the heap keeps, though, fragments: it held 300-400 MB of free holes from shard to shard, and
+peak RSS crept with N (2.7 MB per 1,000 images from 1k to 50k). `release_freed_memory` after each
+shard (`malloc_trim`, which also returns whole free pages inside the heap) starts every shard from
+the live memory alone: RSS after a shard 1135 MB with it vs 1435 without (16 shards of 256 tiny
+images), and peak RSS 1767 / 1754 / 1779 MB at 1k / 10k / 100k images (bench/run.py's growth runs).
 """
 from __future__ import annotations
 
