@@ -31,6 +31,20 @@ def timed(run: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def memory_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), in MiB: VmRSS now, VmHWM the peak
+    since the process started or since the last `reset_peak_memory`."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_memory() -> None:
+    """Set VmHWM back to the current RSS, so the next reading is the peak of what follows."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def gemm_rate(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     """Best float32 torch matmul rate, GFLOP/s per wall second and per CPU second (all threads)."""
     a, b = torch.randn(size, size), torch.randn(size, size)

@@ -31,7 +31,7 @@ from sklearn.linear_model import LinearRegression  # noqa: E402
 import kernels.difficulty as difficulty  # noqa: E402
 from engine.samples import aligned_photo_batch  # noqa: E402
 from engine.schedule import use_threads  # noqa: E402
-from bench.common import gemm_rate, markdown_table, timed, write_results  # noqa: E402
+from bench.common import gemm_rate, markdown_table, memory_mib, reset_peak_memory, timed, write_results  # noqa: E402
 from kernels.interp import upsample  # noqa: E402
 
 RESIZE = "skimage"  # the authors' operator, so all three methods solve the same problem
@@ -168,13 +168,6 @@ def busy_fraction(seconds: float = 0.5) -> float:
     return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
 
 
-def _proc_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def worker(method: str, inputs: Path, count: int, repeats: int) -> dict:
     """One method in a fresh process: warm up on one image, then time `count` images; peak RSS delta."""
     data = torch.load(inputs)
@@ -184,12 +177,12 @@ def worker(method: str, inputs: Path, count: int, repeats: int) -> dict:
     run = {"sklearn": sklearn_authors, "dense": lambda *a: dense_torch(*a)[0], "fused_torch": fused, "fused": fused}[method]
     if method != "sklearn":  # warm up (numba's cached machine code, MKL) on one image; sklearn has nothing to warm
         run([s[:1] for s in stages], target[:1], mask[:1])
-    baseline = _proc_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    baseline = memory_mib("VmRSS")
+    reset_peak_memory()
     outputs = []
     times = [timed(lambda: outputs.append(run(stages, target, mask))) for _ in range(repeats)]
     result = {"seconds": min(t[0] for t in times), "cpu_seconds": min(t[1] for t in times), "images": count,
-              "peak_rss_mib": (_proc_kib("VmHWM") - baseline) / 1024, "ldiff": [float(e) for e in outputs[-1]]}
+              "peak_rss_mib": memory_mib("VmHWM") - baseline, "ldiff": [float(e) for e in outputs[-1]]}
     if method.startswith("fused"):
         result["flops"], result["passes"] = fused_flops(stages, target, mask)
     if method == "dense":

@@ -27,22 +27,12 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import RESULTS, gemm_rate, machine, markdown_table, pix2pix_victim  # noqa: E402
+from common import RESULTS, gemm_rate, machine, markdown_table, memory_mib, pix2pix_victim, reset_peak_memory  # noqa: E402
 
 FACADES = HERE.parents[1] / "shared" / "datasets" / "facades"
 STAGES = ("decode", "victim", "backbone", "kernel", "write")
 GROWTH_SHARD = 1024
 STANDALONE_SAMPLE = 256  # pairs decoded, held in memory, then scored stage by stage with nothing else running
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS since it started or since the last `reset_peak_rss` (Linux VmHWM)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
-
-
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
 
 
 def measure_shard_peaks(peaks: list[float]) -> None:
@@ -54,8 +44,8 @@ def measure_shard_peaks(peaks: list[float]) -> None:
     score_shard = engine.run.score_shard
 
     def measured(*args, **kwargs):
-        peaks.append(peak_rss_mb())  # setup before the first shard, then each previous shard
-        reset_peak_rss()
+        peaks.append(memory_mib("VmHWM"))  # setup before the first shard, then each previous shard
+        reset_peak_memory()
         return score_shard(*args, **kwargs)
 
     engine.run.score_shard = measured
@@ -79,8 +69,8 @@ def run_one(spec: dict) -> dict:
     peaks: list[float] = []
     measure_shard_peaks(peaks)
     summary = run_scoring(dataset_spec, config, spec["out"], batch_size=batch_size,
-                          shard_size=spec.get("shard_size", 1024), overwrite=True, progress=False)
-    peaks.append(peak_rss_mb())  # the last shard and the alpha pass
+                          shard_size=spec.get("shard_size"), overwrite=True, progress=False)
+    peaks.append(memory_mib("VmHWM"))  # the last shard and the alpha pass
     setup_peak, shard_peaks = peaks[0], peaks[1:]
     n = summary.scored + summary.failed
     stages = summary.stages.as_dict()
