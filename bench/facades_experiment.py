@@ -21,7 +21,7 @@ import numpy as np
 from engine.alpha import fit_alpha, membership_error
 from engine.config import ScoreConfig
 from engine.data import AlignedFolder
-from engine.evaluate import alpha_sweep, evaluate_scores
+from engine.metrics import alpha_sweep, evaluate_scores
 from engine.run import DatasetSpec, run_scoring
 from engine.store import ScoreStore
 from engine.train import VictimArch, read_arch, train_pix2pix

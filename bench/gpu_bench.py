@@ -42,7 +42,7 @@ def main() -> None:
     device = torch.device(args.device)
     batch, n_e2e, victim_size = (4, 32, 64) if args.small else (256, 20000, 256)
     from engine.backbones import create_backbone
-    from engine.split import fit_mask
+    from engine.seeding import fit_mask
     from engine.victims import load
     from kernels.difficulty import predictability_error
     results: dict = {"machine": machine(), "device": str(device), "batch": batch}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.evaluate import _labels, _vector, alpha_sweep
+from .metrics import alpha_sweep, float_vector, member_labels
 
 SPEC_KINDS = ("fixed", "fit", "fit:robust", "fit:reference", "auto")
 # "auto" searches this grid plus the OLS slope of its calibration rows.
@@ -50,8 +50,8 @@ class AlphaFit:
 
 
 def _pair(lrec, ldiff) -> tuple[np.ndarray, np.ndarray]:
-    lrec = _vector("lrec", lrec)
-    return lrec, _vector("ldiff", ldiff, lrec.shape[0], other="lrec")
+    lrec = float_vector("lrec", lrec)
+    return lrec, float_vector("ldiff", ldiff, lrec.shape[0], other="lrec")
 
 
 def _row_mask(name: str, mask, n_rows: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def _auto_alpha(lrec: np.ndarray, ldiff: np.ndarray, is_member, calibration_mask
     is_member = np.asarray(is_member)
     if is_member.shape != (n_rows,):
         raise ValueError(f"is_member has shape {is_member.shape} but lrec has {n_rows} rows")
-    x, y, labels = ldiff[rows], lrec[rows], _labels(is_member[rows], int(rows.sum()))
+    x, y, labels = ldiff[rows], lrec[rows], member_labels(is_member[rows], int(rows.sum()))
     grid = np.union1d(AUTO_GRID, [fit_alpha(y, x).alpha])
     alphas, aucs = alpha_sweep(y, x, labels, grid)
     best = int(np.argmax(aucs))

@@ -12,7 +12,8 @@ import numpy as np
 from .backbones import WeightsMissing, available
 from .config import DIFFICULTY_SOURCES, PRECISIONS, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
-from .store_metrics import evaluate_store
+from .metrics import format_metrics
+from .attack import evaluate_store
 from .run import DatasetSpec, alpha_pass, run_scoring
 from .schedule import ClusterPlan, use_threads, worker_device
 from .store import ScoreStore, StoreError
@@ -76,21 +77,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_report(name: str, report: dict) -> str:
-    lines = [f"{name}: AUC {report['auc']:.4f}"
-             + (f" [{report['auc_ci'][0]:.4f}, {report['auc_ci'][1]:.4f}]" if report.get("auc_ci") else "")
-             + f", balanced accuracy {report['balanced_accuracy']:.4f}"
-             + f" (threshold {report['balanced_accuracy_threshold']:.5g})"]
-    for point in report["tpr_at_fpr"]:
-        if point["refused"]:
-            lines.append(f"  TPR @ FPR {point['target_fpr']:g}: refused ({point['refused']})")
-        else:
-            threshold = "none: no image called a member" if point["threshold"] is None else f"{point['threshold']:.5g}"
-            lines.append(f"  TPR @ FPR {point['target_fpr']:g}: {point['tpr']:.4f} "
-                         f"(achieved FPR {point['achieved_fpr']:.4f}, threshold {threshold})")
-    return "\n".join(lines)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     store = ScoreStore.open(args.store, mode="r")
     result = evaluate_store(store, args.members, args.bootstrap, alpha=args.alpha,
@@ -102,7 +88,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if alpha.get("calibration_rows") else ""
     print(f"alpha = {alpha.get('value', float('nan')):.4g} ({alpha.get('spec', '?')}{chosen})")
     for column in ("lrec", "lmem"):
-        print(format_report(column, result[column]))
+        print(format_metrics(column, result[column]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"metrics written to {args.json}")
@@ -146,7 +132,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .evaluate import calibrate_threshold
+    from .metrics import calibrate_threshold
     store = ScoreStore.open(args.store, mode="r")
     nonmembers = read_id_list(args.nonmembers)
     rows = np.isin(store.column("id"), list(nonmembers))
@@ -163,7 +149,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .evaluate import predict_members
+    from .metrics import predict_members
     if (args.tau is None) == (args.calibration is None):
         raise ValueError("give exactly one of --tau or --calibration FILE")
     column, tau, source = args.column, args.tau, {"tau": args.tau}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from .cli import format_report
-from .store_metrics import evaluate_store
+from .attack import evaluate_store
 from .config import ScoreConfig
+from .metrics import format_metrics
 from .data import AlignedFolder
 from .run import DatasetSpec, run_scoring
 from .store import ScoreStore
@@ -51,7 +51,7 @@ def run_demo(out: Path, *, quick: bool = False, size: int = 64) -> dict:
 
     metrics = evaluate_store(ScoreStore.open(store_path, mode="r"))
     for column in ("lrec", "lmem"):
-        print(format_report(column, metrics[column]))
+        print(format_metrics(column, metrics[column]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(f"store: {store_path}\nmetrics: {out / 'metrics.json'}\n"
           f"open it: python -c \"import xarray; print(xarray.open_zarr('{store_path}'))\"")

@@ -17,9 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .alpha import AlphaFit, fit_alpha
-from .store_metrics import evaluate_store, membership
+from .attack import evaluate_store, membership
 from .data import Dataset, Pair
-from .evaluate import CUTOFF_RULE, DIRECTION, alpha_sweep, roc
+from .metrics import CUTOFF_RULE, DIRECTION, alpha_sweep, roc
 from .images import ImageError, load_rgb
 from .store import ScoreStore, StoreError
 

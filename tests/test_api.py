@@ -9,7 +9,7 @@ import types
 import numpy as np
 
 import engine
-from engine.evaluate import auc
+from engine.metrics import auc
 from engine.synthetic import write_manifest_dataset
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
-from engine.evaluate import auc
+from engine.metrics import auc
 from engine.store import ScoreStore
 from engine.synthetic import write_aligned_dataset
 
@@ -77,7 +77,7 @@ def test_evaluate_alpha_auto_reports_only_on_rows_it_did_not_calibrate_on(scored
     root, _, _, store = scored
     assert main(["evaluate", str(store), "--alpha", "auto", "--json", str(root / "auto.json")]) == 0
     metrics = json.loads((root / "auto.json").read_text())
-    from engine.store_metrics import calibration_split
+    from engine.attack import calibration_split
     s = ScoreStore.open(store)
     calibration = calibration_split(s.column("id"), 0.5, 0)
     assert metrics["alpha"]["calibration_rows"] == int(calibration.sum()) > 0

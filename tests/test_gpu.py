@@ -8,7 +8,7 @@ import xarray as xr
 
 from engine.config import ScoreConfig
 from engine.run import DatasetSpec, run_scoring
-from engine.split import fit_mask
+from engine.seeding import fit_mask
 from engine.synthetic import write_aligned_dataset
 from kernels.difficulty import predictability_error
 

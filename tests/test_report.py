@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.config import ScoreConfig
 from engine.data import AlignedFolder
-from engine.evaluate import evaluate_scores
+from engine.metrics import evaluate_scores
 from engine.report import write_report
 from engine.run import alpha_pass
 from engine.store import ScoreStore, ShardScores, StoreError

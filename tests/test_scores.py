@@ -76,7 +76,7 @@ def test_ldiff_from_backbone_micro_batches_equals_one_whole_batch_forward(items)
     one forward of the whole batch (channels-first, as a user would write it)."""
     from engine.backbones import create_backbone
     from engine.scores import CPU_BACKBONE_IMAGES
-    from engine.split import fit_mask
+    from engine.seeding import fit_mask
     from kernels.difficulty import predictability_error
 
     scorer, batch = items

@@ -58,7 +58,7 @@ class ModelVictim:
 
     @torch.no_grad()
     def reconstruct(self, items: list[Prepared]) -> list[Reconstruction]:
-        from ..split import image_seed
+        from ..seeding import image_seed
         results: list[Reconstruction] = [""] * len(items)
         for group in same_size_groups([item.x for item in items]):
             x = torch.stack([items[i].x for i in group]).to(self.device)

@@ -7,8 +7,8 @@ import numpy as np
 
 from .data import read_id_list
 from .alpha import membership_error, resolve_alpha
-from .evaluate import evaluate_scores
-from .split import image_seed
+from .metrics import evaluate_scores
+from .seeding import image_seed
 from .store import ScoreStore
 
 

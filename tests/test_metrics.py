@@ -1,4 +1,4 @@
-"""Tests for engine/evaluate.py against independent references: sklearn's roc_curve and
+"""Tests for engine/metrics.py against independent references: sklearn's roc_curve and
 roc_auc_score, brute-force loops over thresholds, and binomial bounds for label-free calibration."""
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from engine import evaluate as ev
+from engine import metrics as ev
 
 
 def _inputs(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

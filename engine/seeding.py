@@ -1,7 +1,6 @@
-"""Seeded per-image pixel split for the difficulty score.
-
-The fit/held-out split of an image depends only on the global seed and the image id, never on
-batch composition, worker count or order.
+"""Per-image seeds: every random choice made for one image (its fit/held-out pixel split, its
+augmentation copies, the alpha calibration split) is derived from the run seed and the image id
+alone, never from batch composition, worker count or order.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Membership-inference metrics as pure functions of (scores, labels): ROC, AUC, TPR at low FPR,
-balanced accuracy, bootstrap CIs, alpha sweeps and label-free threshold calibration. No I/O.
+balanced accuracy, bootstrap CIs, alpha sweeps, label-free threshold calibration, and the plain-text
+rendering of a metric report. No I/O: `engine.attack` applies these to a store.
 
 Direction, everywhere in this module: a LOWER score means "more likely a member", and a threshold
 ``tau`` calls an image a member iff ``score <= tau``. Rows whose score is NaN are excluded and
@@ -91,8 +92,9 @@ def _jsonable(value):
 # ---------------------------------------------------------------- input checks
 
 
-def _vector(name: str, values, length: int | None = None, other: str = "scores") -> np.ndarray:
-    """``values`` as a 1-D float64 array, of ``length`` rows when given (else a ValueError)."""
+def float_vector(name: str, values, length: int | None = None, other: str = "scores") -> np.ndarray:
+    """``values`` as a 1-D float64 array, of ``length`` rows when given (else a ValueError naming
+    ``name`` and ``other``, the array it must match)."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
@@ -103,8 +105,8 @@ def _vector(name: str, values, length: int | None = None, other: str = "scores")
     return array
 
 
-def _labels(is_member, length: int) -> np.ndarray:
-    """``is_member`` as a bool array: bools, or numbers that are all 0 or 1."""
+def member_labels(is_member, length: int) -> np.ndarray:
+    """``is_member`` as a bool array of ``length`` rows: bools, or numbers that are all 0 or 1."""
     labels = np.asarray(is_member)
     if labels.ndim != 1 or labels.shape[0] != length:
         raise ValueError(
@@ -122,8 +124,8 @@ def _clean(scores, is_member) -> tuple[np.ndarray, np.ndarray, int]:
 
     Raises when either class is empty after the drop, naming it.
     """
-    scores = _vector("scores", scores)
-    labels = _labels(is_member, scores.shape[0])
+    scores = float_vector("scores", scores)
+    labels = member_labels(is_member, scores.shape[0])
     keep = ~np.isnan(scores)
     n_nan = int(scores.shape[0] - keep.sum())
     labels = labels[keep]
@@ -314,10 +316,10 @@ def evaluate_scores(
 
 def alpha_sweep(lrec, ldiff, is_member, alphas) -> tuple[np.ndarray, np.ndarray]:
     """(alphas, AUC of ``lrec - alpha * ldiff`` for each alpha) over rows where both are finite."""
-    lrec = _vector("lrec", lrec)
-    ldiff = _vector("ldiff", ldiff, lrec.shape[0], other="lrec")
-    alphas = _vector("alphas", alphas)
-    labels = _labels(is_member, lrec.shape[0])
+    lrec = float_vector("lrec", lrec)
+    ldiff = float_vector("ldiff", ldiff, lrec.shape[0], other="lrec")
+    alphas = float_vector("alphas", alphas)
+    labels = member_labels(is_member, lrec.shape[0])
     keep = np.isfinite(lrec) & np.isfinite(ldiff)
     lrec, ldiff, labels = lrec[keep], ldiff[keep], labels[keep]
     _require_both_classes(labels, f"{int((~keep).sum())} rows with non-finite lrec or ldiff excluded")
@@ -336,7 +338,7 @@ def calibrate_threshold(nonmember_scores, fpr: float) -> float:
     push the count past k, the largest score below the tied block (just below the minimum when
     there is none). NaN scores are ignored. Raises UnresolvableFpr when n < 1/fpr.
     """
-    scores = _vector("nonmember_scores", nonmember_scores)
+    scores = float_vector("nonmember_scores", nonmember_scores)
     scores = np.sort(scores[~np.isnan(scores)])
     n = scores.shape[0]
     if n == 0:
@@ -355,4 +357,20 @@ def calibrate_threshold(nonmember_scores, fpr: float) -> float:
 
 def predict_members(scores, tau: float) -> np.ndarray:
     """Membership decisions: True iff ``score <= tau`` (the rule calibrate_threshold uses); NaN -> False."""
-    return _vector("scores", scores) <= tau
+    return float_vector("scores", scores) <= tau
+
+
+def format_metrics(name: str, report: dict) -> str:
+    """``MetricReport.to_dict()`` as text: AUC (with its CI), balanced accuracy, then one line per
+    target FPR, refused targets with their reason."""
+    auc_ci = f" [{report['auc_ci'][0]:.4f}, {report['auc_ci'][1]:.4f}]" if report.get("auc_ci") else ""
+    lines = [f"{name}: AUC {report['auc']:.4f}{auc_ci}, balanced accuracy {report['balanced_accuracy']:.4f}"
+             f" (threshold {report['balanced_accuracy_threshold']:.5g})"]
+    for point in report["tpr_at_fpr"]:
+        if point["refused"]:
+            lines.append(f"  TPR @ FPR {point['target_fpr']:g}: refused ({point['refused']})")
+        else:
+            threshold = "none: no image called a member" if point["threshold"] is None else f"{point['threshold']:.5g}"
+            lines.append(f"  TPR @ FPR {point['target_fpr']:g}: {point['tpr']:.4f} "
+                         f"(achieved FPR {point['achieved_fpr']:.4f}, threshold {threshold})")
+    return "\n".join(lines)
