@@ -9,7 +9,7 @@ from .config import ScoreConfig
 from .run import DatasetSpec, RunSummary
 from .run import run_scoring as score
 from .store import ScoreStore
-from .store_metrics import evaluate_store
+from .attack import evaluate_store
 
 
 def open_store(path: str) -> ScoreStore:
