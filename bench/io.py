@@ -27,7 +27,8 @@ from PIL import Image  # noqa: E402
 
 from engine import dali_reader  # noqa: E402
 from engine.data import AlignedFolder, Pair  # noqa: E402
-from engine.pipeline import Prepared, View, batches  # noqa: E402
+from engine.batch import Prepared, View  # noqa: E402
+from engine.pipeline import batches  # noqa: E402
 from engine.preprocess import difficulty_target, normalise, resize, resize_shorter_center_crop  # noqa: E402
 
 FACADES = Path(os.environ.get("MEMSCORE_FACADES", ROOT.parent / "shared" / "datasets" / "facades"))
@@ -67,7 +68,7 @@ def decoders(paths: list[str], threads: int) -> dict:
         "Pillow": lambda: [list(pool.map(pil_one, blobs[c])) for c in chunks],
         "torchvision.io": lambda: [list(pool.map(lambda b: tvio.decode_jpeg(b), tv_blobs[c])) for c in chunks],
     }
-    if dali_reader.available():
+    if dali_reader.dali_importable():
         from nvidia.dali import fn, pipeline_def, types
 
         @pipeline_def(batch_size=BATCH, num_threads=threads, device_id=None, prefetch_queue_depth=1)
@@ -91,7 +92,7 @@ def decoders(paths: list[str], threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def torchvision_prepare(pair: Pair, view: View) -> Prepared:
-    """`engine.pipeline.prepare` with torchvision.io's decode_jpeg in place of Pillow (aligned files)."""
+    """`engine.pillow_reader.prepare` with torchvision.io's decode_jpeg in place of Pillow (aligned files)."""
     import torchvision.io as tvio
     whole = tvio.decode_jpeg(tvio.read_file(pair.input_path), mode=tvio.ImageReadMode.RGB).float().div_(255.0)
     middle = whole.shape[-1] // 2
@@ -116,7 +117,7 @@ def readers(pairs: list[Pair], view: View, threads: int) -> dict:
             list(pool.map(lambda p: torchvision_prepare(p, view), pairs[i: i + BATCH]))
 
     methods = {"Pillow (prepare)": lambda: drain("pillow"), "torchvision.io + torch resize": torchvision}
-    if dali_reader.available():
+    if dali_reader.dali_importable():
         methods["DALI reader (cpu)"] = lambda: drain("dali", "cpu")
         if torch.cuda.is_available():
             methods["DALI reader (gpu)"] = lambda: drain("dali", "cuda")
@@ -239,7 +240,7 @@ def main() -> None:
     print()
     print(table(f"Reader: decode + halves + x to 128 + CNN view + grid target, batch {BATCH}", results["reader"]))
     print()
-    readers_here = (["dali"] if dali_reader.available() else []) + ["pillow"]
+    readers_here = (["dali"] if dali_reader.dali_importable() else []) + ["pillow"]
     runs: dict[str, list[dict]] = {reader: [] for reader in readers_here}
     with tempfile.TemporaryDirectory() as work:
         scoring_breakdown(min(n_scoring, 32), "pillow", Path(work))  # warm-up: weights, kernels, page cache

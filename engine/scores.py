@@ -18,7 +18,7 @@ from kernels.difficulty import predictability_error
 from .allocator import keep_freed_memory
 from .backbones import Backbone, create_backbone
 from .config import ScoreConfig
-from .pipeline import Batch, Prepared, View
+from .batch import Batch, Prepared, View
 from .preprocess import resize
 from .seeding import fit_mask, image_seed
 from .timing import StageTimes

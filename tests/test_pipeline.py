@@ -1,5 +1,6 @@
-"""Tests for engine/pipeline.py and engine/dali_reader.py: the DALI reader gives the Pillow reader's
-tensors (within `dali_reader.TOLERANCE`), every id once, and the same failures for bad files."""
+"""Tests for engine/pipeline.py, engine/pillow_reader.py and engine/dali_reader.py: the DALI reader
+gives the Pillow reader's tensors (within `dali_reader.TOLERANCE`), every id once, and the same
+failures for bad files."""
 from __future__ import annotations
 
 import io
@@ -15,10 +16,12 @@ from PIL import Image
 from engine import dali_reader
 from engine.data import AlignedFolder, Pair
 from engine.images import load_rgb
-from engine.pipeline import Batch, Failure, Prepared, View, batches, choose_reader, prepare
+from engine.batch import Batch, Failure, Prepared, View
+from engine.pillow_reader import prepare
+from engine.pipeline import batches, choose_reader
 from engine.preprocess import to_tensor
 
-needs_dali = pytest.mark.skipif(not dali_reader.available(), reason="nvidia.dali is not importable here")
+needs_dali = pytest.mark.skipif(not dali_reader.dali_importable(), reason="nvidia.dali is not importable here")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 FIELDS = ("x", "y", "cnn_view", "grid_target")
 
@@ -321,7 +324,7 @@ def test_reader_names_are_checked(small_pairs):
 
 def test_auto_falls_back_to_pillow_with_one_notice(small_pairs, monkeypatch, capsys):
     import engine.pipeline as pipeline
-    monkeypatch.setattr(dali_reader, "available", lambda: False)
+    monkeypatch.setattr(dali_reader, "dali_importable", lambda: False)
     monkeypatch.setattr(pipeline, "_noticed_fallback", False)
     for _ in range(2):
         read_batches = list(batches(small_pairs[:3], make_view(32), 2))

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..data import IMAGE_SUFFIXES
 from ..images import ImageError, load_rgb
-from ..pipeline import Prepared, same_size_groups
+from ..batch import Prepared
+from ..pipeline import same_size_groups
 from ..preprocess import to_tensor
 
 Reconstruction = torch.Tensor | str
