@@ -12,7 +12,7 @@ from typing import Any
 PRESETS = ("aligned", "reference")
 DIFFICULTY_SOURCES = ("target", "input")
 VALUE_RANGES = ("-1,1", "0,1")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ class ScoreConfig:
     preset: str = "aligned"
     difficulty_source: str = "target"
     precision: str = "fp32"
-    """`bf16`: the backbone and the victim run under bfloat16 autocast (CUDA only; the kernel stays fp32/fp64)."""
+    """Of the backbone and the victim: `bf16` runs them under bfloat16 autocast (where the hardware has it natively:
+    CUDA from Ampere on, CPUs with AMX-BF16 or AVX512-BF16; the kernel stays fp32/fp64), `auto` picks bf16 there and
+    fp32 elsewhere (`engine.precision`). A store records the precision resolved for the run, never `auto`."""
     fit_fraction: float = 0.7
     ridge: float = 1e-6
     seed: int = 0

@@ -19,6 +19,7 @@ from .allocator import keep_freed_memory
 from .backbones import Backbone, create_backbone
 from .config import ScoreConfig
 from .batch import Batch, Prepared, View
+from .precision import autocast, resolve_precision
 from .preprocess import resize
 from .seeding import fit_mask, image_seed
 from .timing import StageTimes
@@ -100,12 +101,11 @@ class Scorer:
                                       value_range=self.config.victim_range, seed=self.config.seed,
                                       **dict(self.config.victim_options))
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
-        if self.config.precision == "bf16" and self.device.type != "cuda":
-            raise ValueError("precision bf16 needs a CUDA device; use fp32 on CPU")
+        self.precision = resolve_precision(self.config.precision, self.device)
 
     def autocast(self):
-        """bfloat16 autocast for the networks when the config asks for it (no-op otherwise)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16")
+        """The networks' autocast for the resolved precision (bfloat16, or none for fp32)."""
+        return autocast(self.precision, self.device)
 
     @property
     def view(self) -> View:
