@@ -30,9 +30,12 @@ def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def cnn_geometry(height: int, width: int, shorter: int = CNN_RESIZE, crop: int = CNN_CROP) -> tuple[int, int, int, int]:
-    """(resized height, width, crop top, left) of torchvision's `Resize(shorter)` then `CenterCrop(crop)`."""
-    scale = shorter / min(height, width)
-    new_h, new_w = (shorter, max(round(width * scale), 1)) if height <= width else (max(round(height * scale), 1), shorter)
+    """(resized height, width, crop top, left) of torchvision's `Resize(shorter)` then `CenterCrop(crop)`,
+    with torchvision's arithmetic: the longer side is `int(shorter * long / short)`, truncated, not rounded."""
+    if height <= width:
+        new_h, new_w = shorter, int(shorter * width / height)
+    else:
+        new_h, new_w = int(shorter * height / width), shorter
     return new_h, new_w, int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
 
 
