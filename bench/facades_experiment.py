@@ -22,7 +22,8 @@ from engine.alpha import fit_alpha, membership_error
 from engine.config import ScoreConfig
 from engine.data import AlignedFolder
 from engine.metrics import alpha_sweep, evaluate_scores
-from engine.run import DatasetSpec, run_scoring
+from engine.run import run_scoring
+from engine.work import DatasetSpec
 from engine.store import ScoreStore
 from engine.train import VictimArch, read_arch, train_pix2pix
 

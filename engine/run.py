@@ -1,35 +1,41 @@
 """Scoring runs: a dataset cut into store-aligned shards, scored, written, then the alpha pass.
 
-A shard is plain data (`Shard`); `score_shard` is a function of it and a loaded `Scorer`, so the
-same code scores in this process or on a worker. Completed shards are skipped on a rerun, the
-alpha pass runs once every shard is done, and a changed configuration is refused.
+`run_scoring` checks everything it can before the store is touched, takes the store's lock before
+creating, replacing or resuming it, then drives one loop over the shards (in this process or on Dask,
+through `engine.schedule.execute`) and writes Lmem once every shard is done and verified. Completed
+shards are skipped on a rerun, damaged ones are scored again, and a changed configuration is refused.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import functools
+import hashlib
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from .allocator import release_freed_memory
-from .alpha import membership_error, resolve_alpha
-from .backbones import create_backbone
+from .backbones import resolve_weights, weights_sha256
 from .config import ScoreConfig
-from .data import Dataset, open_dataset, read_id_list
-from .pipeline import batches
-from .schedule import ClusterPlan, ShardOutcome, run_dask, threads_per_worker, worker_device
-from .scores import Row, Scorer
-from .store import ScoreStore, ShardScores, StoreError
+from .data import read_id_list
+from .devices import resolve_device
+from .rescore import alpha_pass, check_alpha_options
+from .schedule import ClusterPlan, execute
+from .scores import Row
+from .store import ScoreStore, StoreError, store_lock
 from .timing import StageTimes
+from .work import DatasetSpec, Shard, ShardJob, ShardOutcome, process_scorer, score_shard_task
 
 DEFAULT_SHARD_SIZE = 1024
 SHARDS_PER_WORKER = 16
 MIN_SHARD_SIZE = 64
+RESUME_IGNORES = ("alpha", "reference_ids")
+"""Config keys a rerun may change: they decide only the alpha pass, which every run redoes at its end."""
 
 
 def default_shard_size(n_images: int, cluster: ClusterPlan = ClusterPlan()) -> int:
@@ -46,29 +52,6 @@ def default_shard_size(n_images: int, cluster: ClusterPlan = ClusterPlan()) -> i
     return min(DEFAULT_SHARD_SIZE, max(MIN_SHARD_SIZE, wanted))
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """How to open the dataset: serialisable, so a worker can open it too."""
-
-    data: str | None = None
-    inputs: str | None = None
-    targets: str | None = None
-    direction: str = "AtoB"
-    members_file: str | None = None
-
-    def open(self) -> Dataset:
-        members = read_id_list(self.members_file) if self.members_file else None
-        return open_dataset(self.data, inputs=self.inputs, targets=self.targets, direction=self.direction,
-                            members=members)
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    start: int
-    stop: int
-
-
 @dataclass
 class RunSummary:
     store: str
@@ -78,6 +61,13 @@ class RunSummary:
     seconds: float
     failed_shards: dict[int, str] = field(default_factory=dict)
     stages: StageTimes = field(default_factory=StageTimes)
+    rescored_damaged: tuple[int, ...] = ()
+    """Shards found damaged on resume (digest mismatch, unreadable chunk) and scored again."""
+
+    @property
+    def complete(self) -> bool:
+        """Every shard is done and Lmem written: False when shards failed on every try (they stay pending)."""
+        return not self.failed_shards
 
     def line(self) -> str:
         rate = (self.scored + self.failed) / self.seconds if self.seconds > 0 else float("nan")
@@ -85,88 +75,78 @@ class RunSummary:
                 f"wall {self.seconds:.1f} s, {rate:.1f} images/s")
         if self.failed_shards:
             first = next(iter(self.failed_shards.items()))
-            line += f"; {len(self.failed_shards)} shard(s) failed and stay pending (shard {first[0]}: {first[1]})"
+            line += (f"; {len(self.failed_shards)} shard(s) failed and stay pending (shard {first[0]}: {first[1]}): "
+                     "the store is NOT finished, lmem not written; rerun the same command to retry them")
+        if self.rescored_damaged:
+            line += f"; {len(self.rescored_damaged)} damaged shard(s) scored again {list(self.rescored_damaged)[:5]}"
         return line
 
 
-def shard_rows(rows: list[Row], expected_ids: list[str]) -> ShardScores:
-    """Rows in the dataset's order, one per expected id."""
-    by_id = {row.id: row for row in rows}
-    if len(by_id) != len(rows) or set(by_id) != set(expected_ids):
-        raise StoreError("duplicate or missing ids in a shard: ids must be unique within the dataset")
-    ordered = [by_id[i] for i in expected_ids]
-    return ShardScores(
-        id=[r.id for r in ordered],
-        lrec=np.array([r.lrec for r in ordered], dtype=np.float32),
-        ldiff=np.array([r.ldiff for r in ordered], dtype=np.float32),
-        status=[r.status for r in ordered],
-        reason=[r.reason for r in ordered],
-        member=np.array([r.member for r in ordered], dtype=np.int8),
-        out_height=np.array([r.out_height for r in ordered], dtype=np.int32),
-        out_width=np.array([r.out_width for r in ordered], dtype=np.int32),
-    )
 
 
-def reader_threads() -> int:
-    """Decode threads: this process's share of the cores (the reader runs a batch ahead of compute)."""
-    return torch.get_num_threads()
+def members_digest(members_file: str | None) -> str | None:
+    """What identifies the member labels a run gives (None: no --members file)."""
+    if not members_file:
+        return None
+    return hashlib.sha256("\n".join(sorted(read_id_list(members_file))).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStore, batch_size: int,
-                on_batch=None) -> ShardOutcome:
-    """Score one shard and write it (data first, done-mark last), then give the heap's free pages back."""
-    before = scorer.times.as_dict()
-    pairs = list(dataset.pairs(shard.start, shard.stop))
-    rows: list[Row] = []
-    reader = iter(batches(pairs, scorer.view, batch_size, device=scorer.device, threads=reader_threads(),
-                          read_ahead=scorer.device.type != "cpu"))  # on a CPU, compute has every core
-    while True:
-        with scorer.times.stage("decode"):  # time spent waiting for the reader, not hidden behind compute
-            batch = next(reader, None)
-        if batch is None:
-            break
-        new_rows = scorer.score(batch)
-        rows.extend(new_rows)
-        if on_batch is not None:
-            on_batch(new_rows)
-    scores = shard_rows(rows, [pair.id for pair in pairs])
-    with scorer.times.stage("write"):
-        store.write_shard(shard.index, scores)
-    failed = sum(status != "ok" for status in scores.status)
-    release_freed_memory()  # the next shard starts from the live memory alone (engine.allocator)
-    spent = tuple((name, value - before.get(name, 0.0)) for name, value in scorer.times.as_dict().items())
-    return ShardOutcome(shard.index, len(pairs), len(pairs) - failed, failed, stage_seconds=spent)
-
-
-def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, *, ignore: tuple[str, ...] = ()) -> None:
-    """Refuse to resume a store made with another configuration or for another dataset size."""
-    differences = store.config.differences(config, ignore=ignore)
+def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, members_sha256: str | None) -> None:
+    """Refuse to resume a store made with another configuration, dataset size or member labels."""
+    differences = store.config.differences(config, ignore=RESUME_IGNORES)
     if differences:
         listed = "; ".join(f"{k}: store has {a!r}, asked {b!r}" for k, (a, b) in differences.items())
         raise StoreError(f"{store.path} was scored with a different configuration ({listed}). "
-                         "Rerun with the store's settings to resume, use `memscore rescore` to change alpha, "
-                         "or pass --overwrite to start fresh")
+                         "Rerun with the store's settings to resume, or pass --overwrite to start fresh")
     if store.n_images != n_images:
         raise StoreError(f"{store.path} holds {store.n_images} images but the dataset now has {n_images}; "
                          "pass --overwrite to start fresh")
+    if store.record.members_sha256 != members_sha256:
+        had = "no --members file" if store.record.members_sha256 is None else "another --members file"
+        now = "none" if members_sha256 is None else "a different one"
+        raise StoreError(f"{store.path} was scored with {had}, this run gives {now}: the member column would mix "
+                         "two labellings. Rerun with the same --members, or pass --overwrite to start fresh")
 
 
-def alpha_pass(store: ScoreStore, alpha: str | None = None) -> dict:
-    """Resolve alpha over the whole store (fixed or fitted) and write Lmem for every row."""
-    config = store.config
-    spec = config.alpha if alpha is None else alpha
-    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
-    reference_mask = None
-    if spec.startswith("fit:reference"):
-        if not config.reference_ids:
-            raise ValueError("--alpha fit:reference needs --reference FILE (ids of known non-members)")
-        reference = read_id_list(config.reference_ids)
-        reference_mask = np.isin(store.column("id"), list(reference))
-    fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask)
-    record = {"spec": spec, "value": float(fit.alpha), "method": fit.method, "n_rows": int(fit.n_rows),
-              "r2": None if fit.r2 is None or not np.isfinite(fit.r2) else float(fit.r2)}
-    store.write_lmem(membership_error(lrec, ldiff, fit.alpha), record)
-    return record
+def check_run_options(batch_size: int, shard_size: int | None) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if shard_size is not None and shard_size < 1:
+        raise StoreError(f"shard size must be at least 1 image, got {shard_size}")
+
+
+def process_layout(device: str, cluster: ClusterPlan, precision: str) -> dict:
+    """How this run splits the work: results agree across layouts to float32 rounding, not bit for bit."""
+    return {"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": device,
+            "precision": precision, "workers": cluster.workers, "scheduler": cluster.scheduler,
+            "threads": cluster.threads_per_worker() if cluster.distributed else torch.get_num_threads()}
+
+
+class Progress:
+    """One progress bar for both executors: per batch where the task reports batches (this process), per
+    shard otherwise (Dask), never counting an image twice."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = tqdm(total=total, initial=initial, unit="img", desc="scoring", disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+        self.failed = 0
+        self.counted_in_shard = 0
+
+    def batch(self, rows: list[Row]) -> None:
+        self.failed += sum(row.status != "ok" for row in rows)
+        self.counted_in_shard += len(rows)
+        self.bar.update(len(rows))
+        self.bar.set_postfix(failed=self.failed)
+
+    def shard(self, outcome: ShardOutcome, failed_shards: int) -> None:
+        if not self.counted_in_shard:
+            self.failed += outcome.failed
+        self.bar.update(outcome.n_images - self.counted_in_shard)
+        self.counted_in_shard = 0
+        self.bar.set_postfix(failed=self.failed, shards_failed=failed_shards)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path, *, batch_size: int = 32,
@@ -174,55 +154,86 @@ def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path,
                 progress: bool = True, cluster: ClusterPlan = ClusterPlan()) -> RunSummary:
     """Score a dataset into `out`, resuming a matching store; here, or on Dask when `cluster` asks.
 
-    `shard_size` None: `default_shard_size` (a resumed store keeps its own)."""
+    `shard_size` None: `default_shard_size` (a resumed store keeps its own). Every option is checked before
+    the store is touched; a fresh store that ends with no shard done is removed again."""
     started = time.perf_counter()
+    out = Path(out)
+    check_run_options(batch_size, shard_size)
+    check_alpha_options(config.alpha, config.reference_ids)
+    resolve_device(device)
     dataset = dataset_spec.open()
-    resuming = Path(out).exists() and not overwrite
-    if resuming:  # refuse a changed configuration before loading anything heavy
-        check_resumable(ScoreStore.open(out), config, len(dataset), ignore=("weights_sha256",))
-    backbone = create_backbone(config.backbone, weights=config.backbone_weights)
-    config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": backbone.weights_sha256()})
-    if resuming:
-        store = ScoreStore.open(out)
-        check_resumable(store, config, len(dataset))
-    else:
-        shard_size = default_shard_size(len(dataset), cluster) if shard_size is None else shard_size
-        store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite)
-    with store.lock():
-        done = store.done_shards()
-        todo = [Shard(i, *store.shard_range(i)) for i in range(store.n_shards) if not done[i]]
-        skipped = store.n_images - sum(shard.stop - shard.start for shard in todo)
-        bar = tqdm(total=store.n_images, initial=skipped, unit="img", desc="scoring", disable=not progress,
-                   file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-        if cluster.distributed:
-            task_args = (dataset_spec, config, str(Path(out).resolve()), batch_size, device, threads_per_worker(cluster))
-            outcomes = run_dask(todo, cluster, task_args)
-        else:
-            scorer = Scorer(config, device=worker_device(device), backbone=backbone)
-            failures = 0
+    members_sha256 = members_digest(dataset_spec.members_file)
+    config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": weights_sha256(
+        resolve_weights(config.backbone, config.backbone_weights))})
+    job = ShardJob(dataset_spec, config, str(out.resolve()), batch_size, device, cluster.threads_per_worker())
+    with store_lock(out):
+        resuming = out.exists() and not overwrite
+        damaged: list[int] = []
+        if resuming:
+            store = ScoreStore.open(out, mode="r+")
+            check_resumable(store, config, len(dataset), members_sha256)
+            damaged = store.damaged_shards()
+            store.reset_shards(damaged)
+        if not cluster.distributed:
+            process_scorer(config, device)  # load the models before a store is created: a bad victim fails here
+        if not resuming:
+            shard_size = default_shard_size(len(dataset), cluster) if shard_size is None else shard_size
+            store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite,
+                                      members_sha256=members_sha256)
+        try:
+            summary = _score_shards(store, job, cluster, progress)
+        except BaseException:
+            if not resuming and not store.done_shards().any():
+                shutil.rmtree(out, ignore_errors=True)  # a failed fresh run leaves no empty store behind
+            raise
+        summary.rescored_damaged = tuple(damaged)
+        store.set_failed_shards(summary.failed_shards)
+        if summary.complete:
+            _finish(store, config)
+    summary.seconds = time.perf_counter() - started
+    return summary
 
-            def on_batch(rows: list[Row]) -> None:
-                nonlocal failures
-                failures += sum(r.status != "ok" for r in rows)
-                bar.update(len(rows))
-                bar.set_postfix(failed=failures)
 
-            outcomes = (score_shard(shard, dataset, scorer, store, batch_size, on_batch) for shard in todo)
-        summary = RunSummary(str(out), 0, 0, skipped, 0.0)
-        for outcome in outcomes:
+def _score_shards(store: ScoreStore, job: ShardJob, cluster: ClusterPlan, progress: bool) -> RunSummary:
+    """Score every shard not done yet, through one loop over the executor."""
+    done = store.done_shards()
+    todo = [Shard(i, *store.shard_range(i)) for i in range(store.n_shards) if not done[i]]
+    skipped = store.n_images - sum(shard.stop - shard.start for shard in todo)
+    store.update_record(layouts=store.record.layouts + (process_layout(job.device, cluster, job.config.precision),))
+    bar = Progress(store.n_images, skipped, progress)
+    task = functools.partial(score_shard_task, job=job, on_batch=None if cluster.distributed else bar.batch)
+    summary = RunSummary(str(store.path), 0, 0, skipped, 0.0)
+    try:
+        for outcome in execute(task, todo, cluster, failed=_failed_shard, name="shard"):
             summary.scored += outcome.scored
             summary.failed += outcome.failed
             summary.stages.add(dict(outcome.stage_seconds))
             if outcome.error:
                 summary.failed_shards[outcome.index] = outcome.error
-            if cluster.distributed:
-                bar.update(outcome.n_images)
-                bar.set_postfix(failed=summary.failed, shards_failed=len(summary.failed_shards))
+            bar.shard(outcome, len(summary.failed_shards))
+    finally:
         bar.close()
-        if summary.failed_shards:
-            store.group.attrs["failed_shards"] = {str(k): v for k, v in summary.failed_shards.items()}
-        if not (store.column("status") == "ok").any():
-            raise StoreError(f"nothing could be scored: every image failed (reasons in {out}/reason)")
-        alpha_pass(store)
-    summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _failed_shard(shard: Shard, error: BaseException) -> ShardOutcome:
+    return ShardOutcome(shard.index, shard.stop - shard.start, error=f"{type(error).__name__}: {error}")
+
+
+def _finish(store: ScoreStore, config: ScoreConfig) -> None:
+    """Check the finished store is whole (every shard done and verified), then write Lmem."""
+    current = ScoreStore.open(store.path, mode="r")
+    if current.store_id != store.store_id:
+        raise StoreError(f"{store.path} was replaced by another run while this one wrote it; nothing reported "
+                         "from this run is in it: rerun the command")
+    if not current.done_shards().all():
+        raise StoreError(f"{store.path}: {int((~current.done_shards()).sum())} shard(s) are not done after the run; "
+                         "rerun the same command to finish it")
+    problems = [p for p in current.verify() if p.array != "lmem"]  # the alpha pass below rewrites lmem
+    if problems:
+        raise StoreError(f"{store.path} is damaged after the run ({problems[0]}); rerun the same command to "
+                         "score the damaged shards again")
+    if not (current.column("status") == "ok").any():
+        raise StoreError(f"nothing could be scored: every image failed (reasons in {store.path}/reason, "
+                         f"`memscore failures {store.path}`)")
+    alpha_pass(store, config.alpha, config.reference_ids)

@@ -1,92 +1,45 @@
-"""Shards -> results, in this process or on a Dask cluster; the same function scores a shard in both.
+"""Tasks -> results, in this process or on a Dask cluster; the caller supplies the task function.
 
-Without `--workers`/`--scheduler` shards run in order here with no Dask overhead. With them, each
-shard is one Dask task; a worker loads the backbone and victim once (a per-process cache) and
-reuses them for every shard it is given, and writes only its shard's own chunks of the store.
-A task whose worker dies is retried elsewhere; a shard that keeps failing is reported, not fatal.
+`execute(task, items, plan)` runs `task(item)` for every item and yields the results as they finish:
+here, in order and with no Dask overhead, when the plan asks for no cluster; otherwise as one Dask task
+per item on a local cluster of processes (one per GPU where there are GPUs) or on an existing scheduler.
+A task whose worker dies is retried elsewhere; one that keeps failing becomes `failed(item, error)`, so
+one bad item never ends the run. This module knows nothing of scoring.
 """
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
-from .config import ScoreConfig
-
-@dataclass(frozen=True)
-class ShardOutcome:
-    index: int
-    n_images: int
-    scored: int = 0
-    failed: int = 0
-    error: str = ""
-    """Set when the whole shard could not be scored (after retries)."""
-    stage_seconds: tuple[tuple[str, float], ...] = ()
-    """Seconds per pipeline stage spent on this shard."""
-
-
-_PROCESS_CACHE: dict[tuple, object] = {}
-
-
-def cached(key: tuple, build: Callable[[], object]) -> object:
-    """One object per key per process (the loaded scorer, the opened dataset); older keys are dropped."""
-    if key not in _PROCESS_CACHE:
-        for old in [k for k in _PROCESS_CACHE if k[0] == key[0]]:
-            del _PROCESS_CACHE[old]
-        _PROCESS_CACHE[key] = build()
-    return _PROCESS_CACHE[key]
-
-
-def use_threads(threads: int) -> None:
-    """This process's CPU threads, for torch (MKL, oneDNN) and the numba kernels alike; numba would
-    otherwise take every core in each Dask worker and spin against the other workers."""
-    import numba
-    torch.set_num_threads(threads)
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-
-
-def worker_device(requested: str) -> torch.device:
-    """The device for this process: `auto` spreads Dask workers over visible GPUs by worker name."""
-    if requested != "auto":
-        return torch.device(requested)
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    index = 0
-    try:
-        from distributed import get_worker
-        name = get_worker().name
-        index = int(name) if str(name).isdigit() else 0
-    except (ImportError, ValueError):
-        pass
-    return torch.device(f"cuda:{index % torch.cuda.device_count()}")
-
-
-def score_shard_task(shard, dataset_spec, config: ScoreConfig, store_path: str, batch_size: int, device: str,
-                     threads: int) -> ShardOutcome:
-    """Score one shard in whatever process runs this; pure function of its arguments and the files."""
-    from .run import score_shard
-    from .scores import Scorer
-    from .store import ScoreStore
-
-    if threads > 0:
-        use_threads(threads)
-    torch_device = worker_device(device)
-    scorer = cached(("scorer", config, str(torch_device)), lambda: Scorer(config, device=torch_device))
-    dataset = cached(("dataset", dataset_spec), dataset_spec.open)
-    return score_shard(shard, dataset, scorer, ScoreStore.open(store_path), batch_size)
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
 class ClusterPlan:
+    """Where tasks run: `workers` local Dask processes, or an existing `scheduler`; neither = this process."""
+
     workers: int = 0
     scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be 0 (this process) or a positive count, got {self.workers}")
 
     @property
     def distributed(self) -> bool:
         return self.workers > 0 or self.scheduler is not None
+
+    def threads_per_worker(self) -> int:
+        """CPU threads each local worker may use: the cores shared evenly (0 = leave as is)."""
+        if self.scheduler or not self.workers:
+            return 0
+        return max(1, (os.cpu_count() or 1) // self.workers)
 
 
 def open_client(plan: ClusterPlan):
@@ -105,28 +58,26 @@ def open_client(plan: ClusterPlan):
     return Client(cluster)
 
 
-def threads_per_worker(plan: ClusterPlan) -> int:
-    """CPU threads each torch worker may use: the cores shared evenly (0 = leave as is)."""
-    if plan.scheduler or not plan.workers:
-        return 0
-    return max(1, (os.cpu_count() or 1) // plan.workers)
-
-
-def run_dask(shards, plan: ClusterPlan, task_args: tuple, retries: int = 2) -> Iterator[ShardOutcome]:
-    """Submit one task per shard; yield outcomes as they finish (failed shards carry their error)."""
+def execute(task: Callable[[Item], Result], items: Sequence[Item], plan: ClusterPlan, *,
+            failed: Callable[[Item, BaseException], Result], retries: int = 2, name: str = "task") -> Iterator[Result]:
+    """`task(item)` for every item, yielded as each finishes; on a cluster, an item that fails on every try
+    yields `failed(item, error)` instead. In this process an error propagates (nothing to retry on)."""
+    if not plan.distributed:
+        for item in items:
+            yield task(item)
+        return
     from distributed import as_completed
     client = open_client(plan)
     try:
         print(f"dask: {len(client.scheduler_info(n_workers=-1)['workers'])} workers, dashboard {client.dashboard_link}",
               file=sys.stderr)
-        futures = {client.submit(score_shard_task, shard, *task_args, key=f"memscore-shard-{shard.index}-{os.getpid()}",
-                                 retries=retries, pure=False): shard for shard in shards}
+        futures = {client.submit(task, item, key=f"memscore-{name}-{index}-{os.getpid()}", retries=retries,
+                                 pure=False): item for index, item in enumerate(items)}
         for future in as_completed(futures):
-            shard = futures[future]
             try:
                 yield future.result()
-            except Exception as error:  # the shard failed on every try: report it, keep the run going
-                yield ShardOutcome(shard.index, shard.stop - shard.start, error=f"{type(error).__name__}: {error}")
+            except Exception as error:  # failed on every try: report it, keep the run going
+                yield failed(futures[future], error)
     finally:
         cluster = client.cluster
         client.close()

@@ -1,57 +1,101 @@
-"""The Zarr v3 score store: created once at full size, written shard by shard, read by anyone.
+"""The Zarr v3 score store: created once at full size, written shard by shard, verified by every reader.
 
 Layout (one group; `xarray.open_zarr` opens it as a Dataset):
-- along `image`: `id`, `lrec`, `ldiff`, `lmem` (float32, NaN where not scored), `status`
-  (`ok` / `failed`, empty while pending), `reason`, `member` (1, 0, or -1 unknown), `out_height`,
-  `out_width` (the victim output resolution Lrec was measured at);
-- along `shard`: `shard_done`, written last, after the shard's data (one chunk per shard);
-- attributes: `memscore` (configuration, versions, sizes), `alpha` (value and how it was chosen),
-  `history` (earlier alpha choices).
-A shard is exactly one chunk of every `image` array, so shards write disjoint, chunk-aligned
-regions: the only concurrent Zarr writes that are safe.
+- along `image`: the columns of `COLUMNS` (`id`, `lrec`, `ldiff`, `lmem`, `status`, `reason`, `member`,
+  `out_height`, `out_width`) plus derived columns such as `predicted_member`;
+- along `shard`: `shard_digest` (a digest of each of the shard's arrays) and `shard_done`, written in that order
+  after the shard's data (one chunk per shard), so a finished shard carries what verifies it;
+- group attribute `memscore`: the `RunRecord` (configuration, sizes, store id, versions, process layouts);
+- `lmem` carries its own `AlphaRecord` (and the earlier ones) in its array attributes, so the column and the
+  alpha that made it are replaced together, in one directory rename.
+A shard is exactly one chunk of every `image` array, so shards write disjoint, chunk-aligned regions: the only
+concurrent Zarr writes that are safe. Whole-column rewrites (`lmem`, derived columns) are written beside the
+store first and switched in by renaming: a reader sees the old column or the new one, never a mix.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import errno
+import hashlib
 import json
 import os
 import shutil
 import socket
+import threading
+import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import zarr
 
 from .config import ScoreConfig
 
-FORMAT_VERSION = 1
-FLOAT_SCORES = ("lrec", "ldiff", "lmem")
-STRING_FIELDS = ("id", "status", "reason")
-INT_FIELDS = {"member": ("int8", -1), "out_height": ("int32", 0), "out_width": ("int32", 0)}
-DERIVED_COLUMNS = ("predicted_member",)
+FORMAT_VERSION = 2
 LOCK_SUFFIX = ".lock"  # beside the store, not inside: zarr warns about foreign files
+STAGING_SUFFIX = ".staging"  # beside the store too: whole columns are written here, then renamed in
+SHARD_ARRAYS = ("shard_digest", "shard_done")
 
 
 class StoreError(RuntimeError):
-    """A store that cannot be used as asked (config mismatch, locked, not a memscore store)."""
+    """A store that cannot be used as asked (config mismatch, locked, damaged, not a memscore store)."""
 
 
-@dataclass
-class ShardScores:
-    """What one shard writes: equal-length columns, one row per image of the shard."""
+@dataclass(frozen=True)
+class Column:
+    """One per-image array of the store: its dtype, the value of rows not written, and who writes it."""
 
-    id: list[str]
-    lrec: np.ndarray
-    ldiff: np.ndarray
-    status: list[str]
-    reason: list[str]
-    member: np.ndarray
-    out_height: np.ndarray
-    out_width: np.ndarray
+    name: str
+    dtype: str
+    """`float32`, `int8`, `int32` or `str`."""
+    fill: Any
+    written_by: str
+    """`shard`: every shard writes it; `alpha`: the alpha pass rewrites it whole."""
+
+    def values(self, data: Any) -> np.ndarray:
+        """`data` as this column's numpy array."""
+        return np.asarray(data, dtype=str if self.dtype == "str" else self.dtype)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("id", "str", "", "shard"),
+    Column("lrec", "float32", float("nan"), "shard"),
+    Column("ldiff", "float32", float("nan"), "shard"),
+    Column("lmem", "float32", float("nan"), "alpha"),
+    Column("status", "str", "", "shard"),
+    Column("reason", "str", "", "shard"),
+    Column("member", "int8", -1, "shard"),
+    Column("out_height", "int32", 0, "shard"),
+    Column("out_width", "int32", 0, "shard"),
+)
+"""The per-image schema: creation, shard writes, verification, reading and export all iterate it."""
+SHARD_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c.written_by == "shard")
+COLUMN_BY_NAME = {c.name: c for c in COLUMNS}
+
+
+def shard_columns(rows: Sequence[Any]) -> dict[str, np.ndarray]:
+    """A shard's arrays from per-image rows that have one attribute per shard column (`engine.scores.Row`)."""
+    return {c.name: c.values([getattr(row, c.name) for row in rows]) for c in SHARD_COLUMNS}
+
+
+def column_digest(values: np.ndarray, *, full: bool = False) -> str:
+    """sha256 of a column's values as stored, independent of how strings are held (width, numpy string dtype)."""
+    values = np.asarray(values)
+    if values.dtype.kind in "UOT":
+        data = "\x00".join(str(v) for v in values.tolist()).encode("utf-8", "surrogatepass")
+    else:
+        data = np.ascontiguousarray(values).tobytes()
+    digest = hashlib.sha256(data).hexdigest()
+    return digest if full else digest[:16]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def versions() -> dict[str, str]:
@@ -65,185 +109,136 @@ def versions() -> dict[str, str]:
     return found
 
 
-class ScoreStore:
-    """Handle on a score store at `path` (a local folder)."""
+@dataclass(frozen=True)
+class RunRecord:
+    """What a store was made for and by: recorded at creation; `layouts` grows by one entry per run."""
 
-    def __init__(self, path: str | os.PathLike, group: zarr.Group) -> None:
-        self.path = Path(path)
-        self.group = group
-        meta = group.attrs.get("memscore")
-        if not meta:
-            raise StoreError(f"{self.path} is a Zarr group but not a memscore store (no 'memscore' attribute)")
-        self.meta: dict[str, Any] = dict(meta)
+    config: ScoreConfig
+    n_images: int
+    shard_size: int
+    n_shards: int
+    store_id: str
+    created: str
+    versions: dict[str, str]
+    members_sha256: str | None = None
+    """Digest of the member labels the store was scored with (None: no labels given)."""
+    layouts: tuple[dict[str, Any], ...] = ()
+    """Each run's process layout (device, threads, workers, precision): scores agree across layouts to float32
+    rounding, not bit for bit, so a store resumed under another layout says so here."""
+    format_version: int = FORMAT_VERSION
 
-    # --- creation and opening ------------------------------------------------------------------
-
-    @classmethod
-    def create(cls, path: str | os.PathLike, n_images: int, shard_size: int, config: ScoreConfig,
-               *, overwrite: bool = False) -> "ScoreStore":
-        path = Path(path)
-        if n_images < 1:
-            raise StoreError("nothing to score: the dataset is empty")
-        if shard_size < 1:
-            raise StoreError(f"shard size must be at least 1 image, got {shard_size}")
-        if path.exists():
-            if not overwrite:
-                raise StoreError(f"{path} already exists (rerun to resume, or pass --overwrite)")
-            shutil.rmtree(path)
-        group = zarr.open_group(str(path), mode="w")
-        chunks = (shard_size,)
-        compressors = [zarr.codecs.ZstdCodec(level=3)]
-        for name in FLOAT_SCORES:
-            group.create_array(name, shape=(n_images,), chunks=chunks, dtype="float32", fill_value=np.nan,
-                               dimension_names=["image"], compressors=compressors)
-        for name in STRING_FIELDS:
-            group.create_array(name, shape=(n_images,), chunks=chunks, dtype=str, fill_value="",
-                               dimension_names=["image"])
-        for name, (dtype, fill) in INT_FIELDS.items():
-            group.create_array(name, shape=(n_images,), chunks=chunks, dtype=dtype, fill_value=fill,
-                               dimension_names=["image"], compressors=compressors)
-        n_shards = -(-n_images // shard_size)
-        group.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False,
-                           dimension_names=["shard"])
-        group.attrs["memscore"] = {
-            "format_version": FORMAT_VERSION,
-            "config": config.to_dict(),
-            "n_images": n_images,
-            "shard_size": shard_size,
-            "n_shards": n_shards,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": versions(),
-        }
-        return cls(path, group)
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["config"] = self.config.to_dict()
+        out["layouts"] = list(self.layouts)
+        return out
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r+") -> "ScoreStore":
-        path = Path(path)
-        if not path.exists():
-            raise StoreError(f"no store at {path}")
-        try:
-            group = zarr.open_group(str(path), mode=mode)
-        except Exception as error:
-            raise StoreError(f"{path} is not a readable Zarr store: {error}") from error
-        return cls(path, group)
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        kwargs["config"] = ScoreConfig.from_dict(data["config"])
+        kwargs["layouts"] = tuple(data.get("layouts", ()))
+        return cls(**kwargs)
 
-    # --- shape --------------------------------------------------------------------------------
 
-    @property
-    def config(self) -> ScoreConfig:
-        return ScoreConfig.from_dict(self.meta["config"])
+@dataclass(frozen=True)
+class AlphaRecord:
+    """How `lmem` was made: alpha's spec and value, how it was chosen, and the digest of the lmem it wrote."""
 
-    @property
-    def n_images(self) -> int:
-        return int(self.meta["n_images"])
+    spec: str
+    value: float
+    method: str
+    n_rows: int
+    r2: float | None = None
+    lmem_sha256: str = ""
+    created: str = ""
 
-    @property
-    def shard_size(self) -> int:
-        return int(self.meta["shard_size"])
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-    @property
-    def n_shards(self) -> int:
-        return int(self.meta["n_shards"])
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlphaRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
-    def shard_range(self, index: int) -> tuple[int, int]:
-        start = index * self.shard_size
-        return start, min(start + self.shard_size, self.n_images)
 
-    def done_shards(self) -> np.ndarray:
-        return np.asarray(self.group["shard_done"][:], dtype=bool)
+@dataclass(frozen=True)
+class StatusCounts:
+    n_images: int
+    ok: int
+    failed: int
+    pending: int
 
-    def is_complete(self) -> bool:
-        return bool(self.done_shards().all()) and "alpha" in self.group.attrs
 
-    # --- writing ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    """One thing `verify` found wrong; `shard`/`array` say where, when it is that local."""
 
-    def write_shard(self, index: int, scores: ShardScores) -> None:
-        """Write one shard's rows, then mark it done (the mark is the last write)."""
-        start, stop = self.shard_range(index)
-        if len(scores.id) != stop - start:
-            raise StoreError(f"shard {index} has {len(scores.id)} rows, expected {stop - start}")
-        region = slice(start, stop)
-        self.group["lrec"][region] = np.asarray(scores.lrec, dtype=np.float32)
-        self.group["ldiff"][region] = np.asarray(scores.ldiff, dtype=np.float32)
-        for name in STRING_FIELDS:
-            self.group[name][region] = np.asarray(getattr(scores, name), dtype=str)
-        for name, (dtype, _) in INT_FIELDS.items():
-            self.group[name][region] = np.asarray(getattr(scores, name), dtype=dtype)
-        self.group["shard_done"][index] = True
+    message: str
+    shard: int | None = None
+    array: str | None = None
 
-    def write_lmem(self, lmem: np.ndarray, alpha: dict[str, Any]) -> None:
-        """Write Lmem for every row and record how alpha was chosen (older choices go to `history`)."""
-        old = self.group.attrs.get("alpha")
-        if old is not None:
-            history = list(self.group.attrs.get("history", []))
-            history.append(old)
-            self.group.attrs["history"] = history
-        self.group["lmem"][:] = np.asarray(lmem, dtype=np.float32)
-        self.group.attrs["alpha"] = alpha
-        self.consolidate()
+    def __str__(self) -> str:
+        where = " ".join(part for part in (f"shard {self.shard}" if self.shard is not None else "",
+                                           f"array {self.array}" if self.array else "") if part)
+        return f"{where}: {self.message}" if where else self.message
 
-    def consolidate(self) -> None:
-        """Refresh the consolidated metadata xarray reads (a zarr-python extension to v3)."""
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            zarr.consolidate_metadata(str(self.path))
 
-    def write_column(self, name: str, values: np.ndarray, fill_value: Any, attrs: dict[str, Any]) -> None:
-        """Add or replace a derived per-image column (e.g. a member decision) and record how it was made."""
-        values = np.asarray(values)
-        if name in self.group:
-            del self.group[name]
-        array = self.group.create_array(name, shape=(self.n_images,), chunks=(self.shard_size,), dtype=values.dtype,
-                                        fill_value=fill_value, dimension_names=["image"])
-        array[:] = values
-        array.attrs.update(attrs)
-        self.consolidate()
+# --- exclusive access -------------------------------------------------------------------------------
 
-    # --- reading ------------------------------------------------------------------------------
+_HELD_LOCKS: dict[Path, int] = {}
+_HELD_LOCKS_GUARD = threading.Lock()
 
-    def column(self, name: str) -> np.ndarray:
-        return np.asarray(self.group[name][:])
 
-    def to_frame(self):
-        """All per-image columns as a pandas DataFrame."""
-        import pandas as pd
-        names = ["id", *FLOAT_SCORES, "status", "reason", "member", "out_height", "out_width"]
-        names += [name for name in DERIVED_COLUMNS if name in self.group]
-        return pd.DataFrame({name: self.column(name) for name in names})
-
-    def summary(self) -> dict[str, int]:
-        status = self.column("status")
-        return {"n_images": self.n_images, "ok": int((status == "ok").sum()),
-                "failed": int((status == "failed").sum()), "pending": int((status == "").sum())}
-
-    # --- exclusive access ---------------------------------------------------------------------
-
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """One writer at a time: a second run on the same store is refused with who holds it."""
-        lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
-        owner = {"host": socket.gethostname(), "pid": os.getpid(),
-                 "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        while True:
-            try:
-                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                holder = _read_lock(lock_path)
-                if holder and holder.get("host") == owner["host"] and not _alive(int(holder.get("pid", -1))):
-                    lock_path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                raise StoreError(f"{self.path} is being written by another run ({holder}); "
-                                 f"wait for it, or remove {lock_path} if that run is dead") from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(owner, handle)
-        try:
-            yield
-        finally:
+@contextmanager
+def store_lock(path: str | os.PathLike) -> Iterator[None]:
+    """One writer per store: a second process is refused with who holds it. Take it BEFORE creating,
+    overwriting or resuming a store; re-entrant within this process."""
+    lock_path = _beside(Path(path), LOCK_SUFFIX).resolve()
+    with _HELD_LOCKS_GUARD:
+        if lock_path in _HELD_LOCKS:
+            _HELD_LOCKS[lock_path] += 1
+            held = True
+        else:
+            held = False
+    if not held:
+        _acquire(lock_path)
+        with _HELD_LOCKS_GUARD:
+            _HELD_LOCKS[lock_path] = 1
+    try:
+        yield
+    finally:
+        with _HELD_LOCKS_GUARD:
+            _HELD_LOCKS[lock_path] -= 1
+            last = _HELD_LOCKS[lock_path] == 0
+            if last:
+                del _HELD_LOCKS[lock_path]
+        if last:
             lock_path.unlink(missing_ok=True)
 
 
-def _read_lock(path: Path) -> dict[str, Any] | None:
+def _acquire(lock_path: Path) -> None:
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = _read_json(lock_path)
+            if holder and holder.get("host") == owner["host"] and not _alive(int(holder.get("pid", -1))):
+                lock_path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            store = lock_path.name[: -len(LOCK_SUFFIX)]
+            raise StoreError(f"{store} is being written by another run ({holder}); "
+                             f"wait for it, or remove {lock_path} if that run is dead") from None
+    with os.fdopen(fd, "w") as handle:
+        json.dump(owner, handle)
+    _finish_interrupted_switches(lock_path.with_name(lock_path.name[: -len(LOCK_SUFFIX)]))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -260,3 +255,377 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _write_json_atomically(path: Path, document: dict[str, Any]) -> None:
+    """Replace a metadata document in one rename, so a kill never leaves half a zarr.json."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=2, allow_nan=True))
+    os.replace(temporary, path)
+
+
+def disk_full_message(path: str | os.PathLike, error: OSError, what: str) -> str | None:
+    """A clear message for a full disk while writing `what`, or None for other OS errors."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return (f"{path}: the disk is full while writing {what} ({error.strerror}). Nothing already finished is lost: "
+            "free some space and rerun the same command to resume")
+
+
+class ScoreStore:
+    """Handle on a score store at `path` (a local folder). Open with mode `r` to read: writes are refused."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r") -> None:
+        self.path = Path(path)
+        self.read_only = mode == "r"
+        if not (self.path / "zarr.json").exists():
+            raise StoreError(f"no store at {self.path}")
+        try:
+            self.group = zarr.open_group(str(self.path), mode=mode, use_consolidated=False)
+        except Exception as error:
+            raise StoreError(f"{self.path} is not a readable Zarr store: {error}") from error
+        meta = self.group.attrs.get("memscore")
+        if not meta:
+            raise StoreError(f"{self.path} is a Zarr group but not a memscore store (no 'memscore' attribute)")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path} has store format {meta.get('format_version')}; this memscore reads format "
+                             f"{FORMAT_VERSION} (shards carry digests): rescore it with `memscore score ... --overwrite`")
+        self.record = RunRecord.from_dict(meta)
+
+    # --- creation and opening --------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, n_images: int, shard_size: int, config: ScoreConfig, *,
+               overwrite: bool = False, members_sha256: str | None = None) -> ScoreStore:
+        """A new, empty store of `n_images` rows in shards of `shard_size` (takes the store's lock to replace one)."""
+        path = Path(path)
+        if n_images < 1:
+            raise StoreError("nothing to score: the dataset is empty")
+        if shard_size < 1:
+            raise StoreError(f"shard size must be at least 1 image, got {shard_size}")
+        with store_lock(path):
+            if path.exists():
+                if not overwrite:
+                    raise StoreError(f"{path} already exists (rerun to resume, or pass --overwrite)")
+                shutil.rmtree(path)
+                shutil.rmtree(_beside(path, STAGING_SUFFIX), ignore_errors=True)
+            group = zarr.open_group(str(path), mode="w")
+            for column in COLUMNS:
+                _create_column(group, column.name, column.dtype, column.fill, n_images, shard_size)
+            n_shards = -(-n_images // shard_size)
+            group.create_array("shard_digest", shape=(n_shards,), chunks=(1,), dtype=str, fill_value="",
+                               dimension_names=["shard"])
+            group.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False,
+                               dimension_names=["shard"])
+            record = RunRecord(config=config, n_images=n_images, shard_size=shard_size, n_shards=n_shards,
+                               store_id=uuid.uuid4().hex, created=_now(), versions=versions(),
+                               members_sha256=members_sha256)
+            group.attrs["memscore"] = record.to_dict()
+            store = cls(path, mode="r+")
+            store.consolidate()
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> ScoreStore:
+        """An existing store; `mode="r+"` to write (take `lock()` first)."""
+        return cls(path, mode=mode)
+
+    # --- shape and records -----------------------------------------------------------------------
+
+    @property
+    def config(self) -> ScoreConfig:
+        return self.record.config
+
+    @property
+    def n_images(self) -> int:
+        return self.record.n_images
+
+    @property
+    def shard_size(self) -> int:
+        return self.record.shard_size
+
+    @property
+    def n_shards(self) -> int:
+        return self.record.n_shards
+
+    @property
+    def store_id(self) -> str:
+        return self.record.store_id
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        start = index * self.shard_size
+        return start, min(start + self.shard_size, self.n_images)
+
+    def done_shards(self) -> np.ndarray:
+        return np.asarray(self._array("shard_done")[:], dtype=bool)
+
+    @property
+    def alpha(self) -> AlphaRecord | None:
+        """How the current `lmem` was made; None before the first alpha pass."""
+        record = self._array("lmem").attrs.get("alpha")
+        return AlphaRecord.from_dict(record) if record else None
+
+    @property
+    def alpha_history(self) -> list[AlphaRecord]:
+        """Earlier alpha choices, oldest first."""
+        return [AlphaRecord.from_dict(r) for r in self._array("lmem").attrs.get("history", [])]
+
+    @property
+    def failed_shards(self) -> dict[int, str]:
+        """Shards the last run could not score after every retry (they stay pending), with the error."""
+        return {int(k): v for k, v in self.group.attrs.get("failed_shards", {}).items()}
+
+    def derived_columns(self) -> list[str]:
+        """Per-image columns added after scoring (e.g. `predicted_member`)."""
+        fixed = {c.name for c in COLUMNS} | set(SHARD_ARRAYS)
+        return sorted(name for name in self.group.array_keys() if name not in fixed)
+
+    def column_attrs(self, name: str) -> dict[str, Any]:
+        return dict(self._array(name).attrs)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def write_shard(self, index: int, columns: dict[str, np.ndarray]) -> None:
+        """Write one shard's rows, then its digest, then its done-mark (the last write)."""
+        self._require_writable()
+        start, stop = self.shard_range(index)
+        digests = {}
+        for column in SHARD_COLUMNS:
+            values = column.values(columns[column.name])
+            if len(values) != stop - start:
+                raise StoreError(f"shard {index} has {len(values)} {column.name} values, expected {stop - start}")
+            self.group[column.name][start:stop] = values
+            digests[column.name] = column_digest(values)
+        self.group["shard_digest"][index] = json.dumps(digests, sort_keys=True)
+        self.group["shard_done"][index] = True
+
+    def reset_shards(self, indices: Sequence[int]) -> None:
+        """Mark shards as not done (damaged ones, to be scored again)."""
+        self._require_writable()
+        for index in indices:
+            self.group["shard_done"][index] = False
+
+    def write_lmem(self, lmem: np.ndarray, alpha: AlphaRecord) -> AlphaRecord:
+        """Replace `lmem` and its alpha record together (older records go to its `history`)."""
+        values = COLUMN_BY_NAME["lmem"].values(lmem)
+        alpha = dataclasses.replace(alpha, lmem_sha256=column_digest(values, full=True),
+                                    created=alpha.created or _now())
+        history = [r.to_dict() for r in self.alpha_history]
+        if self.alpha is not None:
+            history.append(self.alpha.to_dict())
+        self._replace_column("lmem", values, COLUMN_BY_NAME["lmem"].fill, {"alpha": alpha.to_dict(), "history": history})
+        return alpha
+
+    def write_column(self, name: str, values: np.ndarray, fill_value: Any, attrs: dict[str, Any]) -> None:
+        """Add or replace a derived per-image column (e.g. a member decision) and record how it was made."""
+        if name in COLUMN_BY_NAME or name in SHARD_ARRAYS:
+            raise StoreError(f"{name!r} is a scored column of the store; derived columns need another name")
+        self._replace_column(name, np.asarray(values), fill_value, attrs)
+
+    def update_record(self, **changes: Any) -> None:
+        """Change the run record's fields (`layouts`, ...) in one atomic metadata write."""
+        self._require_writable()
+        self.record = dataclasses.replace(self.record, **changes)
+        self._update_group_attrs({"memscore": self.record.to_dict()})
+
+    def set_failed_shards(self, failed: dict[int, str]) -> None:
+        """Record the shards the last run could not score (an empty dict clears the record)."""
+        self._require_writable()
+        self._update_group_attrs({"failed_shards": {str(k): v for k, v in failed.items()}})
+
+    def consolidate(self) -> None:
+        """Refresh the consolidated metadata xarray reads (a zarr-python extension to v3)."""
+        self._require_writable()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Consolidated metadata")
+            zarr.consolidate_metadata(str(self.path))
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole per-image column; a chunk that cannot be decoded is a StoreError naming its shard."""
+        array = self._array(name)
+        try:
+            return np.asarray(array[:])
+        except Exception as error:
+            raise StoreError(f"{self.path}: array {name} cannot be read ({type(error).__name__}: {error}); "
+                             "`memscore verify` names the damaged shards, and rerunning `memscore score` "
+                             "rescores them") from error
+
+    def to_frame(self):
+        """Every per-image column (the schema's, then derived ones) as a pandas DataFrame."""
+        import pandas as pd
+        names = [c.name for c in COLUMNS] + self.derived_columns()
+        return pd.DataFrame({name: self.column(name) for name in names})
+
+    def counts(self) -> StatusCounts:
+        status = self.column("status")
+        return StatusCounts(self.n_images, int((status == "ok").sum()), int((status == "failed").sum()),
+                            int((status == "").sum()))
+
+    def is_complete(self) -> bool:
+        return bool(self.done_shards().all()) and self.alpha is not None
+
+    def fingerprint(self, column: str) -> dict[str, Any]:
+        """What identifies one score exactly: equal fingerprints <=> the same values in the same store."""
+        found = {"store_id": self.store_id, "column": column, "sha256": column_digest(self.column(column), full=True)}
+        if column == "lmem" and self.alpha is not None:
+            found["alpha"] = {"spec": self.alpha.spec, "value": self.alpha.value}
+        return found
+
+    # --- verification ----------------------------------------------------------------------------
+
+    def verify(self) -> list[Problem]:
+        """Every problem with the stored data: unreadable chunks, shards whose content differs from the digest
+        in their done-mark (a chunk deleted or changed), an lmem that differs from its alpha record."""
+        problems: list[Problem] = []
+        done = self.done_shards()
+        digests = np.asarray(self._array("shard_digest")[:]).tolist()
+        expected = {}
+        for index in np.flatnonzero(done):
+            try:
+                expected[int(index)] = json.loads(digests[index])
+            except ValueError:
+                problems.append(Problem("done but its digest is missing or unreadable", int(index), "shard_digest"))
+        for column in SHARD_COLUMNS:
+            values, unreadable = self._read_by_shard(column.name)
+            for index in unreadable:
+                problems.append(Problem(unreadable[index], index, column.name))
+            for index, digests_of_shard in expected.items():
+                if index in unreadable:
+                    continue
+                start, stop = self.shard_range(index)
+                if column_digest(values[start:stop]) != digests_of_shard.get(column.name):
+                    problems.append(Problem("content differs from the digest in its done-mark (a chunk was deleted "
+                                            "or changed)", index, column.name))
+        alpha = self.alpha
+        if alpha is not None:
+            try:
+                lmem = self._array("lmem")[:]
+            except Exception as error:
+                problems.append(Problem(f"cannot be read ({type(error).__name__}: {error})", None, "lmem"))
+            else:
+                if column_digest(lmem, full=True) != alpha.lmem_sha256:
+                    problems.append(Problem(f"content differs from its alpha record (alpha {alpha.value:.6g}, "
+                                            f"{alpha.spec}): rerun `memscore rescore` or `memscore score`", None, "lmem"))
+        return problems
+
+    def damaged_shards(self) -> list[int]:
+        """Done shards that `verify` finds damaged (to be scored again)."""
+        return sorted({p.shard for p in self.verify() if p.shard is not None})
+
+    def require_readable(self, partial: bool = False) -> StatusCounts:
+        """Refuse a damaged store, and an unfinished one unless `partial`; returns the status counts."""
+        problems = self.verify()
+        if problems:
+            listed = "; ".join(str(p) for p in problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise StoreError(f"{self.path} is damaged: {listed}. `memscore verify {self.path}` lists every problem; "
+                             "rerunning the same `memscore score` command rescores damaged shards")
+        counts = self.counts()
+        if not partial and (counts.pending or self.alpha is None):
+            what = f"{counts.pending} of {counts.n_images} rows are still pending" if counts.pending \
+                else "lmem has not been written (no alpha pass)"
+            raise StoreError(f"{self.path} is not finished: {what}. Rerun the same `memscore score` command to "
+                             "finish it, or pass --partial to use the rows scored so far")
+        return counts
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.path} was opened read-only; open it with mode='r+' (and take its lock) to write")
+
+    def _array(self, name: str) -> zarr.Array:
+        try:
+            return self.group[name]
+        except KeyError:
+            staged = _beside(self.path, STAGING_SUFFIX) / name  # between the two renames of a column switch
+            if _staged_complete(staged):
+                return zarr.open_array(str(staged), mode="r")
+            raise StoreError(f"{self.path} has no array {name!r}") from None
+
+    def _read_by_shard(self, name: str) -> tuple[np.ndarray, dict[int, str]]:
+        """A whole column, and the shards whose chunks could not be decoded (with why)."""
+        array = self._array(name)
+        try:
+            return np.asarray(array[:]), {}
+        except Exception:
+            pass
+        column = COLUMN_BY_NAME[name]
+        values = np.full(self.n_images, column.fill, dtype=object if column.dtype == "str" else column.dtype)
+        unreadable = {}
+        for index in range(self.n_shards):
+            start, stop = self.shard_range(index)
+            try:
+                values[start:stop] = array[start:stop]
+            except Exception as error:
+                unreadable[index] = f"cannot be read ({type(error).__name__}: {error})"
+        return values, unreadable
+
+    def _update_group_attrs(self, changes: dict[str, Any]) -> None:
+        document_path = self.path / "zarr.json"
+        document = json.loads(document_path.read_text())
+        document.setdefault("attributes", {}).update(changes)
+        document.pop("consolidated_metadata", None)
+        _write_json_atomically(document_path, document)
+        self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        self.consolidate()
+
+    def _replace_column(self, name: str, values: np.ndarray, fill_value: Any, attrs: dict[str, Any]) -> None:
+        """Write a whole column beside the store, then switch it in: rename the old one out, the new one in."""
+        self._require_writable()
+        if len(values) != self.n_images:
+            raise StoreError(f"column {name} needs {self.n_images} values, got {len(values)}")
+        staging = _beside(self.path, STAGING_SUFFIX)
+        staged, retired = staging / name, staging / f"{name}.old"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+        staging.mkdir(exist_ok=True)
+        dtype = "str" if values.dtype.kind in "UOT" else str(values.dtype)
+        array = _create_column(zarr.open_group(str(staging), mode="a"), name, dtype, fill_value, self.n_images,
+                               self.shard_size)
+        array[:] = values
+        array.attrs.update({**attrs, "complete": True})  # the staged column is whole from here on
+        current = self.path / name
+        if current.exists():
+            os.rename(current, retired)
+        os.rename(staged, current)
+        shutil.rmtree(staging, ignore_errors=True)
+        self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
+        self.consolidate()
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """This store's writer lock (see `store_lock`)."""
+        with store_lock(self.path):
+            yield
+
+
+def _create_column(group: zarr.Group, name: str, dtype: str, fill: Any, n_images: int, shard_size: int) -> zarr.Array:
+    compressors = [] if dtype == "str" else [zarr.codecs.ZstdCodec(level=3)]
+    kwargs = {"compressors": compressors} if compressors else {}
+    return group.create_array(name, shape=(n_images,), chunks=(shard_size,), dtype=str if dtype == "str" else dtype,
+                              fill_value=fill, dimension_names=["image"], **kwargs)
+
+
+def _finish_interrupted_switches(path: Path) -> None:
+    """Complete a column switch that a kill interrupted (the whole staged column in, leftovers out); runs
+    whenever a process takes the store's lock, so no other writer is mid-switch."""
+    staging = _beside(path, STAGING_SUFFIX)
+    if not staging.is_dir():
+        return
+    for staged in staging.iterdir():
+        if staged.is_dir() and not staged.name.endswith(".old") and not (path / staged.name).exists() \
+                and _staged_complete(staged):
+            os.rename(staged, path / staged.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staged_complete(staged: Path) -> bool:
+    document = _read_json(staged / "zarr.json")
+    return bool(document and document.get("attributes", {}).get("complete"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backbones import WeightsMissing, create_backbone, torch_hub_checkpoints
+from engine.backbones import WeightsMissing, create_backbone, torch_hub_checkpoints, weights_sha256
 from engine.images import load_rgb
 from engine.preprocess import normalise, resize_shorter_center_crop, to_tensor
 
@@ -39,7 +39,7 @@ def test_efficientnet_lite0_embedded_weights_recognise_facades(facades):
     assert [tuple(s.shape[1:]) for s in stages] == [(24, 56, 56), (40, 28, 28), (112, 14, 14), (320, 7, 7)]
     hits = sum(bool(BUILDING_CLASSES & set(row)) for row in top5)
     assert hits >= 6, f"real weights should see buildings in facade photos; top-5s were {top5}"
-    assert len(backbone.weights_sha256()) == 64
+    assert len(weights_sha256(backbone.weights_path)) == 64
 
 
 def test_wide_resnet_stages_and_missing_weights_message(monkeypatch, tmp_path):
@@ -53,7 +53,7 @@ def test_wide_resnet_stages_and_missing_weights_message(monkeypatch, tmp_path):
     with torch.no_grad():
         stages = backbone(torch.randn(1, 3, 224, 224))
     assert [tuple(s.shape[1:]) for s in stages] == [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]
-    assert backbone.weights_sha256() == "random-init"
+    assert weights_sha256(backbone.weights_path) == "random-init"
 
 
 def test_explicit_weights_path_is_used_and_checked(tmp_path):

@@ -7,7 +7,8 @@ import torch
 import xarray as xr
 
 from engine.config import ScoreConfig
-from engine.run import DatasetSpec, run_scoring
+from engine.run import run_scoring
+from engine.work import DatasetSpec
 from engine.seeding import fit_mask
 from engine.synthetic import write_aligned_dataset
 from kernels.difficulty import predictability_error

@@ -1,17 +1,25 @@
 """engine.run end to end on generated data: scores, determinism, bad inputs, resume, refusals."""
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from PIL import Image
 
 from engine.cli import main
 from engine.config import ScoreConfig
-from engine.run import DatasetSpec, default_shard_size, run_scoring
+from engine.run import default_shard_size, run_scoring
 from engine.schedule import ClusterPlan
 from engine.store import ScoreStore, StoreError
 from engine.synthetic import write_aligned_dataset
+from engine.work import DatasetSpec
 
 N = 14
 
@@ -41,7 +49,8 @@ def _scores(path) -> dict[str, tuple[float, float, str]]:
 
 
 def _run(dataset, out, **kwargs):
-    config = ScoreConfig(victim="python:victims_for_tests:blur", alpha=kwargs.pop("alpha", "fit"))
+    config = ScoreConfig(victim=kwargs.pop("victim", "python:victims_for_tests:blur"), alpha=kwargs.pop("alpha", "fit"),
+                         seed=kwargs.pop("seed", 0))
     spec = kwargs.pop("spec", DatasetSpec(str(dataset)))
     return run_scoring(spec, config, out, progress=False, **kwargs)
 
@@ -69,7 +78,7 @@ def test_lmem_uses_the_fitted_alpha(dataset, tmp_path):
     ds = xr.open_zarr(tmp_path / "s.zarr")
     lrec, ldiff = ds["lrec"].values.astype(float), ds["ldiff"].values.astype(float)
     slope = np.polyfit(ldiff, lrec, 1)[0]
-    alpha = ds.attrs["alpha"]
+    alpha = ds["lmem"].attrs["alpha"]
     assert alpha["spec"] == "fit" and alpha["value"] == pytest.approx(slope, rel=1e-4)
     np.testing.assert_allclose(ds["lmem"].values, lrec - slope * ldiff, rtol=1e-4, atol=1e-6)
 
@@ -111,8 +120,8 @@ def test_rerun_resumes_only_unfinished_shards_and_refuses_a_changed_config(datas
     out = tmp_path / "s.zarr"
     first = _run(dataset, out, shard_size=4)
     reference = _scores(out)
-    store = ScoreStore.open(out)
-    store.group["shard_done"][1] = False          # as if the run had died inside shard 1
+    store = ScoreStore.open(out, mode="r+")
+    store.reset_shards([1])                        # as if the run had died inside shard 1
     store.group["lrec"][4:8] = np.float32(np.nan)
     again = _run(dataset, out, shard_size=4)
     assert first.scored == N and again.scored == 4 and again.skipped_done == N - 4
@@ -120,8 +129,9 @@ def test_rerun_resumes_only_unfinished_shards_and_refuses_a_changed_config(datas
     assert resumed.keys() == reference.keys()
     for key, values in reference.items():
         assert resumed[key][:2] == pytest.approx(values[:2])
-    with pytest.raises(StoreError, match="alpha: store has 'fit', asked '0.5'"):
-        _run(dataset, out, shard_size=4, alpha="0.5")
+    with pytest.raises(StoreError, match="seed: store has 0, asked 1"):
+        _run(dataset, out, shard_size=4, seed=1)
+    assert len(ScoreStore.open(out).record.layouts) == 2  # each run's process layout is on record
 
 
 def test_rescore_changes_alpha_without_touching_images_and_is_idempotent(dataset, tmp_path):
@@ -134,22 +144,22 @@ def test_rescore_changes_alpha_without_touching_images_and_is_idempotent(dataset
     store = ScoreStore.open(out)
     np.testing.assert_array_equal(store.column("lmem"), once)
     np.testing.assert_allclose(once, lrec - 0.5 * ldiff, rtol=1e-5)
-    assert store.group.attrs["alpha"]["value"] == 0.5 and store.config.alpha == "0.5"
-    assert [h["spec"] for h in store.group.attrs["history"]] == ["fit", "0.5"]
+    assert store.alpha.value == 0.5 and store.alpha.spec == "0.5"
+    assert [h.spec for h in store.alpha_history] == ["fit", "0.5"]
 
 
 def test_a_run_interrupted_before_the_alpha_pass_finishes_it_on_rerun(dataset, tmp_path):
     reference, out = tmp_path / "ref.zarr", tmp_path / "s.zarr"
     _run(dataset, reference)
     _run(dataset, out)
-    store = ScoreStore.open(out)
-    del store.group.attrs["alpha"]                 # as if killed after the last shard, before the alpha pass
-    store.group["lmem"][:] = np.float32(np.nan)
+    lmem = zarr.open_array(str(out / "lmem"), mode="r+")  # as if killed after the last shard, before the alpha pass
+    lmem.attrs.put({})
+    lmem[:] = np.float32(np.nan)
     again = _run(dataset, out)
     assert again.scored == 0 and again.skipped_done == N
-    a, b = xr.open_zarr(reference), xr.open_zarr(out)
-    np.testing.assert_array_equal(a["lmem"].values, b["lmem"].values)
-    assert a.attrs["alpha"] == b.attrs["alpha"]
+    a, b = ScoreStore.open(reference), ScoreStore.open(out)
+    np.testing.assert_array_equal(a.column("lmem"), b.column("lmem"))
+    assert dataclasses.replace(a.alpha, created="") == dataclasses.replace(b.alpha, created="")
 
 
 def test_label_map_victims_get_class_ids_and_rgb_label_files_are_refused(tmp_path):
@@ -190,3 +200,63 @@ def test_default_shard_size_gives_each_local_worker_about_16_shards(tmp_path):
     assert default_shard_size(4096, ClusterPlan(scheduler="tcp://127.0.0.1:8786")) == 1024  # workers unknown
     with pytest.raises(StoreError, match="shard size must be at least 1"):
         ScoreStore.create(tmp_path / "s.zarr", 10, 0, ScoreConfig(victim="recon:x"))
+
+
+def test_damaged_shards_are_named_and_scored_again_on_rerun(dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    _run(dataset, out, shard_size=4)
+    reference = ScoreStore.open(out).to_frame()
+    os.remove(out / "lrec" / "c" / "1")                                 # a deleted chunk
+    (out / "ldiff" / "c" / "2").write_bytes(b"\x28\xb5\x2f\xfd not zstd")  # a corrupt one
+    assert ScoreStore.open(out).damaged_shards() == [1, 2]
+    again = _run(dataset, out, shard_size=4)
+    assert again.rescored_damaged == (1, 2) and again.scored == 8 and "damaged shard(s) scored again" in again.line()
+    repaired = ScoreStore.open(out)
+    assert repaired.verify() == []
+    for column in ("lrec", "ldiff", "lmem"):
+        np.testing.assert_allclose(repaired.column(column), reference[column], rtol=1e-6)
+
+
+def test_a_failed_fresh_run_leaves_no_store_and_bad_options_touch_nothing(dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    with pytest.raises(Exception, match="no_such_factory"):
+        _run(dataset, out, victim="python:victims_for_tests:no_such_factory")
+    assert not out.exists()
+    with pytest.raises(ValueError, match="alpha 'garbage' not understood"):
+        _run(dataset, out, alpha="garbage")
+    assert not out.exists()
+    _run(dataset, out)
+    before = ScoreStore.open(out).fingerprint("lmem")
+    with pytest.raises(ValueError, match="batch size must be at least 1"):
+        _run(dataset, out, batch_size=0)
+    assert ScoreStore.open(out).fingerprint("lmem") == before
+
+
+def test_overwrite_while_another_run_writes_is_refused_before_anything_is_deleted(dataset, tmp_path):
+    out = tmp_path / "s.zarr"
+    _run(dataset, out)
+    before = ScoreStore.open(out).fingerprint("lrec")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "s.zarr.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": other.pid}))
+        with pytest.raises(StoreError, match="being written by another run"):
+            _run(dataset, out, overwrite=True)
+    finally:
+        other.kill()
+        other.wait()
+    assert ScoreStore.open(out).fingerprint("lrec") == before and ScoreStore.open(out).is_complete()
+
+
+def test_a_resume_with_other_member_labels_is_refused(dataset, tmp_path):
+    members = tmp_path / "members.txt"
+    members.write_text("0\n1\n2\n")
+    out = tmp_path / "s.zarr"
+    _run(dataset, out, spec=DatasetSpec(str(dataset), members_file=str(members)), shard_size=4)
+    ScoreStore.open(out, mode="r+").reset_shards([2])
+    with pytest.raises(StoreError, match="another --members file, this run gives none"):
+        _run(dataset, out, shard_size=4)
+    members.write_text("0\n1\n")
+    with pytest.raises(StoreError, match="this run gives a different one"):
+        _run(dataset, out, spec=DatasetSpec(str(dataset), members_file=str(members)), shard_size=4)
+    members.write_text("2\n1\n0\n")  # the same set in another order is the same labelling
+    assert _run(dataset, out, spec=DatasetSpec(str(dataset), members_file=str(members)), shard_size=4).scored == 4

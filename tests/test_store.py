@@ -1,21 +1,46 @@
-"""engine.store: layout readable by xarray, shard writes, done marks, locking, config records."""
+"""engine.store: layout readable by xarray, shard writes with digests, verification, column switches,
+read-only handles, locking and the typed records."""
 from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from engine.config import ScoreConfig
-from engine.store import ScoreStore, ShardScores, StoreError
+from engine.scores import Row
+from engine.store import (COLUMNS, SHARD_COLUMNS, AlphaRecord, ScoreStore, StoreError, shard_columns, store_lock)
 
 
-def _shard(ids, lrec, status=None):
-    n = len(ids)
-    status = status or ["ok"] * n
-    return ShardScores(id=ids, lrec=np.asarray(lrec, dtype=np.float32), ldiff=np.full(n, 0.5, np.float32),
-                       status=status, reason=["" if s == "ok" else f"{i}: broken" for i, s in zip(ids, status)],
-                       member=np.ones(n, np.int8), out_height=np.full(n, 64, np.int32),
-                       out_width=np.full(n, 64, np.int32))
+def _rows(ids, lrec, status=None) -> dict[str, np.ndarray]:
+    status = status or ["ok"] * len(ids)
+    return shard_columns([Row(i, 1, lrec=v, ldiff=0.5, status=s, reason="" if s == "ok" else f"{i}: broken",
+                              out_height=64, out_width=64) for i, v, s in zip(ids, lrec, status)])
+
+
+def _alpha(value: float, spec: str = "fixed") -> AlphaRecord:
+    return AlphaRecord(spec=spec, value=value, method="fixed", n_rows=0)
+
+
+def _finished(path, n=6, shard=2) -> ScoreStore:
+    store = ScoreStore.create(path, n, shard, ScoreConfig(victim="recon:x", alpha="0.5"))
+    for index in range(store.n_shards):
+        start, stop = store.shard_range(index)
+        store.write_shard(index, _rows([f"i{k}" for k in range(start, stop)], [0.1 * k for k in range(start, stop)]))
+    store.write_lmem(store.column("lrec") - 0.5 * store.column("ldiff"), _alpha(0.5, "0.5"))
+    return store
+
+
+def test_the_row_and_the_store_schema_are_one():
+    assert {f.name for f in dataclasses.fields(Row)} == {c.name for c in SHARD_COLUMNS}
+    assert {c.name for c in COLUMNS} - {c.name for c in SHARD_COLUMNS} == {"lmem"}
 
 
 def test_create_write_and_read_back_with_xarray(tmp_path):
@@ -23,10 +48,10 @@ def test_create_write_and_read_back_with_xarray(tmp_path):
     config = ScoreConfig(victim="recon:x", alpha="0.5")
     store = ScoreStore.create(path, 5, 2, config)
     assert store.n_shards == 3 and store.shard_range(2) == (4, 5)
-    store.write_shard(2, _shard(["e"], [0.3]))
+    store.write_shard(2, _rows(["e"], [0.3]))
     assert store.done_shards().tolist() == [False, False, True]
-    store.write_shard(0, _shard(["a", "b"], [0.1, np.nan], ["ok", "failed"]))
-    store.write_lmem(np.array([1, 2, 3, 4, 5.0]), {"spec": "0.5", "value": 0.5})
+    store.write_shard(0, _rows(["a", "b"], [0.1, np.nan], ["ok", "failed"]))
+    store.write_lmem(np.array([1, 2, 3, 4, 5.0]), _alpha(0.5, "0.5"))
     ds = xr.open_zarr(path)
     assert ds.sizes["image"] == 5 and ds.sizes["shard"] == 3
     assert list(ds["id"].values[:2]) == ["a", "b"] and ds["id"].values[4] == "e"
@@ -34,40 +59,157 @@ def test_create_write_and_read_back_with_xarray(tmp_path):
     assert ds["status"].values.tolist() == ["ok", "failed", "", "", "ok"]
     assert ds["reason"].values[1] == "b: broken"
     assert ds.attrs["memscore"]["config"]["alpha"] == "0.5"
-    assert ScoreStore.open(path).config == config
-    assert ScoreStore.open(path).summary() == {"n_images": 5, "ok": 2, "failed": 1, "pending": 2}
+    assert ds["lmem"].attrs["alpha"]["value"] == 0.5
+    reopened = ScoreStore.open(path)
+    assert reopened.config == config and reopened.record == store.record
+    assert reopened.counts() == dataclasses.replace(reopened.counts(), n_images=5, ok=2, failed=1, pending=2)
+    assert list(reopened.to_frame().columns) == [c.name for c in COLUMNS]
+
+
+def test_read_only_handles_refuse_every_write(tmp_path):
+    store = _finished(tmp_path / "s.zarr")
+    reader = ScoreStore.open(store.path)
+    for write in (lambda: reader.write_shard(0, _rows(["i0", "i1"], [0, 0])),
+                  lambda: reader.write_lmem(np.zeros(6), _alpha(1.0)),
+                  lambda: reader.write_column("predicted_member", np.zeros(6, np.int8), -1, {}),
+                  lambda: reader.reset_shards([0])):
+        with pytest.raises(StoreError, match="read-only"):
+            write()
+    assert ScoreStore.open(store.path).verify() == []
 
 
 def test_wrong_row_count_and_existing_store_are_refused(tmp_path):
     store = ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig())
     with pytest.raises(StoreError, match="expected 2"):
-        store.write_shard(0, _shard(["a"], [0.1]))
+        store.write_shard(0, _rows(["a"], [0.1]))
     with pytest.raises(StoreError, match="already exists"):
         ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig())
     assert ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig(), overwrite=True).done_shards().sum() == 0
 
 
-def test_lock_refuses_a_second_writer_and_clears_stale_locks(tmp_path):
-    store = ScoreStore.create(tmp_path / "s.zarr", 2, 2, ScoreConfig())
-    with store.lock():
+def test_lock_refuses_another_process_and_clears_stale_locks(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = _finished(path)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "s.zarr.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid}))
         with pytest.raises(StoreError, match="being written by another run"):
-            with ScoreStore.open(tmp_path / "s.zarr").lock():
+            with store.lock():
                 pass
-    (tmp_path / "s.zarr.lock").write_text('{"host": "%s", "pid": 999999999}' % __import__("socket").gethostname())
-    with store.lock():  # the recorded process is gone: stale lock is taken over
-        pass
+        with pytest.raises(StoreError, match="being written by another run"):  # the lock comes before the delete
+            ScoreStore.create(path, 6, 2, ScoreConfig(), overwrite=True)
+        assert ScoreStore.open(path).verify() == [] and ScoreStore.open(path).counts().ok == 6
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.lock():  # the recorded process is gone: the stale lock is taken over
+        with store_lock(path):  # re-entrant within one process
+            pass
+    assert not (tmp_path / "s.zarr.lock").exists()
 
 
-def test_rewriting_lmem_keeps_history(tmp_path):
+def test_rewriting_lmem_keeps_history_and_the_record_with_the_column(tmp_path):
     store = ScoreStore.create(tmp_path / "s.zarr", 2, 2, ScoreConfig())
-    store.write_lmem(np.zeros(2), {"spec": "fit", "value": 3.0})
-    store.write_lmem(np.ones(2), {"spec": "0.5", "value": 0.5})
-    assert store.group.attrs["alpha"]["value"] == 0.5
-    assert store.group.attrs["history"] == [{"spec": "fit", "value": 3.0}]
-    np.testing.assert_array_equal(store.column("lmem"), [1, 1])
+    store.write_lmem(np.zeros(2), _alpha(3.0, "fit"))
+    first = store.fingerprint("lmem")
+    store.write_lmem(np.ones(2), _alpha(0.5, "0.5"))
+    reopened = ScoreStore.open(store.path)
+    assert reopened.alpha.value == 0.5 and [r.spec for r in reopened.alpha_history] == ["fit"]
+    np.testing.assert_array_equal(reopened.column("lmem"), [1, 1])
+    assert reopened.fingerprint("lmem") != first and reopened.fingerprint("lmem")["alpha"]["value"] == 0.5
+    assert not (tmp_path / "s.zarr.staging").exists()
+
+
+def test_verify_names_deleted_and_corrupt_chunks_and_a_changed_lmem(tmp_path):
+    store = _finished(tmp_path / "s.zarr")
+    assert store.verify() == []
+    os.remove(tmp_path / "s.zarr" / "lrec" / "c" / "1")               # a deleted chunk reads as fill values
+    (tmp_path / "s.zarr" / "member" / "c" / "2").write_bytes(b"\x28\xb5\x2f\xfd garbage")  # a corrupt zstd frame
+    zarr.open_array(str(tmp_path / "s.zarr" / "lmem"), mode="r+")[0] = 9.0  # lmem no longer what its record says
+    problems = ScoreStore.open(store.path).verify()
+    found = {(p.shard, p.array) for p in problems}
+    assert found == {(1, "lrec"), (2, "member"), (None, "lmem")}
+    messages = {(p.shard, p.array): str(p) for p in problems}
+    assert "shard 1 array lrec: content differs from the digest" in messages[(1, "lrec")]
+    assert "cannot be read" in messages[(2, "member")]
+    assert ScoreStore.open(store.path).damaged_shards() == [1, 2]
+    with pytest.raises(StoreError, match="damaged: .*shard 1 array lrec"):
+        ScoreStore.open(store.path).require_readable()
+    with pytest.raises(StoreError, match="array member cannot be read.*memscore verify"):
+        ScoreStore.open(store.path).column("member")
+
+
+def test_unfinished_stores_are_refused_unless_partial(tmp_path):
+    store = ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig())
+    store.write_shard(0, _rows(["a", "b"], [0.1, 0.2]))
+    with pytest.raises(StoreError, match="2 of 4 rows are still pending.*--partial"):
+        store.require_readable()
+    assert store.require_readable(partial=True).pending == 2
+    store.write_shard(1, _rows(["c", "d"], [0.1, 0.2]))
+    with pytest.raises(StoreError, match="no alpha pass"):
+        store.require_readable()
+
+
+def test_an_interrupted_column_switch_reads_as_old_or_new_and_is_completed_under_the_lock(tmp_path):
+    store = _finished(tmp_path / "s.zarr")
+    old = store.column("lmem")
+    staging = tmp_path / "s.zarr.staging"
+    # 1. killed while the new column was being staged: readers see the old one, the next lock clears it
+    store.write_lmem(old + 1, _alpha(7.0))
+    shutil.copytree(tmp_path / "s.zarr" / "lmem", staging / "lmem")
+    store.write_lmem(old, _alpha(0.5, "0.5"))
+    staging.mkdir(exist_ok=True)
+    shutil.copytree(tmp_path / "s.zarr" / "lmem", staging / "lmem", dirs_exist_ok=True)
+    document = json.loads((staging / "lmem" / "zarr.json").read_text())
+    document["attributes"].pop("complete", None)
+    (staging / "lmem" / "zarr.json").write_text(json.dumps(document))
+    assert ScoreStore.open(store.path).alpha.value == 0.5
+    with store.lock():
+        pass
+    assert not staging.exists() and ScoreStore.open(store.path).verify() == []
+    # 2. killed between the two renames: the old column is out, the new one complete beside the store
+    store.write_lmem(old + 2, _alpha(2.0))
+    staging.mkdir()
+    shutil.copytree(tmp_path / "s.zarr" / "lmem", staging / "lmem")
+    document = json.loads((staging / "lmem" / "zarr.json").read_text())
+    document["attributes"]["complete"] = True
+    (staging / "lmem" / "zarr.json").write_text(json.dumps(document))
+    shutil.rmtree(tmp_path / "s.zarr" / "lmem")
+    reader = ScoreStore.open(store.path)
+    assert reader.alpha.value == 2.0 and reader.verify() == []
+    np.testing.assert_array_equal(reader.column("lmem"), (old + 2).astype(np.float32))
+    with store.lock():
+        pass
+    assert (tmp_path / "s.zarr" / "lmem").is_dir() and not staging.exists()
+    assert ScoreStore.open(store.path).alpha.value == 2.0
+
+
+def test_record_updates_are_atomic_documents_and_derived_columns_are_listed(tmp_path):
+    store = _finished(tmp_path / "s.zarr")
+    store.update_record(layouts=({"threads": 2, "workers": 0},))
+    store.set_failed_shards({1: "RuntimeError: boom"})
+    store.write_column("predicted_member", np.ones(6, np.int8), -1, {"tau": 0.1})
+    reopened = ScoreStore.open(store.path)
+    assert reopened.record.layouts == ({"threads": 2, "workers": 0},)
+    assert reopened.failed_shards == {1: "RuntimeError: boom"}
+    assert reopened.derived_columns() == ["predicted_member"]
+    assert reopened.column_attrs("predicted_member")["tau"] == 0.1
+    assert "predicted_member" in reopened.to_frame().columns
+    assert xr.open_zarr(store.path).attrs["memscore"]["layouts"] == [{"threads": 2, "workers": 0}]
+    with pytest.raises(StoreError, match="scored column"):
+        store.write_column("lrec", np.zeros(6), np.nan, {})
+
+
+def test_stores_of_another_format_are_refused(tmp_path):
+    store = _finished(tmp_path / "s.zarr")
+    store.update_record(format_version=1)
+    with pytest.raises(StoreError, match="format 1"):
+        ScoreStore.open(store.path)
 
 
 def test_config_differences_name_the_keys():
     a, b = ScoreConfig(alpha="fit"), ScoreConfig(alpha="0.5", backbone="wide_resnet50_2")
     assert set(a.differences(b)) == {"alpha", "backbone"}
     assert ScoreConfig.from_dict(a.to_dict()) == a
+    with pytest.raises(ValueError, match="alpha 'garbage' not understood"):
+        ScoreConfig(alpha="garbage")

@@ -1,0 +1,136 @@
+"""The unit of work of a scoring run: a shard of the dataset, scored and written by one function.
+
+A shard is plain data (`Shard`), and so is everything a task needs (`ShardJob`), so the same
+`score_shard_task` runs in this process or on a Dask worker. Each process loads the backbone and victim
+once (`cached`) and reuses them for every shard it is given; it writes only its shard's own chunks.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .allocator import release_freed_memory
+from .config import ScoreConfig
+from .data import Dataset, open_dataset, read_id_list
+from .devices import reader_threads, resolve_device, use_threads
+from .pipeline import batches
+from .scores import Row, Scorer
+from .store import ScoreStore, StoreError, disk_full_message, shard_columns
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to open the dataset: serialisable, so a worker can open it too."""
+
+    data: str | None = None
+    inputs: str | None = None
+    targets: str | None = None
+    direction: str = "AtoB"
+    members_file: str | None = None
+
+    def open(self) -> Dataset:
+        members = read_id_list(self.members_file) if self.members_file else None
+        return open_dataset(self.data, inputs=self.inputs, targets=self.targets, direction=self.direction,
+                            members=members)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of the dataset: exactly one chunk of every per-image array of the store."""
+
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a process needs to score any shard of one run."""
+
+    dataset: DatasetSpec
+    config: ScoreConfig
+    store_path: str
+    batch_size: int
+    device: str = "auto"
+    threads: int = 0
+    """CPU threads for the process scoring it (0 = leave as is)."""
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    index: int
+    n_images: int
+    scored: int = 0
+    failed: int = 0
+    error: str = ""
+    """Set when the whole shard could not be scored (after retries)."""
+    stage_seconds: tuple[tuple[str, float], ...] = ()
+    """Seconds per pipeline stage spent on this shard."""
+
+
+_PROCESS_CACHE: dict[tuple, object] = {}
+
+
+def cached(key: tuple, build: Callable[[], object]) -> object:
+    """One object per key per process (the loaded scorer, the opened dataset); older keys of a kind are dropped."""
+    if key not in _PROCESS_CACHE:
+        for old in [k for k in _PROCESS_CACHE if k[0] == key[0]]:
+            del _PROCESS_CACHE[old]
+        _PROCESS_CACHE[key] = build()
+    return _PROCESS_CACHE[key]
+
+
+def process_scorer(config: ScoreConfig, device: str) -> Scorer:
+    """This process's scorer for `config` (loaded once, reused by every shard)."""
+    torch_device = resolve_device(device)
+    return cached(("scorer", config, str(torch_device)), lambda: Scorer(config, device=torch_device))
+
+
+def ordered_rows(rows: list[Row], expected_ids: list[str]) -> list[Row]:
+    """Rows in the dataset's order, one per expected id."""
+    by_id = {row.id: row for row in rows}
+    if len(by_id) != len(rows) or set(by_id) != set(expected_ids):
+        missing = sorted(set(expected_ids) - set(by_id))[:3]
+        raise StoreError(f"a shard's rows do not match its ids (missing {missing}): ids must be unique in the dataset")
+    return [by_id[i] for i in expected_ids]
+
+
+def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStore, batch_size: int,
+                on_batch: Callable[[list[Row]], None] | None = None) -> ShardOutcome:
+    """Score one shard and write it (data, digest, done-mark last), then give the heap's free pages back."""
+    before = scorer.times.as_dict()
+    pairs = list(dataset.pairs(shard.start, shard.stop))
+    rows: list[Row] = []
+    reader = iter(batches(pairs, scorer.view, batch_size, device=scorer.device, threads=reader_threads(),
+                          read_ahead=scorer.device.type != "cpu"))  # on a CPU, compute has every core
+    while True:
+        with scorer.times.stage("decode"):  # time spent waiting for the reader, not hidden behind compute
+            batch = next(reader, None)
+        if batch is None:
+            break
+        new_rows = scorer.score(batch)
+        rows.extend(new_rows)
+        if on_batch is not None:
+            on_batch(new_rows)
+    ordered = ordered_rows(rows, [pair.id for pair in pairs])
+    with scorer.times.stage("write"):
+        try:
+            store.write_shard(shard.index, shard_columns(ordered))
+        except OSError as error:
+            message = disk_full_message(store.path, error, f"shard {shard.index}")
+            if message is None:
+                raise
+            raise StoreError(message) from error
+    failed = sum(row.status != "ok" for row in ordered)
+    release_freed_memory()  # the next shard starts from the live memory alone (engine.allocator)
+    spent = tuple((name, value - before.get(name, 0.0)) for name, value in scorer.times.as_dict().items())
+    return ShardOutcome(shard.index, len(pairs), len(pairs) - failed, failed, stage_seconds=spent)
+
+
+def score_shard_task(shard: Shard, job: ShardJob, on_batch: Callable[[list[Row]], None] | None = None) -> ShardOutcome:
+    """Score one shard in whatever process runs this: a pure function of its arguments and the files."""
+    if job.threads > 0:
+        use_threads(job.threads)
+    scorer = process_scorer(job.config, job.device)
+    dataset = cached(("dataset", job.dataset), job.dataset.open)
+    return score_shard(shard, dataset, scorer, ScoreStore.open(job.store_path, mode="r+"), job.batch_size, on_batch)
