@@ -4,8 +4,7 @@ failures for bad files."""
 from __future__ import annotations
 
 import io
-import struct
-import zlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from engine.batch import Batch, Failure, Prepared, View
 from engine.pillow_reader import prepare
 from engine.pipeline import batches, choose_reader
 from engine.preprocess import to_tensor
+from images_for_tests import write_declared_png, write_frames, write_png16
 
 needs_dali = pytest.mark.skipif(not dali_reader.dali_importable(), reason="nvidia.dali is not importable here")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -189,19 +189,6 @@ def test_mixed_batch_keeps_order(small_pairs, tmp_path):
 # Odd and broken files
 # ---------------------------------------------------------------------------------------------
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def write_png16(path: Path, array: np.ndarray) -> None:
-    """16-bit RGB PNG (Pillow cannot write one)."""
-    height, width, _ = array.shape
-    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in array)
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw))
-                     + _png_chunk(b"IEND", b""))
-
-
 @pytest.fixture(scope="module")
 def odd_files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("odd")
@@ -305,6 +292,105 @@ def test_a_batch_dali_rejects_is_read_pair_by_pair(odd_files, capsys):
     assert "cannot decode" in batch.failures[0].reason
     assert "DALI could not read a batch" in capsys.readouterr().err
     assert_within_tolerance(view, max_differences(view, batch.items))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files no reader may score: decompression bombs, several frames, tiny images; names not UTF-8
+# ---------------------------------------------------------------------------------------------
+
+NOT_UTF8 = os.fsdecode(b"caf\xe9")  # Latin-1 bytes in a name: Python keeps \xe9 as a lone surrogate
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory) -> tuple[list[Pair], dict[str, str]]:
+    """Good pairs, and pairs each with one file no reader may score -> words its reason must hold."""
+    root = tmp_path_factory.mktemp("refused")
+    rng = np.random.default_rng(21)
+    good = []
+    for k, name in enumerate(["a.jpg", "b.png", NOT_UTF8 + ".jpg"]):  # aligned A|B files
+        smooth_image(rng, 48, 96).save(root / name, quality=90)
+        good.append(Pair(f"good-{k}", str(root / name), str(root / name), "right", "left"))
+    smooth_image(rng, 40, 30).save(root / "y.png")
+    good.append(Pair("good-two-file", good[0].input_path, str(root / "y.png")))
+
+    write_declared_png(root / "bomb.png", 30000, 30000)       # over Pillow's own limit: it raises in open
+    write_declared_png(root / "over-limit.png", 8193, 8193)   # over memscore's limit only
+    for name, frames in [("pages.tif", 3), ("animated.gif", 3), ("animated.png", 2), ("animated.webp", 2)]:
+        write_frames(root / name, frames)
+    smooth_image(rng, 1, 1).save(root / "dot.png")
+    smooth_image(rng, 6, 40).save(root / "thin.jpg")           # halves of 20x6
+    truncated = root / f"{NOT_UTF8}-cut.jpg"
+    truncated.write_bytes((root / "a.jpg").read_bytes()[:500])
+    words = {"bomb.png": "over memscore's limit of 67108864 pixels",
+             "over-limit.png": "declares 8193x8193 = 67125249 pixels, over memscore's limit of 67108864",
+             "pages.tif": "has 3 frames", "animated.gif": "has 3 frames", "animated.png": "has 2 frames",
+             "animated.webp": "has 2 frames", "dot.png": "too small to score: it is 1x1 pixels",
+             "thin.jpg": "too small to score: its left half is 20x6 pixels",
+             truncated.name: "cannot decode"}
+    bad = {name: Pair(f"bad-{name}", str(root / name), str(root / name)) for name in words}
+    bad["thin.jpg"] = Pair("bad-thin.jpg", str(root / "thin.jpg"), str(root / "thin.jpg"), "right", "left")
+    bad["dot.png"] = Pair("bad-dot.png", good[0].input_path, str(root / "dot.png"), "right")
+    pairs = list(bad.values())
+    for k, pair in enumerate(good):  # good and bad pairs share batches
+        pairs.insert(2 * k, pair)
+    return pairs, {bad[name].id: text for name, text in words.items()}
+
+
+@pytest.mark.parametrize("reader", ["pillow", pytest.param("dali", marks=needs_dali)])
+def test_refused_files_fail_alone_and_good_pairs_read_as_without_them(refused, reader):
+    pairs, words = refused
+    view = make_view(32)
+    read_batches = read(pairs, view, batch_size=5, reader=reader)
+    failures = {f.pair.id: f.reason for b in read_batches for f in b.failures}
+    assert sorted(failures) == sorted(words)
+    for pair in pairs:
+        if pair.id in words:
+            reason = failures[pair.id]
+            assert words[pair.id] in reason, reason
+            path = pair.target_path
+            assert reason.startswith(os.fsencode(path).decode("utf-8", "backslashreplace") + ": ")
+            reason.encode("utf-8")  # storable: a name that is not UTF-8 shows as \xNN escapes
+            assert reason == prepare(pair, view).reason  # DALI hands every refused file to Pillow
+            assert dali_reader._plan(pair, view) is None
+    good = [pair for pair in pairs if pair.id not in words]
+    alone = items(read(good, view, batch_size=5, reader=reader))
+    mixed = items(read_batches)
+    assert [item.pair.id for item in mixed] == [pair.id for pair in good] == [item.pair.id for item in alone]
+    for ours, theirs in zip(mixed, alone):
+        for name in FIELDS:
+            assert torch.allclose(getattr(ours, name), getattr(theirs, name), rtol=0, atol=1e-6), (ours.pair.id, name)
+    assert_within_tolerance(view, max_differences(view, mixed))
+
+
+def test_the_process_dali_reader_is_replaced_only_when_the_settings_change(small_pairs, monkeypatch):
+    """One reader per process (DALI keeps a closed reader's memory): the same settings reuse it, another
+    view or batch size closes it and builds a fresh one."""
+    built, closed = [], []
+
+    class Recording:
+        def __init__(self, view, batch_size, *, device, threads):
+            self.settings = (view, batch_size, threads, device)
+            built.append(self)
+
+        def read(self, pairs):
+            return Batch.from_results(prepare(pair, self.settings[0]) for pair in pairs)
+
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(dali_reader, "DaliReader", Recording)
+    monkeypatch.setattr(dali_reader.SharedDaliReader, "current", None)
+    first_view, second_view = make_view(32), make_view(48)
+    for view, batch_size in [(first_view, 2), (first_view, 2), (second_view, 2), (second_view, 3), (second_view, 3)]:
+        read_batches = read(small_pairs[:3], view, batch_size)
+        assert [item.pair.id for item in items(read_batches)] == ["img0", "img1", "img2"]
+        assert dali_reader.SharedDaliReader.current.reader is built[-1]
+        assert built[-1].settings == (view, batch_size, 2, "cpu")
+    assert len(built) == 3 and closed == built[:2]
+    first = dali_reader.SharedDaliReader.current
+    assert read(small_pairs[:1], make_view(32), 3) and first.reader in closed
+    with pytest.raises(RuntimeError, match="after shutdown"):  # its thread is gone too
+        first.submit(small_pairs[:1])
 
 
 # ---------------------------------------------------------------------------------------------
