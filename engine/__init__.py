@@ -1,25 +1,27 @@
 """memscore: membership-inference scores (Lrec, Ldiff, Lmem) for conditional image generators.
 
-The handful of names a notebook needs; the `memscore` command (engine.cli) wraps the same calls.
-No name here may equal a submodule's (importing `engine.evaluate` would replace it).
+The handful of names a notebook needs; the `memscore` command (engine.cli) calls the same functions:
+`score` (memscore score), `rescore_store` (rescore), `evaluate`, `calibrate`, `predict`, `open_store`.
+No name here may equal a submodule's (it would hide the module: `engine.rescore` is the module that
+holds `rescore_store`'s code).
 """
 from __future__ import annotations
 
+import os
+
+from .attack import Calibration, Prediction, calibrate, evaluate, predict
 from .config import ScoreConfig
-from .run import DatasetSpec, RunSummary
+from .rescore import rescore as rescore_store
+from .run import RunSummary
 from .run import run_scoring as score
-from .store import ScoreStore
-from .attack import evaluate_store
+from .store import AlphaRecord, ScoreStore
+from .work import DatasetSpec
 
 
-def open_store(path: str) -> ScoreStore:
+def open_store(path: str | os.PathLike) -> ScoreStore:
     """A finished or partial score store, read-only."""
     return ScoreStore.open(path, mode="r")
 
 
-def attack_metrics(store: str | ScoreStore, members_file: str | None = None, **options) -> dict:
-    """Attack metrics of a store (see `engine.store_metrics.evaluate_store` for the options)."""
-    return evaluate_store(store if isinstance(store, ScoreStore) else open_store(store), members_file, **options)
-
-
-__all__ = ["DatasetSpec", "RunSummary", "ScoreConfig", "ScoreStore", "attack_metrics", "open_store", "score"]
+__all__ = ["AlphaRecord", "Calibration", "DatasetSpec", "Prediction", "RunSummary", "ScoreConfig", "ScoreStore",
+           "calibrate", "evaluate", "open_store", "predict", "rescore_store", "score"]

@@ -1,19 +1,51 @@
-"""Metrics of a finished score store: membership labels from the store or a file of ids, then
-`engine.evaluate` on its columns. Shared by `memscore evaluate`, the report and the demo.
+"""The attack on a scored store, as the `memscore evaluate / calibrate / predict` commands and the notebook
+API run it: `evaluate` (metrics against membership labels), `calibrate` (a threshold from known non-members,
+bound to the exact score it was set on) and `predict` (a member decision per image, written into the store).
+
+Every function here reads a store that `verify` finds intact, and refuses an unfinished one unless asked
+with `partial=True`; then the result says how many rows were still pending. The metrics themselves are
+`engine.metrics`, pure functions of (scores, labels).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
+from .alpha import membership_error, parse_alpha, resolve_alpha
 from .data import read_id_list
-from .alpha import membership_error, resolve_alpha
-from .metrics import evaluate_scores
+from .metrics import DIRECTION, calibrate_threshold, evaluate_scores, predict_members
 from .seeding import image_seed
-from .store import ScoreStore
+from .store import ScoreStore, StatusCounts, StoreError
+
+SCORE_COLUMNS = ("lmem", "lrec")
+"""The columns a threshold can be set on: lower means more likely a member."""
+DECISION_COLUMN = "predicted_member"
+DECISION_RULE = "member if score <= tau"
+
+StorePath = str | os.PathLike
 
 
-def membership(store: ScoreStore, members_file: str | None) -> np.ndarray:
-    """1/0/-1 per row, from a file of member ids or the store's `member` column."""
+def readable_store(store: StorePath | ScoreStore, partial: bool = False) -> tuple[ScoreStore, StatusCounts]:
+    """The store (opened read-only when given by path) and its status counts; a damaged store is refused,
+    and an unfinished one unless `partial`."""
+    store = store if isinstance(store, ScoreStore) else ScoreStore.open(store, mode="r")
+    return store, store.require_readable(partial=partial)
+
+
+def completeness(counts: StatusCounts) -> dict[str, Any]:
+    """What every reader states about the rows it read: `partial` is True when some were still pending."""
+    return {"partial": counts.pending > 0, "pending": counts.pending, "failed": counts.failed,
+            "n_images": counts.n_images}
+
+
+def membership(store: ScoreStore, members_file: StorePath | None = None) -> np.ndarray:
+    """1 (member), 0 (non-member) or -1 (unknown) per row: from a file of member ids, else the store's column."""
     if members_file:
         members = read_id_list(members_file)
         return np.isin(store.column("id"), list(members)).astype(np.int8)
@@ -21,36 +53,227 @@ def membership(store: ScoreStore, members_file: str | None) -> np.ndarray:
 
 
 def calibration_split(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """True for the rows that calibrate alpha; decided by (seed, id) alone, so it is reproducible."""
+    """True for the rows that choose alpha under `alpha="auto"`; decided by (seed, id) alone, so reproducible."""
     return np.array([image_seed(seed, f"{i}#alpha-calibration") % 10_000 < fraction * 10_000 for i in ids])
 
 
-def evaluate_store(store: ScoreStore, members_file: str | None = None, n_boot: int = 0, *,
-                   alpha: str | None = None, calibration_fraction: float = 0.5) -> dict:
-    """Metrics for lrec and lmem of a finished store (lower score = member).
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
 
-    `alpha`: evaluate lmem at another alpha than the store's (a number, fit, fit:robust); `auto` picks
-    it with labels on a calibration split of the labelled rows and reports every metric on the rest only.
+
+def _check_column(column: str) -> None:
+    if column not in SCORE_COLUMNS:
+        raise ValueError(f"column must be one of {SCORE_COLUMNS}, got {column!r}")
+
+
+def _reference_rows(store: ScoreStore, spec: str) -> np.ndarray | None:
+    """For `fit:reference`: the rows of the known non-members the store was scored with (`--reference`)."""
+    if parse_alpha(spec).kind != "fit:reference":
+        return None
+    if not store.config.reference_ids:
+        raise ValueError(f"alpha fit:reference needs known non-members, and {store.path} was scored without "
+                         "--reference FILE; use fit, fit:robust or a number")
+    return np.isin(store.column("id"), list(read_id_list(store.config.reference_ids)))
+
+
+def lmem_with_alpha(store: ScoreStore) -> tuple[np.ndarray, dict[str, Any]]:
+    """The store's lmem and the record of its alpha. An unfinished store has no lmem yet (it is written after the
+    last shard): then lmem at the store's alpha spec, fitted on the rows scored so far, and a record saying so."""
+    if store.alpha is not None:
+        return store.column("lmem").astype(np.float64), store.alpha.to_dict()
+    spec = store.config.alpha
+    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
+    fit = resolve_alpha(spec, lrec, ldiff, reference_mask=_reference_rows(store, spec))
+    return membership_error(lrec, ldiff, fit.alpha), {
+        "spec": spec, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows, "r2": fit.r2,
+        "fitted_on": "the rows scored so far (the store has no lmem yet)"}
+
+
+def _require_lmem(store: ScoreStore) -> None:
+    if store.alpha is None:
+        raise StoreError(f"{store.path} has no lmem yet (the alpha pass runs once every shard is scored): finish "
+                         "it with `memscore score`, or use column lrec")
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = None, *, n_boot: int = 0,
+             alpha: str | None = None, calibration_fraction: float = 0.5, partial: bool = False) -> dict[str, Any]:
+    """Attack metrics of `lrec` and `lmem` (lower score = member), JSON-ready.
+
+    Labels: `members_file` (one member id per line), else the store's `member` column; unlabelled rows are
+    left out and counted. `alpha`: evaluate lmem at another alpha than the store's (a number, fit,
+    fit:robust); `auto` chooses it with the labels of a calibration split (`calibration_fraction` of the
+    labelled rows, by `calibration_split`) and reports every metric on the other rows only. `partial`:
+    accept an unfinished store; the result's `partial` and `pending` say how many rows were not scored yet,
+    and lmem, not written before the last shard, is taken at the store's alpha spec fitted on the rows
+    scored so far (the result's alpha says so).
     """
+    if alpha is not None:
+        parse_alpha(alpha)
+    _check_fraction("calibration_fraction", calibration_fraction)
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    store, counts = readable_store(store, partial)
     labels = membership(store, members_file)
     known = labels >= 0
     if not known.any():
-        raise ValueError("no membership known: the store has no member column values; pass --members FILE")
-    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
-    lmem, alpha_record = store.column("lmem").astype(np.float64), store.group.attrs.get("alpha")
-    if alpha is not None:
+        raise ValueError(f"{store.path}: no membership known (the member column is -1 everywhere); "
+                         "pass a file of member ids (--members FILE)")
+    lrec = store.column("lrec").astype(np.float64)
+    if alpha is None:
+        lmem, alpha_record = lmem_with_alpha(store)
+    else:
+        ldiff = store.column("ldiff").astype(np.float64)
         calibration = np.zeros_like(known)
         if alpha == "auto":
             calibration = known & calibration_split(store.column("id"), calibration_fraction, store.config.seed)
-        fit = resolve_alpha(alpha, lrec, ldiff, is_member=labels == 1, calibration_mask=calibration)
+        fit = resolve_alpha(alpha, lrec, ldiff, reference_mask=_reference_rows(store, alpha),
+                            is_member=labels == 1, calibration_mask=calibration)
         lmem = membership_error(lrec, ldiff, fit.alpha)
-        alpha_record = {"spec": alpha, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows,
-                        "calibration_rows": int(calibration.sum()), "evaluated_on": "rows not used to choose alpha"}
+        alpha_record = {"spec": alpha, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows}
+        if alpha == "auto":
+            alpha_record.update(calibration_rows=int(calibration.sum()), evaluated_on="rows not used to choose alpha")
         known = known & ~calibration
-    result = {"store": str(store.path), "alpha": alpha_record,
-              "direction": "lower score = member", "n_unlabelled_excluded": int((labels < 0).sum())}
+    result = {"store": str(store.path), **completeness(counts), "alpha": alpha_record, "direction": DIRECTION,
+              "n_unlabelled_excluded": int((labels < 0).sum())}
     for column, scores in (("lrec", lrec), ("lmem", lmem)):
         result[column] = evaluate_scores(scores[known], labels[known] == 1, n_boot=n_boot).to_dict()
     return result
 
 
+# ---------------------------------------------------------------- calibrate
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A threshold on one score of one store, and the fingerprint of the exact score it was set on
+    (`ScoreStore.fingerprint`: store id, column, alpha, digest of the values): `predict` refuses it for any
+    other score, such as the same store's lmem after `memscore rescore`."""
+
+    column: str
+    tau: float
+    target_fpr: float
+    n_nonmembers: int
+    nonmembers_file: str
+    fingerprint: dict[str, Any]
+    store: str
+    pending: int
+    ids_not_in_store: int
+    rule: str = DECISION_RULE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "the calibration") -> Calibration:
+        names = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        missing = sorted(names - set(data))
+        if missing:
+            raise ValueError(f"{source} lacks {', '.join(missing)}: it was not written by this memscore's "
+                             "`calibrate` (which binds a threshold to the score it was set on); run it again")
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def save(self, path: StorePath) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: StorePath) -> Calibration:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a calibration file (not JSON: {error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a calibration file (expected a JSON object)")
+        return cls.from_dict(data, source=str(path))
+
+
+def _fingerprinted_column(store: ScoreStore, column: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """A column and the fingerprint of exactly those values (refused if a writer switched it meanwhile)."""
+    before = store.fingerprint(column)
+    values = store.column(column).astype(np.float64)
+    if store.fingerprint(column) != before:
+        raise StoreError(f"{store.path}: {column} changed while it was being read (a rescore finished); "
+                         "run the command again")
+    return values, before
+
+
+def calibrate(store: StorePath | ScoreStore, nonmembers_file: StorePath, *, fpr: float = 0.01, column: str = "lmem",
+              partial: bool = False) -> Calibration:
+    """The threshold tau a label-free attacker sets from images it knows are NOT members: the largest tau
+    calling at most `fpr` of them members (`engine.metrics.calibrate_threshold`) on `column`."""
+    _check_fraction("fpr", fpr)
+    _check_column(column)
+    store, counts = readable_store(store, partial)
+    if column == "lmem":
+        _require_lmem(store)
+    nonmembers = read_id_list(nonmembers_file)
+    ids = store.column("id")
+    rows = np.isin(ids, list(nonmembers))
+    if not rows.any():
+        raise ValueError(f"none of the {len(nonmembers)} ids in {nonmembers_file} is in {store.path}")
+    scores, fingerprint = _fingerprinted_column(store, column)
+    tau = calibrate_threshold(scores[rows], fpr)
+    return Calibration(column=column, tau=tau, target_fpr=fpr, n_nonmembers=int(rows.sum()),
+                       nonmembers_file=str(nonmembers_file), fingerprint=fingerprint, store=str(store.path),
+                       pending=counts.pending, ids_not_in_store=len(nonmembers - set(ids[rows].tolist())))
+
+
+# ---------------------------------------------------------------- predict
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What `predict` wrote into the store's `predicted_member` column (1, 0, or -1 where not scored)."""
+
+    column: str
+    tau: float
+    members: int
+    nonmembers: int
+    not_scored: int
+    pending: int
+
+
+def _differences(made_on: dict[str, Any], now: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        return f"{value[:12]}..." if isinstance(value, str) and len(value) > 16 else repr(value)
+    keys = sorted(set(made_on) | set(now))
+    return "; ".join(f"{key}: calibrated on {show(made_on.get(key))}, now {show(now.get(key))}"
+                     for key in keys if made_on.get(key) != now.get(key))
+
+
+def predict(store: StorePath, *, tau: float | None = None, calibration: Calibration | StorePath | None = None,
+            column: str = "lmem", partial: bool = False) -> Prediction:
+    """Write `predicted_member` (1 iff score <= tau, 0 otherwise, -1 where not scored) into the store.
+
+    Give exactly one of `tau` (on `column`) or `calibration` (a `Calibration` or its file; its own column).
+    A calibration is refused unless the store's score is still exactly the one it was set on.
+    """
+    if (tau is None) == (calibration is None):
+        raise ValueError("give exactly one of tau (--tau) or calibration (--calibration FILE)")
+    if calibration is not None and not isinstance(calibration, Calibration):
+        calibration = Calibration.load(calibration)
+    if calibration is not None:
+        column, tau = calibration.column, float(calibration.tau)
+    _check_column(column)
+    if not np.isfinite(tau):
+        raise ValueError(f"tau must be a finite number, got {tau}")
+    store = ScoreStore.open(store, mode="r+")
+    with store.lock():
+        counts = store.require_readable(partial=partial)
+        if column == "lmem":
+            _require_lmem(store)
+        scores, fingerprint = _fingerprinted_column(store, column)
+        if calibration is not None and calibration.fingerprint != fingerprint:
+            raise StoreError(f"the calibration (tau {tau:.6g} on {column} of {calibration.store}) was set on "
+                             f"another score than {store.path}'s {column} now ({_differences(calibration.fingerprint, fingerprint)}); "
+                             "run `memscore calibrate` again on the current score")
+        decision = np.where(np.isfinite(scores), predict_members(scores, tau), -1).astype(np.int8)
+        source = calibration.to_dict() if calibration is not None else {"tau": tau}
+        store.write_column(DECISION_COLUMN, decision, -1, {
+            "column": column, "tau": tau, "rule": f"{DECISION_RULE}; -1 not scored", "source": source,
+            "fingerprint": fingerprint, **completeness(counts)})
+    return Prediction(column, tau, members=int((decision == 1).sum()), nonmembers=int((decision == 0).sum()),
+                      not_scored=int((decision == -1).sum()), pending=counts.pending)

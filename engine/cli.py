@@ -4,32 +4,103 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backbones import WeightsMissing, available
+from .alpha import parse_alpha
+from .attack import DECISION_COLUMN, SCORE_COLUMNS, calibrate, evaluate, predict, readable_store
+from .backbones import backbone_names
 from .config import DIFFICULTY_SOURCES, PRECISIONS, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
 from .metrics import format_metrics
-from .attack import evaluate_store
-from .run import DatasetSpec, alpha_pass, run_scoring
-from .schedule import ClusterPlan, use_threads, worker_device
+from .devices import resolve_device, use_threads
+from .rescore import rescore
+from .run import run_scoring
+from .schedule import ClusterPlan
 from .store import ScoreStore, StoreError
-from .victims import VictimError
+from .work import DatasetSpec
+
+# The errors a user can cause (a bad option, a missing or damaged file, a store in the wrong state): reported
+# as one line and exit code 2. Victim, weights, image and dataset errors are ValueErrors or OSErrors.
+USER_ERRORS = (StoreError, ValueError, OSError)
 
 
-def _option_value(text: str) -> Any:
+# ---------------------------------------------------------------- option types (checked before anything runs)
+
+
+def _whole_number(minimum: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum`; `meaning` says what the smallest values mean."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{meaning}, got {value}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _alpha(labelled: bool) -> Callable[[str], str]:
+    """An argparse type: an alpha spec (`engine.alpha.parse_alpha`), kept as written; `auto` needs labels,
+    so only `labelled` commands (evaluate) take it."""
+    def parse(text: str) -> str:
+        try:
+            spec = parse_alpha(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        if spec.kind == "auto" and not labelled:
+            raise argparse.ArgumentTypeError("'auto' chooses alpha with member labels: use it with "
+                                             "`memscore evaluate --alpha auto`; here use a number, fit, "
+                                             "fit:robust or fit:reference")
+        return text
+    return parse
+
+
+POSITIVE = _whole_number(1)
+COUNT = _whole_number(0)
+
+
+def _victim_option(text: str) -> tuple[str, Any]:
+    """An argparse type: `KEY=VALUE` -> (key with `-` as `_`, the value as int, float, bool or text)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     for cast in (int, float):
         try:
-            return cast(text)
+            return key.replace("-", "_"), cast(value)
         except ValueError:
             pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+    return key.replace("-", "_"), {"true": True, "false": False}.get(value.lower(), value)
 
 
-def victim_options(spec: str, pairs: list[str], victim_size: int | None) -> tuple[dict[str, Any], int | None]:
+def victim_options(spec: str, pairs: list[tuple[str, Any]], victim_size: int | None
+                   ) -> tuple[dict[str, Any], int | None]:
     """Loader options for a victim: a trainer's `CKPT.json` first, then `--victim-opt KEY=VALUE`."""
     from .train import read_arch
     options: dict[str, Any] = {}
@@ -37,11 +108,7 @@ def victim_options(spec: str, pairs: list[str], victim_size: int | None) -> tupl
     if kind == "pix2pix" and (arch := read_arch(target)) is not None:
         options.update(arch.load_options())
         victim_size = victim_size or arch.size
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--victim-opt expects KEY=VALUE, got {pair!r}")
-        options[key.replace("-", "_")] = _option_value(value)
+    options.update(pairs)
     return options, victim_size
 
 
@@ -66,27 +133,42 @@ def cmd_score(args: argparse.Namespace) -> int:
                           device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
                           cluster=ClusterPlan(args.workers, args.scheduler))
     store = ScoreStore.open(args.out, mode="r")
-    alpha = store.group.attrs["alpha"]
     print(summary.line())
     if summary.stages.seconds:
         print(f"time by stage: {summary.stages.line()}")
-    print(f"alpha = {alpha['value']:.4g} ({alpha['spec']}, {alpha['n_rows']} rows)")
-    counts = store.summary()
-    print(f"store: {args.out} ({counts['ok']} ok, {counts['failed']} failed"
-          + (f"; failure reasons in {args.out}/reason, see `memscore failures {args.out}`)" if counts["failed"] else ")"))
+    if store.alpha is not None:
+        print(f"alpha = {store.alpha.value:.4g} ({store.alpha.spec}, {store.alpha.n_rows} rows)")
+    counts = store.counts()
+    print(f"store: {args.out} ({counts.ok} ok, {counts.failed} failed, {counts.pending} pending"
+          + (f"; failure reasons: `memscore failures {args.out}`)" if counts.failed else ")"))
+    for index, error in sorted(store.failed_shards.items()):
+        print(f"shard {index} failed after every retry and stays pending: {error}")
+    if counts.pending:
+        print(f"{args.out} is not finished: {counts.pending} rows pending; rerun the same command to score them",
+              file=sys.stderr)
+        return 1
     return 0
 
 
+def _state_pending(store: str, pending: int) -> None:
+    """The line every reader prints about an unfinished store it was asked to read anyway (--partial)."""
+    if pending:
+        print(f"PARTIAL: {pending} rows of {store} are still pending; what follows covers the rows scored so far")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    store = ScoreStore.open(args.store, mode="r")
-    result = evaluate_store(store, args.members, args.bootstrap, alpha=args.alpha,
-                            calibration_fraction=args.calibration_fraction)
-    alpha = result["alpha"] or {}
-    print(f"{args.store}: {result['lrec']['n_members']} members, {result['lrec']['n_nonmembers']} non-members, "
-          f"{result['lrec']['n_excluded_nan']} failed excluded; lower score = member")
-    chosen = f", chosen on {alpha['calibration_rows']} calibration rows; metrics on the others" \
-        if alpha.get("calibration_rows") else ""
-    print(f"alpha = {alpha.get('value', float('nan')):.4g} ({alpha.get('spec', '?')}{chosen})")
+    result = evaluate(args.store, args.members, n_boot=args.bootstrap, alpha=args.alpha,
+                      calibration_fraction=args.calibration_fraction, partial=args.partial)
+    _state_pending(args.store, result["pending"])
+    lrec, alpha = result["lrec"], result["alpha"]
+    print(f"{args.store}: {lrec['n_members']} members, {lrec['n_nonmembers']} non-members; "
+          f"{lrec['n_excluded_nan']} labelled rows without a score excluded ({result['failed']} failed, "
+          f"{result['pending']} pending), {result['n_unlabelled_excluded']} unlabelled excluded; lower score = member")
+    if alpha.get("calibration_rows"):
+        chosen = f", chosen on {alpha['calibration_rows']} calibration rows; metrics on the others"
+    else:
+        chosen = f", fitted on {alpha['fitted_on']}" if alpha.get("fitted_on") else ""
+    print(f"alpha = {alpha['value']:.4g} ({alpha['spec']}{chosen})")
     for column in ("lrec", "lmem"):
         print(format_metrics(column, result[column]))
     if args.json:
@@ -96,28 +178,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    store = ScoreStore.open(args.store)
-    if not store.done_shards().all():
-        raise SystemExit(f"{args.store} is not fully scored yet; rerun `memscore score` to finish it first")
-    config = store.config
-    updated = ScoreConfig.from_dict({**config.to_dict(), "alpha": args.alpha,
-                                     "reference_ids": args.reference or config.reference_ids})
-    with store.lock():
-        store.group.attrs["memscore"] = {**store.meta, "config": updated.to_dict()}
-        store = ScoreStore.open(args.store)
-        record = alpha_pass(store)
-    print(f"{args.store}: lmem rewritten with alpha = {record['value']:.4g} ({record['spec']}); "
-          "previous choice kept in the 'history' attribute")
+    record = rescore(args.store, args.alpha, args.reference)
+    print(f"{args.store}: lmem rewritten with alpha = {record.value:.4g} ({record.spec}); "
+          "earlier choices kept in its alpha history")
     return 0
 
 
 def cmd_failures(args: argparse.Namespace) -> int:
-    store = ScoreStore.open(args.store, mode="r")
+    store, counts = readable_store(args.store, partial=True)
     ids, status, reason = store.column("id"), store.column("status"), store.column("reason")
-    failed = np.flatnonzero(status == "failed")
-    for index in failed:
+    for index in np.flatnonzero(status == "failed"):
         print(f"{ids[index]}\t{reason[index]}")
-    print(f"{len(failed)} failed of {store.n_images}", file=sys.stderr)
+    pending = f", {counts.pending} pending (not scored yet: rerun `memscore score`)" if counts.pending else ""
+    print(f"{counts.failed} failed{pending} of {counts.n_images}", file=sys.stderr)
+    for index, error in sorted(store.failed_shards.items()):
+        print(f"shard {index} failed after every retry and stays pending: {error}", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    store = ScoreStore.open(args.store, mode="r")
+    problems = store.verify()
+    for problem in problems:
+        print(f"{args.store}: {problem}")
+    counts = store.counts() if not problems else None
+    if problems:
+        print(f"{len(problems)} problem(s); rerunning the same `memscore score` command rescores damaged shards",
+              file=sys.stderr)
+        return 1
+    print(f"{args.store}: {store.n_shards} shards verified, no problems ({counts.ok} ok, {counts.failed} failed, "
+          f"{counts.pending} pending)")
     return 0
 
 
@@ -126,56 +216,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     dataset = None
     if args.data or args.inputs:
         dataset = DatasetSpec(args.data, args.inputs, args.targets, args.direction).open()
-    index = write_report(args.store, Path(args.out), members_file=args.members, dataset=dataset, n_boot=args.bootstrap)
+    index = write_report(args.store, Path(args.out), members_file=args.members, dataset=dataset,
+                         n_boot=args.bootstrap, partial=args.partial)
     print(f"report written to {index} (open it in a browser; no server needed)")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .metrics import calibrate_threshold
-    store = ScoreStore.open(args.store, mode="r")
-    nonmembers = read_id_list(args.nonmembers)
-    rows = np.isin(store.column("id"), list(nonmembers))
-    if not rows.any():
-        raise ValueError(f"none of the ids in {args.nonmembers} is in {args.store}")
-    tau = calibrate_threshold(store.column(args.column)[rows].astype(np.float64), args.fpr)
-    record = {"store": str(args.store), "column": args.column, "tau": tau, "target_fpr": args.fpr,
-              "n_nonmembers": int(rows.sum()), "nonmembers_file": str(args.nonmembers),
-              "rule": "member if score <= tau", "alpha": store.group.attrs.get("alpha")}
-    Path(args.out).write_text(json.dumps(record, indent=2))
-    print(f"tau = {tau:.6g} on {args.column} for FPR <= {args.fpr:g} from {record['n_nonmembers']} known non-members "
-          f"-> {args.out}")
+    calibration = calibrate(args.store, args.nonmembers, fpr=args.fpr, column=args.column, partial=args.partial)
+    _state_pending(args.store, calibration.pending)
+    calibration.save(args.out)
+    unknown = f" ({calibration.ids_not_in_store} ids of the file are not in the store)" \
+        if calibration.ids_not_in_store else ""
+    print(f"tau = {calibration.tau:.6g} on {calibration.column} for FPR <= {args.fpr:g} from "
+          f"{calibration.n_nonmembers} known non-members{unknown} -> {args.out}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .metrics import predict_members
     if (args.tau is None) == (args.calibration is None):
         raise ValueError("give exactly one of --tau or --calibration FILE")
-    column, tau, source = args.column, args.tau, {"tau": args.tau}
-    if args.calibration:
-        source = json.loads(Path(args.calibration).read_text())
-        column, tau = source["column"], float(source["tau"])
-    store = ScoreStore.open(args.store)
-    scores = store.column(column).astype(np.float64)
-    decision = np.where(np.isfinite(scores), predict_members(scores, tau), -1).astype(np.int8)
-    with store.lock():
-        store.write_column("predicted_member", decision, -1, {"column": column, "tau": tau,
-                                                              "rule": "member if score <= tau; -1 not scored",
-                                                              "source": source})
-    print(f"{int((decision == 1).sum())} predicted members, {int((decision == 0).sum())} non-members, "
-          f"{int((decision == -1).sum())} not scored -> {args.store}/predicted_member")
+    prediction = predict(args.store, tau=args.tau, calibration=args.calibration, column=args.column,
+                         partial=args.partial)
+    _state_pending(args.store, prediction.pending)
+    print(f"{prediction.members} predicted members, {prediction.nonmembers} non-members, "
+          f"{prediction.not_scored} not scored -> {args.store}/{DECISION_COLUMN}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    frame = ScoreStore.open(args.store, mode="r").to_frame()
+    store, counts = readable_store(args.store, partial=args.partial)
+    _state_pending(args.store, counts.pending)
+    frame = store.to_frame()
     out = Path(args.out or Path(args.store).with_suffix(f".{args.format}"))
     if args.format == "parquet":
         frame.to_parquet(out, index=False)
     else:
         frame.to_csv(out, index=False)
-    print(f"{len(frame)} rows written to {out}")
+    pending = f" ({counts.pending} pending: empty status, NaN scores)" if counts.pending else ""
+    print(f"{len(frame)} rows written to {out}{pending}")
     return 0
 
 
@@ -186,7 +265,7 @@ def cmd_train_victim(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.data, direction=args.direction)
     arch = VictimArch(netG=args.netG, ngf=args.ngf, norm=args.norm, use_dropout=args.dropout, size=args.size)
     out = train_pix2pix(dataset, args.out, members=members, arch=arch, epochs=args.epochs, batch_size=args.batch_size,
-                        seed=args.seed, device=str(worker_device(args.device)), use_jitter=not args.no_jitter,
+                        seed=args.seed, device=str(resolve_device(args.device)), use_jitter=not args.no_jitter,
                         checkpoint_every=args.checkpoint_every)
     print(f"victim written to {out} (architecture in {out}.json); score with --victim pix2pix:{out}")
     return 0
@@ -207,6 +286,11 @@ def _add_dataset_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
                    help="aligned files: which half is the input x (Facades label->photo: BtoA)")
 
 
+def _add_partial_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--partial", action="store_true",
+                   help="read an unfinished store anyway (the output says how many rows are still pending)")
+
+
 def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     _add_dataset_arguments(p, "the dataset to score")
     p.add_argument("--members", help="file of member ids (one per line), recorded in the store")
@@ -214,32 +298,33 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--victim", required=True,
                    help="recon:DIR | torchscript:PATH | python:MODULE:FACTORY | pix2pix:CKPT | pix2pixhd:CKPT | spade:CKPT")
     p.add_argument("--victim-weights", help="weights for a python: victim (loaded with weights_only=True)")
-    p.add_argument("--victim-size", type=int, help="square input size the victim is fed (default: the input's own)")
+    p.add_argument("--victim-size", type=POSITIVE, help="square input size the victim is fed (default: the input's own)")
     p.add_argument("--victim-range", default="-1,1", choices=VALUE_RANGES, help="victim tensor value range")
-    p.add_argument("--victim-opt", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--victim-opt", action="append", default=[], metavar="KEY=VALUE", type=_victim_option,
                    help="victim loader option, e.g. netG=unet_256, ngf=64, mode=eval (repeatable)")
-    p.add_argument("--backbone", default="efficientnet_lite0", choices=available())
+    p.add_argument("--backbone", default="efficientnet_lite0", choices=backbone_names())
     p.add_argument("--weights", help="backbone weights file (default: embedded / torch hub cache)")
     p.add_argument("--preset", default="aligned", choices=PRESETS)
     p.add_argument("--difficulty-source", default="target", choices=DIFFICULTY_SOURCES)
-    p.add_argument("--alpha", default="fit", help="NUMBER | fit | fit:robust | fit:reference (default: fit)")
+    p.add_argument("--alpha", default="fit", type=_alpha(labelled=False),
+                   help="NUMBER | fit | fit:robust | fit:reference (default: fit)")
     p.add_argument("--reference", help="ids of known non-members, for --alpha fit:reference")
-    p.add_argument("--augment", type=int, default=1, metavar="K",
+    p.add_argument("--augment", type=POSITIVE, default=1, metavar="K",
                    help="average Lrec over K copies: the pair, then seeded flips and crops (paper's Ours-Aug)")
-    p.add_argument("--defense-noise", type=float, default=0.0, metavar="SIGMA",
+    p.add_argument("--defense-noise", type=_non_negative, default=0.0, metavar="SIGMA",
                    help="add Gaussian noise of this std to victim outputs (measures a noise defence)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: backbone and victim under bfloat16 autocast (CUDA only)")
+                   help="bf16: backbone and victim under bfloat16 autocast")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fit-fraction", type=float, default=0.7)
-    p.add_argument("--ridge", type=float, default=1e-6, help="relative ridge of the difficulty fit")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--shard-size", type=int, default=None,
+    p.add_argument("--fit-fraction", type=_fraction, default=0.7)
+    p.add_argument("--ridge", type=_non_negative, default=1e-6, help="relative ridge of the difficulty fit")
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--shard-size", type=POSITIVE, default=None,
                    help="images per shard (= store chunk); default 1024, or about 16 shards per local Dask worker")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=_whole_number(0, " (0: torch's choice)"), default=0,
                    help="CPU threads for this process (default: torch's choice; Dask workers share the cores)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=_whole_number(0, " (0: score in this process)"), default=0,
                    help="score on a local Dask cluster of N worker processes (one per GPU where there are GPUs)")
     p.add_argument("--scheduler", help="score on an existing Dask cluster, e.g. tcp://HOST:8786 (the store path "
                                        "must be reachable from every worker)")
@@ -256,45 +341,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="attack metrics (AUC, balanced accuracy, TPR at low FPR) of a store")
     p.add_argument("store")
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
-    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals")
+    p.add_argument("--bootstrap", type=COUNT, default=0, help="bootstrap resamples for 95%% intervals")
     p.add_argument("--json", help="write the metrics here")
-    p.add_argument("--alpha", help="evaluate lmem at this alpha instead of the store's: NUMBER | fit | fit:robust | "
-                                   "auto (chosen with labels on a calibration split, reported on the rest)")
-    p.add_argument("--calibration-fraction", type=float, default=0.5, help="share of labelled rows for --alpha auto")
+    p.add_argument("--alpha", type=_alpha(labelled=True),
+                   help="evaluate lmem at this alpha instead of the store's: NUMBER | fit | fit:robust | "
+                        "auto (chosen with labels on a calibration split, reported on the rest)")
+    p.add_argument("--calibration-fraction", type=_fraction, default=0.5, help="share of labelled rows for --alpha auto")
+    _add_partial_argument(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("rescore", help="recompute lmem with another alpha, from the stored lrec and ldiff")
     p.add_argument("store")
-    p.add_argument("--alpha", required=True)
+    p.add_argument("--alpha", required=True, type=_alpha(labelled=False),
+                   help="NUMBER | fit | fit:robust | fit:reference")
     p.add_argument("--reference", help="ids of known non-members, for --alpha fit:reference")
     p.set_defaults(func=cmd_rescore)
     p = sub.add_parser("report", help="a self-contained HTML report with plots")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for index.html and its PNGs")
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
-    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--bootstrap", type=COUNT, default=200)
     _add_dataset_arguments(p, "the scored dataset, for thumbnails of the easiest and hardest images")
+    _add_partial_argument(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("calibrate", help="fix tau from known non-members for a target FPR (no member labels)")
     p.add_argument("store")
     p.add_argument("--nonmembers", required=True, help="file of ids known not to be members")
-    p.add_argument("--fpr", type=float, default=0.01)
-    p.add_argument("--column", default="lmem", choices=("lmem", "lrec"))
+    p.add_argument("--fpr", type=_fraction, default=0.01)
+    p.add_argument("--column", default="lmem", choices=SCORE_COLUMNS)
     p.add_argument("--out", default="calibration.json")
+    _add_partial_argument(p)
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("predict", help="write a member / non-member decision per image into the store")
     p.add_argument("store")
     p.add_argument("--tau", type=float)
-    p.add_argument("--calibration", help="a file written by `memscore calibrate`")
-    p.add_argument("--column", default="lmem", choices=("lmem", "lrec"))
+    p.add_argument("--calibration", help="a file written by `memscore calibrate` (refused if the score changed since)")
+    p.add_argument("--column", default="lmem", choices=SCORE_COLUMNS, help="the score --tau applies to")
+    _add_partial_argument(p)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="the per-image table as Parquet or CSV")
     p.add_argument("store")
     p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
     p.add_argument("--out")
+    _add_partial_argument(p)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("failures", help="list the ids that failed and why")
+    p = sub.add_parser("failures", help="list the ids that failed and why (and how many rows are pending)")
     p.add_argument("store")
     p.set_defaults(func=cmd_failures)
+    p = sub.add_parser("verify", help="check every shard against its digest; list each problem (exit 1 if any)")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("train-victim", help="train a pix2pix victim on the member split")
     p.add_argument("data")
     p.add_argument("--members", help="file of member ids (default: every pair)")
@@ -302,14 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
     p.add_argument("--arch", default="pix2pix", choices=("pix2pix",))
     p.add_argument("--netG", default="unet_128", choices=("unet_64", "unet_128", "unet_256"))
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--ngf", type=int, default=16)
+    p.add_argument("--size", type=POSITIVE, default=128)
+    p.add_argument("--ngf", type=POSITIVE, default=16)
     p.add_argument("--norm", default="instance", choices=("batch", "instance", "none"))
     p.add_argument("--dropout", action="store_true")
     p.add_argument("--no-jitter", action="store_true", help="no random resize-crop and flip (the public default has them)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--epochs", type=POSITIVE, default=20)
+    p.add_argument("--batch-size", type=POSITIVE, default=4)
+    p.add_argument("--checkpoint-every", type=_whole_number(0, " (0: only the final checkpoint)"), default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train_victim)
@@ -324,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StoreError, VictimError, WeightsMissing, FileNotFoundError, ValueError) as error:
-        print(f"memscore {args.command}: error: {error}", file=sys.stderr)
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split())  # one line, whatever the error's own layout
+        print(f"memscore {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from .attack import evaluate_store
+from .attack import evaluate
 from .config import ScoreConfig
-from .metrics import format_metrics
 from .data import AlignedFolder
-from .run import DatasetSpec, run_scoring
-from .store import ScoreStore
+from .metrics import format_metrics
+from .run import run_scoring
 from .synthetic import write_aligned_dataset
 from .train import VictimArch, train_pix2pix
+from .work import DatasetSpec
 
 FULL = {"n_pairs": 96, "epochs": 25}
 QUICK = {"n_pairs": 48, "epochs": 8}
@@ -49,7 +49,7 @@ def run_demo(out: Path, *, quick: bool = False, size: int = 64) -> dict:
                           store_path, batch_size=16, overwrite=True)
     print(f"[3/3] scores: {summary.line()} -> {store_path}")
 
-    metrics = evaluate_store(ScoreStore.open(store_path, mode="r"))
+    metrics = evaluate(store_path)
     for column in ("lrec", "lmem"):
         print(format_metrics(column, metrics[column]))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

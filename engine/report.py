@@ -1,7 +1,7 @@
 """The attack report of a finished score store: one HTML page and the PNG figures beside it.
 
-Metrics come from engine.evaluate (through `evaluate_store`, so the page and `memscore evaluate`
-agree) and alpha fits from engine.alpha; this module only draws (matplotlib's Agg canvas) and writes.
+Metrics come from `engine.attack.evaluate` (so the page and `memscore evaluate` agree) and alpha fits
+from engine.alpha; this module only draws (matplotlib's Agg canvas) and writes.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .alpha import AlphaFit, fit_alpha
-from .attack import evaluate_store, membership
+from .attack import evaluate, lmem_with_alpha, membership, readable_store
 from .data import Dataset, Pair
 from .metrics import CUTOFF_RULE, DIRECTION, alpha_sweep, roc
 from .images import ImageError, load_rgb
-from .store import ScoreStore, StoreError
+from .store import ScoreStore
 
 SCORES = ("lrec", "lmem")
 SCORE_NAMES = {"lrec": "Lrec (reconstruction error)", "lmem": "Lmem = Lrec - alpha * Ldiff"}
@@ -80,8 +80,9 @@ def _histogram_figure(scores: dict[str, np.ndarray], labels: np.ndarray, thresho
         finite = np.isfinite(values)
         n_bins = int(np.clip(round(2 * finite.sum() ** (1 / 3)), 10, 80))  # Rice rule
         edges = np.histogram_bin_edges(values[finite], bins=n_bins)
-        for rows, name, colour in _groups(labels):
-            kept = values[rows & finite]
+        scored, classes = values[finite], labels[finite]
+        for rows, name, colour in _groups(classes):  # the classes present among the scored rows
+            kept = scored[rows]
             ax.hist(kept, bins=edges, density=True, histtype="stepfilled", alpha=0.35, color=colour)
             ax.hist(kept, bins=edges, density=True, histtype="step", lw=1.5, color=colour,
                     label=f"{name} ({kept.size})")
@@ -90,7 +91,7 @@ def _histogram_figure(scores: dict[str, np.ndarray], labels: np.ndarray, thresho
                        label=f"best balanced-accuracy threshold {thresholds[column]:.4g}")
         ax.set_xlabel(f"{SCORE_NAMES[column]}  (lower = member)")
         ax.set_ylabel("density")
-        ax.set_title(f"{column}: members vs non-members" if len(_groups(labels)) > 1 else f"{column}: all scored images")
+        ax.set_title(f"{column}: members vs non-members" if len(_groups(classes)) > 1 else f"{column}: all scored images")
         ax.legend(fontsize=9)
     return _save(figure, path)
 
@@ -252,6 +253,18 @@ def _metric_table(metrics: dict[str, dict]) -> str:
               f"{lrec['n_excluded_nan']} labelled rows without a score (failed or pending) excluded.</small></p>")
 
 
+def _failed_shards_table(store: ScoreStore, failed: dict[int, str]) -> str:
+    """The shards the last run could not score after every retry: which rows, and the error (cells `shard-N`)."""
+    rows, ids = [], []
+    for index, error in sorted(failed.items()):
+        start, stop = store.shard_range(index)
+        rows.append([str(index), f"{start}–{stop - 1}", _esc(error)])
+        ids.append(["", "", f"shard-{index}"])
+    return (_note(f"{len(failed)} shard(s) failed after every retry and stay pending: rerun the same "
+                  "<code>memscore score</code> command to retry them.")
+            + _table(["shard", "rows", "error"], rows, ids))
+
+
 def _key_value_table(mapping: dict[str, Any]) -> str:
     return _table(["key", "value"], [[_esc(k), _esc(v)] for k, v in mapping.items()])
 
@@ -260,54 +273,55 @@ def _key_value_table(mapping: dict[str, Any]) -> str:
 
 
 def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, members_file: str | None = None,
-                 dataset: Dataset | None = None, n_boot: int = 200, thumbnails: int = 8) -> Path:
+                 dataset: Dataset | None = None, n_boot: int = 200, thumbnails: int = 8,
+                 partial: bool = False) -> Path:
     """Write `out_dir/index.html` and its PNGs for the store at `store_path`; returns the HTML path.
 
     Labels: `members_file` (one member id per line) if given, else the store's `member` column; a
     store without labels still gets its histograms and scatter, and a note instead of metrics.
     `dataset` (the one that was scored) supplies the easiest/hardest images by Ldiff, `thumbnails`
     of each; without it that section is a note. `n_boot` bootstrap resamples give the intervals.
-    The page links the PNGs by relative path: open it from disk, no server needed.
+    The page links the PNGs by relative path: open it from disk, no server needed. A damaged store is
+    refused, an unfinished one too unless `partial` (then the page says how many rows are pending, and
+    which shards failed in the last run).
     """
-    store = ScoreStore.open(store_path, mode="r")
-    alpha_record = store.group.attrs.get("alpha")
-    if alpha_record is None:
-        raise StoreError(f"{store.path} has no lmem yet (no alpha pass): finish it with `memscore score` "
-                         "(it resumes) before writing a report")
+    store, status_counts = readable_store(store_path, partial)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids, status = store.column("id"), store.column("status")
-    lrec, ldiff, lmem = (store.column(c).astype(np.float64) for c in ("lrec", "ldiff", "lmem"))
+    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
+    lmem, alpha_record = lmem_with_alpha(store)
     labels = membership(store, members_file)
     scored = status == "ok"
     fit = fit_alpha(lrec, ldiff)
-    store_alpha = float(alpha_record["value"])
+    store_alpha = alpha_record["value"]
 
     metrics = None
     metrics_problem = NO_LABELS
     if (labels >= 0).any():
         try:
-            metrics = evaluate_store(store, members_file, n_boot)
+            metrics = evaluate(store, members_file, n_boot=n_boot, partial=partial)
         except ValueError as error:  # e.g. every labelled row is a member
             metrics_problem = f"No metrics: {_esc(str(error))}."
 
     counts = {
         "images in the store": store.n_images,
-        "scored": int(scored.sum()),
-        "failed (excluded)": int((status == "failed").sum()),
-        "pending (excluded)": int((status == "").sum()),
+        "scored": status_counts.ok,
+        "failed (excluded)": status_counts.failed,
+        "pending (excluded)": status_counts.pending,
         "members (scored)": int((scored & (labels == 1)).sum()),
         "non-members (scored)": int((scored & (labels == 0)).sum()),
         "unlabelled (scored; not in metrics)": int((scored & (labels < 0)).sum()),
     }
     fit_line = (f"label-free OLS slope of Lrec on Ldiff over this store: {fit.alpha:.4g} "
                 f"({fit.n_rows} rows, R² {fit.r2:.3f})")
-    alpha_text = (f"alpha = <b>{store_alpha:.4g}</b>, chosen as <code>{_esc(alpha_record.get('spec'))}</code> "
-                  f"(method {_esc(alpha_record.get('method'))}, {alpha_record.get('n_rows')} rows"
+    alpha_text = (f"alpha = <b>{store_alpha:.4g}</b>, chosen as <code>{_esc(alpha_record['spec'])}</code> "
+                  f"(method {_esc(alpha_record['method'])}, {alpha_record['n_rows']} rows"
                   + (f", R² {alpha_record['r2']:.3f}" if alpha_record.get("r2") is not None else "")
+                  + (f", fitted on {_esc(alpha_record['fitted_on'])}" if alpha_record.get("fitted_on") else "")
                   + f"); {fit_line}.")
-    history = store.group.attrs.get("history", [])
-    failed_shards = store.group.attrs.get("failed_shards", {})
+    history = [record.to_dict() for record in store.alpha_history]
+    failed_shards = store.failed_shards
 
     sections = [
         f"<h1>memscore report</h1><p>Store <code>{_esc(str(store.path))}</code>, written "
@@ -318,10 +332,15 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
         f"{_esc(CUTOFF_RULE)}; a target below 1/(number of non-members) is refused.<br>"
         f"<b>Scores:</b> Lrec = mean |V(x) − y|; Ldiff = difficulty; Lmem = Lrec − alpha · Ldiff.</p>",
         "<h2>Counts and alpha</h2>" + _key_value_table(counts) + f"<p>{alpha_text}</p>"
-        + (f"<p><small>Earlier alpha choices: {_esc(history)}</small></p>" if history else "")
-        + (_note(f"Shards that failed in the last run and stay pending: {_esc(failed_shards)}.") if failed_shards else ""),
+        + (f"<p><small>Earlier alpha choices: {_esc(history)}</small></p>" if history else ""),
         "<h2>Metrics</h2>" + (_metric_table(metrics) if metrics else _note(metrics_problem)),
     ]
+    if status_counts.pending:
+        sections.insert(2, _note(f'<b id="partial">Partial store:</b> {status_counts.pending} of {store.n_images} rows '
+                                 "are still pending (not scored); every figure and number below covers the scored "
+                                 "rows only. Rerun the same <code>memscore score</code> command to finish it."))
+    if failed_shards:
+        sections.insert(-1, "<h2>Failed shards</h2>" + _failed_shards_table(store, failed_shards))
 
     thresholds = {c: metrics[c]["balanced_accuracy_threshold"] if metrics else None for c in SCORES}
     known = labels >= 0
@@ -357,7 +376,7 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
         hi = max(1.0, 1.5 * max(store_alpha, fit.alpha))
         grid = np.union1d(np.linspace(lo, hi, SWEEP_POINTS), [store_alpha, fit.alpha])
         alphas, aucs = alpha_sweep(lrec[known], ldiff[known], labels[known] == 1, grid)
-        marks = [(store_alpha, f"store ({alpha_record.get('spec')})", "-"), (fit.alpha, "label-free fit", "--")]
+        marks = [(store_alpha, f"store ({alpha_record['spec']})", "-"), (fit.alpha, "label-free fit", "--")]
         name = _alpha_figure(alphas, aucs, marks, out / "alpha.png")
         sections.append("<h2>Choice of alpha</h2>" + _figure(
             name, "ROC-AUC of Lrec − alpha · Ldiff over a grid of alpha, as in the paper's Figure 8. The "
@@ -369,9 +388,10 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
     sections.append("<h2>Easiest and hardest images by Ldiff</h2>"
                     + _thumbnail_section(dataset, thumbnails, ids, ldiff, labels, out))
 
-    meta = {k: v for k, v in store.meta.items() if k not in ("config", "versions")}
-    sections.append("<h2>Configuration</h2><h3>Scoring configuration</h3>" + _key_value_table(store.meta["config"])
-                    + "<h3>Versions</h3>" + _key_value_table(store.meta.get("versions", {}))
+    record = store.record.to_dict()
+    meta = {k: v for k, v in record.items() if k not in ("config", "versions")}
+    sections.append("<h2>Configuration</h2><h3>Scoring configuration</h3>" + _key_value_table(record["config"])
+                    + "<h3>Versions</h3>" + _key_value_table(record["versions"])
                     + "<h3>Store</h3>" + _key_value_table(meta))
     if metrics:
         sections.append('<script type="application/json" id="memscore-metrics">'

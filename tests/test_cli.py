@@ -1,16 +1,22 @@
-"""The memscore command: evaluate, calibrate, predict, export and report on a real scored store."""
+"""The memscore command: every subcommand on a real scored store, and the command as a thin shell: options
+checked before anything runs, user errors as one line with exit code 2, unfinished and damaged stores refused
+unless asked for, every reader stating pending rows."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from engine.attack import calibration_split
 from engine.cli import main
 from engine.metrics import auc
 from engine.store import ScoreStore
 from engine.synthetic import write_aligned_dataset
+from stores_for_tests import synthetic_store
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +31,25 @@ def scored(tmp_path_factory):
     return root, data, members, store
 
 
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """Shard 1 (rows 25..49) never written and no alpha pass: what a killed run leaves."""
+    return synthetic_store(tmp_path_factory.mktemp("interrupted") / "s.zarr", pending_shards=(1,), alpha=None).path
+
+
+def _copy(store, tmp_path):
+    shutil.copytree(store, tmp_path / "copy.zarr")
+    return tmp_path / "copy.zarr"
+
+
+def _error_line(capsys, command: str) -> str:
+    """The one stderr line of a refused command (and that it is one line, with no traceback)."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"memscore {command}: error: ")
+    return err
+
+
 def test_evaluate_prints_and_writes_the_metrics(scored, capsys):
     root, _, _, store = scored
     assert main(["evaluate", str(store), "--json", str(root / "m.json")]) == 0
@@ -34,11 +59,14 @@ def test_evaluate_prints_and_writes_the_metrics(scored, capsys):
     member = s.column("member") == 1
     assert metrics["lrec"]["auc"] == pytest.approx(auc(s.column("lrec").astype(float), member))
     assert metrics["lrec"]["n_members"] == 12 and metrics["lrec"]["n_nonmembers"] == 12
+    assert metrics["partial"] is False and metrics["pending"] == 0
     assert f"lrec: AUC {metrics['lrec']['auc']:.4f}" in printed and "refused" in printed  # 0.1% FPR of 12
+    assert "PARTIAL" not in printed and "0 pending" in printed
 
 
-def test_calibrate_then_predict_writes_decisions_into_the_store(scored):
+def test_calibrate_then_predict_writes_decisions_into_the_store(scored, tmp_path, capsys):
     root, _, _, store = scored
+    store = _copy(store, tmp_path)
     nonmembers = root / "nonmembers.txt"
     nonmembers.write_text("".join(f"{i}\n" for i in range(12, 24)))
     calibration = root / "calibration.json"
@@ -46,12 +74,31 @@ def test_calibrate_then_predict_writes_decisions_into_the_store(scored):
                  "--out", str(calibration)]) == 0
     record = json.loads(calibration.read_text())
     s = ScoreStore.open(store)
+    assert record["fingerprint"] == s.fingerprint("lmem")
     nonmember_scores = s.column("lmem")[12:].astype(float)
     assert (nonmember_scores <= record["tau"]).mean() <= 0.1
     assert main(["predict", str(store), "--calibration", str(calibration)]) == 0
     decision = ScoreStore.open(store).column("predicted_member")
     np.testing.assert_array_equal(decision, (s.column("lmem") <= record["tau"]).astype(np.int8))
+    capsys.readouterr()
     assert main(["predict", str(store)]) == 2  # neither --tau nor --calibration
+    assert "exactly one of --tau or --calibration" in _error_line(capsys, "predict")
+
+
+def test_predict_refuses_a_calibration_made_before_a_rescore(scored, tmp_path, capsys):
+    """#15 item 2: calibrated at the fitted alpha, then `rescore --alpha 3`: the old tau must not be applied."""
+    root, _, _, store = scored
+    store = _copy(store, tmp_path)
+    nonmembers = tmp_path / "nonmembers.txt"
+    nonmembers.write_text("".join(f"{i}\n" for i in range(12, 24)))
+    assert main(["calibrate", str(store), "--nonmembers", str(nonmembers), "--fpr", "0.25",
+                 "--out", str(tmp_path / "c.json")]) == 0
+    assert main(["rescore", str(store), "--alpha", "3"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(store), "--calibration", str(tmp_path / "c.json")]) == 2
+    line = _error_line(capsys, "predict")
+    assert "another score" in line and "'value': 3.0" in line and "memscore calibrate` again" in line
+    assert "predicted_member" not in ScoreStore.open(store).derived_columns()
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
@@ -77,7 +124,6 @@ def test_evaluate_alpha_auto_reports_only_on_rows_it_did_not_calibrate_on(scored
     root, _, _, store = scored
     assert main(["evaluate", str(store), "--alpha", "auto", "--json", str(root / "auto.json")]) == 0
     metrics = json.loads((root / "auto.json").read_text())
-    from engine.attack import calibration_split
     s = ScoreStore.open(store)
     calibration = calibration_split(s.column("id"), 0.5, 0)
     assert metrics["alpha"]["calibration_rows"] == int(calibration.sum()) > 0
@@ -87,3 +133,126 @@ def test_evaluate_alpha_auto_reports_only_on_rows_it_did_not_calibrate_on(scored
     lmem = s.column("lrec").astype(float) - metrics["alpha"]["value"] * s.column("ldiff").astype(float)
     assert metrics["lmem"]["auc"] == pytest.approx(auc(lmem[held_out], member[held_out]))
     assert "calibration rows" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- options checked before anything runs
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--workers", "-1"], "--workers: must be at least 0"),
+    (["--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["--shard-size", "0"], "--shard-size: must be at least 1"),
+    (["--threads", "-2"], "--threads: must be at least 0"),
+    (["--augment", "0"], "--augment: must be at least 1"),
+    (["--fit-fraction", "1"], "--fit-fraction: must be strictly between 0 and 1"),
+    (["--ridge=-1e-6"], "--ridge: must be a finite number >= 0"),
+    (["--alpha", "garbage"], "--alpha: alpha 'garbage' not understood"),
+    (["--alpha", "auto"], "--alpha: 'auto' chooses alpha with member labels"),
+    (["--victim-opt", "ngf"], "--victim-opt: expected KEY=VALUE"),
+])
+def test_score_options_are_refused_by_the_parser_before_anything_runs(option, message, tmp_path, capsys):
+    out = tmp_path / "new.zarr"
+    with pytest.raises(SystemExit) as exit_:
+        main(["score", str(tmp_path), "--out", str(out), "--victim", "python:victims_for_tests:blur", *option])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "STORE", "--bootstrap", "-1"], "--bootstrap: must be at least 0"),
+    (["evaluate", "STORE", "--calibration-fraction", "0"], "--calibration-fraction: must be strictly between"),
+    (["calibrate", "STORE", "--nonmembers", "x", "--fpr", "1.5"], "--fpr: must be strictly between 0 and 1"),
+    (["calibrate", "STORE", "--nonmembers", "x", "--fpr", "0"], "--fpr: must be strictly between 0 and 1"),
+    (["rescore", "STORE", "--alpha", "garbage"], "--alpha: alpha 'garbage' not understood"),
+    (["rescore", "STORE", "--alpha", "nan"], "--alpha: alpha must be finite"),
+    (["train-victim", "DATA", "--out", "x", "--epochs", "0"], "--epochs: must be at least 1"),
+])
+def test_reader_options_are_refused_and_the_store_stays_as_it_was(argv, message, scored, capsys):
+    store = scored[3]
+    before = ScoreStore.open(store)
+    fingerprint, alpha = before.fingerprint("lmem"), before.alpha
+    with pytest.raises(SystemExit) as exit_:
+        main([str(store) if a == "STORE" else a for a in argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    after = ScoreStore.open(store)
+    assert after.fingerprint("lmem") == fingerprint and after.alpha == alpha and after.config == before.config
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "{tmp}/missing.zarr"], "no store at"),
+    (["score", "{tmp}/no-such-data", "--out", "{tmp}/s.zarr", "--victim", "python:victims_for_tests:blur"],
+     "no-such-data"),
+    (["score", "{data}", "--out", "{tmp}/s.zarr", "--victim", "nonsense"], "victim spec 'nonsense'"),
+    (["calibrate", "{store}", "--nonmembers", "{tmp}/missing.txt"], "missing.txt"),
+    (["predict", "{store}", "--calibration", "{tmp}/missing.json"], "missing.json"),
+])
+def test_user_errors_are_one_line_and_exit_code_2(argv, message, scored, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, data=scored[1], store=scored[3]) for a in argv]
+    assert main(argv) == 2
+    assert message in _error_line(capsys, argv[0])
+    assert not (tmp_path / "s.zarr").exists()
+
+
+# ---------------------------------------------------------------- unfinished, damaged and failed
+
+
+def test_readers_refuse_an_interrupted_store_unless_partial_and_then_say_so(interrupted, tmp_path, capsys):
+    for argv in (["evaluate"], ["export", "--out", str(tmp_path / "x.csv"), "--format", "csv"],
+                 ["report", "--out", str(tmp_path / "r")], ["calibrate", "--nonmembers", "x", "--column", "lrec"],
+                 ["predict", "--tau", "0.5", "--column", "lrec"]):
+        assert main([argv[0], str(interrupted), *argv[1:]]) == 2, argv
+        assert "25 of 60 rows are still pending" in _error_line(capsys, argv[0])
+    assert main(["evaluate", str(interrupted), "--partial", "--json", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"PARTIAL: 25 rows of {interrupted} are still pending")
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["partial"] is True and metrics["pending"] == 25
+    assert main(["export", str(interrupted), "--partial", "--out", str(tmp_path / "x.csv"), "--format", "csv"]) == 0
+    assert "PARTIAL: 25 rows" in capsys.readouterr().out
+    assert main(["failures", str(interrupted)]) == 0
+    assert "0 failed, 25 pending" in capsys.readouterr().err
+
+
+def test_failures_lists_each_failed_id_with_its_reason(tmp_path, capsys):
+    store = synthetic_store(tmp_path / "s.zarr", failed=(7, 33)).path
+    assert main(["failures", str(store)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["7\tbroken file", "33\tbroken file"]
+    assert captured.err.strip() == "2 failed of 60"
+
+
+def test_verify_names_each_damaged_shard_and_array(tmp_path, capsys):
+    store = synthetic_store(tmp_path / "s.zarr", failed=(7,)).path
+    assert main(["verify", str(store)]) == 0
+    assert "3 shards verified, no problems" in capsys.readouterr().out
+    for array, shard in (("ldiff", "1"), ("status", "2")):
+        (store / array / "c" / shard).unlink()
+    assert main(["verify", str(store)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert any("shard 1" in line and "array ldiff" in line for line in lines), lines
+    assert any("shard 2" in line and "array status" in line for line in lines), lines
+    assert main(["evaluate", str(store), "--partial"]) == 2
+    assert "is damaged" in _error_line(capsys, "evaluate")
+
+
+def test_a_shard_that_fails_on_every_try_is_reported_by_score_and_report(tmp_path, capsys):
+    """One Dask worker; the victim raises on the one black input, so its shard fails after every retry."""
+    data = write_aligned_dataset(tmp_path / "data", 12, size=32)
+    photo_and_label = np.array(Image.open(data / "9.png"))
+    photo_and_label[:, 32:] = 0  # the label map (the input under BtoA) all black
+    Image.fromarray(photo_and_label).save(data / "9.png")
+    store = tmp_path / "s.zarr"
+    assert main(["score", str(data), "--direction", "BtoA", "--out", str(store), "--shard-size", "4",
+                 "--workers", "1", "--victim", "python:victims_that_fail:raise_on_black", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "1 shard(s) failed and stay pending (shard 2:" in captured.out
+    assert "shard 2 failed after every retry" in captured.out and "4 pending" in captured.out
+    assert ScoreStore.open(store).failed_shards.keys() == {2}
+    members = tmp_path / "members.txt"
+    members.write_text("".join(f"{i}\n" for i in range(0, 12, 2)))
+    assert main(["report", str(store), "--out", str(tmp_path / "r"), "--members", str(members)]) == 2
+    assert "still pending" in _error_line(capsys, "report")
+    assert main(["report", str(store), "--out", str(tmp_path / "r"), "--members", str(members), "--partial",
+                 "--bootstrap", "0"]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "<h2>Failed shards</h2>" in page and "black input" in page and 'id="partial"' in page

@@ -1,4 +1,4 @@
-"""engine.report: the page's figures exist and are real images, its numbers are engine.evaluate's,
+"""engine.report: the page's figures exist and are real images, its numbers are engine.metrics',
 unlabelled stores degrade to plots plus a note, and the page renders in headless Chromium."""
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.config import ScoreConfig
 from engine.data import AlignedFolder
 from engine.metrics import evaluate_scores
 from engine.report import write_report
-from engine.run import alpha_pass
-from engine.store import ScoreStore, ShardScores, StoreError
+from engine.store import ScoreStore, StoreError
 from engine.synthetic import write_aligned_dataset
+from stores_for_tests import synthetic_store
 
 N, SHARD = 60, 25
 FAILED = (7, 33)
@@ -27,24 +26,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _make_store(path: Path, labelled: bool) -> ScoreStore:
     """Synthetic scores: Lrec grows with Ldiff, members sit lower; two failed rows; ids "0".."59"."""
-    rng = np.random.default_rng(1)
-    member = (rng.random(N) < 0.55).astype(np.int8)
-    ldiff = rng.uniform(0.05, 0.30, N)
-    lrec = 0.02 + 3.0 * ldiff + rng.normal(0, 0.04, N) - 0.1 * member
-    status = np.array(["ok"] * N, dtype=object)
-    status[list(FAILED)] = "failed"
-    lrec[list(FAILED)] = ldiff[list(FAILED)] = np.nan
-    store = ScoreStore.create(path, N, SHARD, ScoreConfig(victim="recon:synthetic", alpha="fit"))
-    for index in range(store.n_shards):
-        rows = slice(*store.shard_range(index))
-        n = rows.stop - rows.start
-        store.write_shard(index, ShardScores(
-            id=[str(i) for i in range(rows.start, rows.stop)], lrec=lrec[rows], ldiff=ldiff[rows],
-            status=list(status[rows]), reason=["broken" if s == "failed" else "" for s in status[rows]],
-            member=member[rows] if labelled else np.full(n, -1, np.int8),
-            out_height=np.full(n, 32, np.int32), out_width=np.full(n, 32, np.int32)))
-    alpha_pass(store)
-    return ScoreStore.open(path, mode="r")
+    return synthetic_store(path, N, SHARD, labelled=labelled, failed=FAILED)
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +123,19 @@ def test_unlabelled_store_gets_plots_and_a_note_and_members_file_adds_metrics(tm
     assert "roc.png" in _png_srcs(page)
 
 
-def test_store_without_alpha_pass_is_refused(tmp_path):
-    store = ScoreStore.create(tmp_path / "s.zarr", 2, 2, ScoreConfig())
-    with pytest.raises(StoreError, match="no lmem yet"):
-        write_report(store.path, tmp_path / "out")
+def test_unfinished_store_is_refused_unless_partial_and_then_the_page_says_so(tmp_path):
+    path = synthetic_store(tmp_path / "s.zarr", N, SHARD, failed=FAILED, pending_shards=(1,), alpha=None).path
+    with pytest.raises(StoreError, match="25 of 60 rows are still pending"):
+        write_report(path, tmp_path / "out")
+    writer = ScoreStore.open(path, mode="r+")
+    with writer.lock():
+        writer.set_failed_shards({1: "RuntimeError: worker died"})
+    page = write_report(path, tmp_path / "out", n_boot=0, partial=True).read_text()
+    assert 'id="partial">Partial store:</b> 25 of 60 rows' in page
+    assert "<th>pending (excluded)</th><td>25</td>" in page
+    assert '<h2>Failed shards</h2>' in page and '<td id="shard-1">RuntimeError: worker died</td>' in page
+    assert "<td>25–49</td>" in page  # the rows of shard 1
+    assert "fitted on the rows scored so far" in page  # no lmem yet: alpha from the scored rows, said so
 
 
 def test_page_renders_in_headless_chromium(report, tmp_path):

@@ -1,0 +1,39 @@
+"""Score stores with known contents for the readers' tests (attack, report, cli), written through the store's
+own API: Lrec grows with Ldiff and members sit lower, so the attack works on them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine.config import ScoreConfig
+from engine.rescore import alpha_pass
+from engine.store import ScoreStore
+
+
+def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: bool = True,
+                    failed: tuple[int, ...] = (), pending_shards: tuple[int, ...] = (), alpha: str | None = "fit",
+                    seed: int = 1) -> ScoreStore:
+    """A store of `n` rows with ids "0".."n-1"; rows in `failed` failed; shards in `pending_shards` never
+    written (an interrupted run); `alpha` None: no alpha pass (as an interrupted run leaves it)."""
+    rng = np.random.default_rng(seed)
+    member = (rng.random(n) < 0.55).astype(np.int8)
+    ldiff = rng.uniform(0.05, 0.30, n)
+    lrec = 0.02 + 3.0 * ldiff + rng.normal(0, 0.04, n) - 0.1 * member
+    status = np.array(["ok"] * n, dtype=object)
+    status[list(failed)] = "failed"
+    lrec[list(failed)] = ldiff[list(failed)] = np.nan
+    store = ScoreStore.create(path, n, shard_size, ScoreConfig(victim="recon:synthetic", alpha=alpha or "fit"))
+    for index in range(store.n_shards):
+        if index in pending_shards:
+            continue
+        rows = slice(*store.shard_range(index))
+        size = rows.stop - rows.start
+        store.write_shard(index, {
+            "id": [str(i) for i in range(rows.start, rows.stop)], "lrec": lrec[rows], "ldiff": ldiff[rows],
+            "status": list(status[rows]), "reason": ["broken file" if s == "failed" else "" for s in status[rows]],
+            "member": member[rows] if labelled else np.full(size, -1, np.int8),
+            "out_height": np.full(size, 32, np.int32), "out_width": np.full(size, 32, np.int32)})
+    if alpha is not None:
+        alpha_pass(store, alpha)
+    return ScoreStore.open(path, mode="r")
