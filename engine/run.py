@@ -27,7 +27,7 @@ from .devices import resolve_device
 from .rescore import alpha_pass, check_alpha_options
 from .schedule import ClusterPlan, execute
 from .scores import Row
-from .store import ScoreStore, StoreError, store_lock
+from .store import ScoreStore, StoreError, disk_full_message, store_lock
 from .timing import StageTimes
 from .work import DatasetSpec, Shard, ShardJob, ShardOutcome, process_scorer, score_shard_task
 
@@ -91,9 +91,10 @@ def members_digest(members_file: str | None) -> str | None:
     return hashlib.sha256("\n".join(sorted(read_id_list(members_file))).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, members_sha256: str | None) -> None:
+def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, members_sha256: str | None, *,
+                    ignore: tuple[str, ...] = ()) -> None:
     """Refuse to resume a store made with another configuration, dataset size or member labels."""
-    differences = store.config.differences(config, ignore=RESUME_IGNORES)
+    differences = store.config.differences(config, ignore=RESUME_IGNORES + ignore)
     if differences:
         listed = "; ".join(f"{k}: store has {a!r}, asked {b!r}" for k, (a, b) in differences.items())
         raise StoreError(f"{store.path} was scored with a different configuration ({listed}). "
@@ -156,13 +157,26 @@ def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path,
 
     `shard_size` None: `default_shard_size` (a resumed store keeps its own). Every option is checked before
     the store is touched; a fresh store that ends with no shard done is removed again."""
+    try:
+        return _run_scoring(dataset_spec, config, Path(out), batch_size, shard_size, device, overwrite, progress,
+                            cluster)
+    except OSError as error:
+        message = disk_full_message(out, error, "the store")
+        if message is None:
+            raise
+        raise StoreError(message) from error
+
+
+def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batch_size: int, shard_size: int | None,
+                 device: str, overwrite: bool, progress: bool, cluster: ClusterPlan) -> RunSummary:
     started = time.perf_counter()
-    out = Path(out)
     check_run_options(batch_size, shard_size)
     check_alpha_options(config.alpha, config.reference_ids)
     resolve_device(device)
     dataset = dataset_spec.open()
     members_sha256 = members_digest(dataset_spec.members_file)
+    if out.exists() and not overwrite:  # a changed configuration is refused before weights are looked for
+        check_resumable(ScoreStore.open(out), config, len(dataset), members_sha256, ignore=("weights_sha256",))
     config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": weights_sha256(
         resolve_weights(config.backbone, config.backbone_weights))})
     job = ShardJob(dataset_spec, config, str(out.resolve()), batch_size, device, cluster.threads_per_worker())

@@ -39,6 +39,7 @@ from .config import ScoreConfig
 FORMAT_VERSION = 2
 LOCK_SUFFIX = ".lock"  # beside the store, not inside: zarr warns about foreign files
 STAGING_SUFFIX = ".staging"  # beside the store too: whole columns are written here, then renamed in
+CREATING_SUFFIX = ".creating"  # a new store is built here, then renamed into place
 SHARD_ARRAYS = ("shard_digest", "shard_done")
 
 
@@ -308,12 +309,11 @@ class ScoreStore:
         if shard_size < 1:
             raise StoreError(f"shard size must be at least 1 image, got {shard_size}")
         with store_lock(path):
-            if path.exists():
-                if not overwrite:
-                    raise StoreError(f"{path} already exists (rerun to resume, or pass --overwrite)")
-                shutil.rmtree(path)
-                shutil.rmtree(_beside(path, STAGING_SUFFIX), ignore_errors=True)
-            group = zarr.open_group(str(path), mode="w")
+            if path.exists() and not overwrite:
+                raise StoreError(f"{path} already exists (rerun to resume, or pass --overwrite)")
+            building = _beside(path, CREATING_SUFFIX)  # built aside, then renamed in: a kill never leaves half a store
+            shutil.rmtree(building, ignore_errors=True)
+            group = zarr.open_group(str(building), mode="w")
             for column in COLUMNS:
                 _create_column(group, column.name, column.dtype, column.fill, n_images, shard_size)
             n_shards = -(-n_images // shard_size)
@@ -325,6 +325,10 @@ class ScoreStore:
                                store_id=uuid.uuid4().hex, created=_now(), versions=versions(),
                                members_sha256=members_sha256)
             group.attrs["memscore"] = record.to_dict()
+            if path.exists():
+                shutil.rmtree(path)
+                shutil.rmtree(_beside(path, STAGING_SUFFIX), ignore_errors=True)
+            os.rename(building, path)
             store = cls(path, mode="r+")
             store.consolidate()
         return store

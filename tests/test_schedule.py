@@ -155,6 +155,6 @@ def test_a_second_concurrent_run_is_refused(dataset, tmp_path, env, capsys):
 def test_changing_the_backbone_on_resume_is_refused_naming_the_key(dataset, tmp_path, capsys):
     out = tmp_path / "s.zarr"
     assert main(_score_args(dataset, out)) == 0
-    assert main(_score_args(dataset, out, "blur", "--backbone", "wide_resnet50_2", "--alpha", "0.5")) == 2
+    assert main(_score_args(dataset, out, "blur", "--backbone", "wide_resnet50_2", "--seed", "3")) == 2
     error = capsys.readouterr().err
-    assert "backbone: store has 'efficientnet_lite0', asked 'wide_resnet50_2'" in error and "alpha" in error
+    assert "backbone: store has 'efficientnet_lite0', asked 'wide_resnet50_2'" in error and "seed: store has 0" in error
