@@ -1,6 +1,9 @@
-"""engine.data: the three dataset forms, stable ids, missing partners, streamed manifests."""
+"""engine.data: the three dataset forms, stable ids, missing partners, streamed manifests, and what opening a
+dataset refuses (repeated ids, bad member cells), skips and counts (other file types, non-UTF-8 names), follows
+(folder links, each real folder once) and confines (file names made from ids)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.data import AlignedFolder, Manifest, PairedFolders, open_dataset
+from PIL import Image
+
+from engine.data import AlignedFolder, DatasetError, Manifest, PairedFolders, confined_path, open_dataset
 from engine.synthetic import write_aligned_dataset
 
 
@@ -85,3 +90,120 @@ def test_million_row_manifest_streams_in_bounded_memory(tmp_path):
     assert int(out[0]) == 1_000_000 and int(out[1]) == 1_000_000
     # 1M Pair objects would take several hundred MB; streaming stays near a few record batches.
     assert float(out[2]) < 150, f"RSS grew by {out[2]} MB while streaming"
+
+
+def _image(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path)
+
+
+def _manifest(path, member_cells: list[str], ids: list[str] | None = None):
+    ids = ids or [f"img{i}" for i in range(len(member_cells))]
+    path.write_text("id,input,target,member\n" + "".join(f"{i},a.png,b.png,{m}\n" for i, m in zip(ids, member_cells)))
+    return path
+
+
+@pytest.mark.parametrize("cell", ["2", "7", "0.7", "yes", "-1"])
+def test_manifest_member_cells_other_than_0_1_empty_are_refused_naming_row_and_column(tmp_path, cell):
+    path = _manifest(tmp_path / "m.csv", ["1", "", cell, "0"])
+    with pytest.raises(DatasetError) as error:
+        Manifest(path)
+    message = str(error.value)
+    assert str(path) in message and "row 3 (line 4)" in message and "'member'" in message and repr(cell) in message
+
+
+def test_manifest_member_cells_read_as_written(tmp_path):
+    path = _manifest(tmp_path / "m.csv", ["1", "", "0", "1.0", " 0 "])
+    flags = [pair.member for pair in Manifest(path, members={"img1"}).pairs()]
+    assert flags == [1, 1, 0, 1, 0]  # the empty cell takes --members
+    table = pa.table({"id": [1, 2, 3], "input": ["a"] * 3, "target": ["b"] * 3, "member": [1.0, None, 0.7]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(DatasetError, match=r"row 3, column 'member': 0.7"):
+        Manifest(tmp_path / "m.parquet")
+    pq.write_table(table.slice(0, 2), tmp_path / "ok.parquet")
+    assert [(p.id, p.member) for p in Manifest(tmp_path / "ok.parquet").pairs()] == [("1", 1), ("2", -1)]
+
+
+def test_manifest_repeated_and_empty_ids_are_refused_when_opened(tmp_path):
+    ids = [f"img{i}" for i in range(20)] + ["img3", "img7", "img3"]
+    path = _manifest(tmp_path / "m.csv", [""] * len(ids), ids)
+    with pytest.raises(DatasetError) as error:
+        Manifest(path, batch_rows=4)  # the repeats fall in other record batches than the first rows
+    message = str(error.value)
+    assert "3 row(s) repeat" in message and "'img3' (" in message and "row 21 (line 22), first in row 4" in message
+    assert "'img7'" in message
+    with pytest.raises(DatasetError, match=r"row 2 \(line 3\), column 'id': empty"):
+        Manifest(_manifest(tmp_path / "e.csv", ["", "", ""], ["a", "", "c"]))
+
+
+def test_manifest_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"id,input,target\ncaf\xe9,a.png,b.png\n")
+    with pytest.raises(DatasetError, match="m.csv.*UTF-8"):
+        Manifest(path)
+
+
+def test_member_ids_the_dataset_lacks_are_counted_and_reported(tmp_path):
+    write_aligned_dataset(tmp_path / "data", 4, size=8, split={"train": range(4)})
+    members = {"train/1", "train/3", "1", "val/9"}
+    dataset = AlignedFolder(tmp_path / "data", members=members)
+    assert dataset.unknown_members.count == 2 and dataset.unknown_members.examples == ["'1'", "'val/9'"]
+    assert any("2 member id(s) are not in the dataset" in line and "'val/9'" in line for line in dataset.notes())
+    manifest = Manifest(_manifest(tmp_path / "m.csv", [""] * 3), members={"img0", "img9"})
+    assert manifest.unknown_members.count == 1 and manifest.unknown_members.examples == ["'img9'"]
+    assert AlignedFolder(tmp_path / "data", members={"train/0"}).notes() == []
+
+
+def test_two_files_with_one_id_are_refused_when_the_folder_is_opened(tmp_path):
+    _image(tmp_path / "data" / "train" / "a.jpg")
+    _image(tmp_path / "data" / "train" / "a.png")
+    _image(tmp_path / "data" / "train" / "b.png")
+    with pytest.raises(DatasetError) as error:
+        AlignedFolder(tmp_path / "data")
+    assert "'train/a'" in str(error.value) and "a.jpg" in str(error.value) and "a.png" in str(error.value)
+    _image(tmp_path / "y" / "train" / "a.png")
+    with pytest.raises(DatasetError, match="'train/a'"):
+        PairedFolders(tmp_path / "data", tmp_path / "y")
+
+
+def test_files_memscore_does_not_read_are_counted_by_type(tmp_path):
+    _image(tmp_path / "a.png")
+    for name in ("b.gif", "c.gif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    dataset = AlignedFolder(tmp_path)
+    assert [p.id for p in dataset.pairs()] == ["a"]
+    by_type = {reason.split("(")[1].split(";")[0]: tally for reason, tally in dataset.skipped.items()}
+    assert by_type[".gif"].count == 2 and by_type[".txt"].count == 1
+    assert by_type[".gif"].examples == [str(tmp_path / "b.gif"), str(tmp_path / "c.gif")]
+    assert any(line.startswith("skipped 2 file(s)") and ".gif" in line for line in dataset.notes())
+
+
+def test_file_names_that_are_not_utf8_are_skipped_and_reported(tmp_path):
+    _image(tmp_path / "ok.png")
+    Image.new("RGB", (4, 4)).save(os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.png"))
+    dataset = AlignedFolder(tmp_path)
+    ids = [pair.id for pair in dataset.pairs()]
+    assert ids == ["ok"]
+    assert all(image_id.encode("utf-8") for image_id in ids)  # storable as text
+    (reason, tally), = dataset.skipped.items()
+    assert "UTF-8" in reason and tally.count == 1 and "caf\\xe9.png" in tally.examples[0]
+
+
+def test_linked_subfolders_are_followed_and_a_link_to_an_ancestor_ends(tmp_path):
+    write_aligned_dataset(tmp_path / "elsewhere", 3, size=8, split={"train": range(3)})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train").symlink_to(tmp_path / "elsewhere" / "train", target_is_directory=True)
+    (tmp_path / "data" / "loop").symlink_to(tmp_path / "data", target_is_directory=True)
+    dataset = AlignedFolder(tmp_path / "data")
+    assert [p.id for p in dataset.pairs()] == ["train/0", "train/1", "train/2"]
+    assert dataset.pairs().__next__().input_path == str(tmp_path / "data" / "train" / "0.png")
+    (reason, tally), = dataset.skipped.items()
+    assert "listed already" in reason and tally.examples == [str(tmp_path / "data" / "loop")]
+
+
+def test_paths_made_from_ids_stay_inside_their_folder(tmp_path):
+    assert confined_path(tmp_path, "train/1.png") == tmp_path / "train" / "1.png"
+    assert confined_path(tmp_path, "a/../b.png") == tmp_path / "b.png"
+    for hostile in ("../secret.png", "a/../../secret.png", "/etc/passwd", "", "."):
+        with pytest.raises(DatasetError, match="outside"):
+            confined_path(tmp_path, hostile)
