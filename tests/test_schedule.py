@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from PIL import Image
 
 from engine.cli import main
 from engine.store import ScoreStore
@@ -85,7 +86,7 @@ def test_one_process_local_workers_and_external_scheduler_agree(dataset, tmp_pat
     assert (one["status"] == "ok").all()
     _assert_same(one, _columns(tmp_path / "two.zarr"))
     _assert_same(one, _columns(tmp_path / "ext.zarr"))
-    alphas = [xr.open_zarr(tmp_path / f"{name}.zarr").attrs["alpha"] for name in ("one", "two", "ext")]
+    alphas = [xr.open_zarr(tmp_path / f"{name}.zarr")["lmem"].attrs["alpha"] for name in ("one", "two", "ext")]
     assert all(a["spec"] == "fit" and a["n_rows"] == N for a in alphas)  # the fitted alpha too
     assert alphas[1]["value"] == pytest.approx(alphas[0]["value"], rel=1e-4)
     assert alphas[2]["value"] == pytest.approx(alphas[0]["value"], rel=1e-4)
@@ -158,3 +159,17 @@ def test_changing_the_backbone_on_resume_is_refused_naming_the_key(dataset, tmp_
     assert main(_score_args(dataset, out, "blur", "--backbone", "wide_resnet50_2", "--seed", "3")) == 2
     error = capsys.readouterr().err
     assert "backbone: store has 'efficientnet_lite0', asked 'wide_resnet50_2'" in error and "seed: store has 0" in error
+
+
+def test_a_shard_that_fails_on_every_try_is_recorded_and_the_store_left_unfinished(tmp_path, env, capsys):
+    data = write_aligned_dataset(tmp_path / "data", 6, size=32)
+    Image.new("RGB", (64, 32), (0, 0, 0)).save(data / "4.png")  # shard 1 (ids 3 to 5) holds a black input
+    out = tmp_path / "s.zarr"
+    assert main(_score_args(data, out, "raise_on_dark", "--workers", "1")) == 1
+    printed = capsys.readouterr().out
+    assert "1 shard(s) failed and stay pending (shard 1: RuntimeError: this victim cannot reconstruct" in printed
+    assert "NOT finished" in printed
+    store = ScoreStore.open(out)
+    assert list(store.failed_shards) == [1] and "black input" in store.failed_shards[1]
+    assert store.done_shards().tolist() == [True, False] and store.alpha is None
+    assert store.counts().pending == 3

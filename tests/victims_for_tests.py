@@ -69,3 +69,16 @@ def slow_blur() -> nn.Module:
 
 def die_once() -> nn.Module:
     return DieOnce()
+
+
+class RaiseOnDark(Blur):
+    """Raises on an all-black input (mean below -0.9), every time: the shard holding it can never be scored."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.mean(dim=(1, 2, 3)) < -0.9).any():
+            raise RuntimeError("this victim cannot reconstruct a black input")
+        return super().forward(x)
+
+
+def raise_on_dark() -> nn.Module:
+    return RaiseOnDark()
