@@ -43,8 +43,7 @@ def run_demo(out: Path, *, quick: bool = False, size: int = 64) -> dict:
     print(f"[2/3] victim: pix2pix {arch.netG} trained {plan['epochs']} epochs on the members -> {checkpoint}")
 
     store_path = out / "scores.zarr"
-    config = ScoreConfig(victim=f"pix2pix:{checkpoint}", victim_size=size,
-                         victim_options=tuple(sorted(arch.load_options().items())))
+    config = ScoreConfig(victim=f"pix2pix:{checkpoint}", victim_size=size)  # the checkpoint carries its model
     summary = run_scoring(DatasetSpec(str(data), direction="BtoA", members_file=str(members_file)), config,
                           store_path, batch_size=16, overwrite=True)
     print(f"[3/3] scores: {summary.line()} -> {store_path}")

@@ -241,3 +241,16 @@ def test_calibrate_threshold_with_ties_and_refusal():
 def test_alpha_sweep_needs_both_classes_among_finite_rows():
     with pytest.raises(ValueError, match="no members"):
         ev.alpha_sweep([0.1, 0.2, 0.3], [0.1, np.nan, 0.2], [False, True, False], [0.0, 1.0])
+
+
+def test_format_metrics_renders_every_number_and_each_refusal_with_its_reason():
+    scores, members = _inputs("continuous", 60, seed=5)
+    report = ev.evaluate_scores(scores, members, fprs=(0.1, 0.001), n_boot=20).to_dict()
+    lines = ev.format_metrics("lmem", report).splitlines()
+    low, high = report["auc_ci"]
+    assert lines[0] == (f"lmem: AUC {report['auc']:.4f} [{low:.4f}, {high:.4f}], balanced accuracy "
+                        f"{report['balanced_accuracy']:.4f} (threshold {report['balanced_accuracy_threshold']:.5g})")
+    at_10 = report["tpr_at_fpr"][0]
+    assert lines[1] == (f"  TPR @ FPR 0.1: {at_10['tpr']:.4f} (achieved FPR {at_10['achieved_fpr']:.4f}, "
+                        f"threshold {at_10['threshold']:.5g})")
+    assert lines[2] == f"  TPR @ FPR 0.001: refused ({report['tpr_at_fpr'][1]['refused']})"
