@@ -63,6 +63,8 @@ class RunSummary:
     stages: StageTimes = field(default_factory=StageTimes)
     rescored_damaged: tuple[int, ...] = ()
     """Shards found damaged on resume (digest mismatch, unreadable chunk) and scored again."""
+    dataset_notes: tuple[str, ...] = ()
+    """What opening the dataset left out or could not match (skipped files, unknown member ids)."""
 
     @property
     def complete(self) -> bool:
@@ -201,6 +203,7 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batc
                 shutil.rmtree(out, ignore_errors=True)  # a failed fresh run leaves no empty store behind
             raise
         summary.rescored_damaged = tuple(damaged)
+        summary.dataset_notes = tuple(dataset.notes())
         store.set_failed_shards(summary.failed_shards)
         if summary.complete:
             _finish(store, config)

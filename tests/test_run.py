@@ -260,3 +260,45 @@ def test_a_resume_with_other_member_labels_is_refused(dataset, tmp_path):
         _run(dataset, out, spec=DatasetSpec(str(dataset), members_file=str(members)), shard_size=4)
     members.write_text("2\n1\n0\n")  # the same set in another order is the same labelling
     assert _run(dataset, out, spec=DatasetSpec(str(dataset), members_file=str(members)), shard_size=4).scored == 4
+
+
+def test_resume_is_refused_when_the_dataset_size_or_the_backbone_weights_change(dataset, tmp_path):
+    import shutil
+
+    import torch
+    from engine.backbones import embedded_lite0_weights
+    weights = tmp_path / "lite0.pth"
+    shutil.copy(embedded_lite0_weights(), weights)
+    out = tmp_path / "s.zarr"
+    config = ScoreConfig(victim="python:victims_for_tests:blur", backbone_weights=str(weights))
+    run_scoring(DatasetSpec(str(dataset)), config, out, progress=False, shard_size=4)
+    ScoreStore.open(out, mode="r+").reset_shards([0])
+    state = torch.load(weights, weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1e-3                       # the same file name, other weights
+    torch.save(state, weights)
+    with pytest.raises(StoreError, match="weights_sha256: store has"):
+        run_scoring(DatasetSpec(str(dataset)), config, out, progress=False)
+    bigger = tmp_path / "bigger"
+    shutil.copytree(dataset, bigger)
+    shutil.copy(bigger / "0.png", bigger / "extra.png")
+    with pytest.raises(StoreError, match=f"holds {N} images but the dataset now has {N + 1}"):
+        run_scoring(DatasetSpec(str(bigger)), config, out, progress=False)
+
+
+def test_fit_reference_fits_alpha_on_the_reference_rows_only(dataset, tmp_path):
+    reference = tmp_path / "reference.txt"
+    reference.write_text("".join(f"{i}\n" for i in range(0, N, 2)))
+    out = tmp_path / "s.zarr"
+    config = ScoreConfig(victim="python:victims_for_tests:blur", alpha="fit:reference", reference_ids=str(reference))
+    run_scoring(DatasetSpec(str(dataset)), config, out, progress=False)
+    store = ScoreStore.open(out)
+    ids = store.column("id")
+    rows = np.isin(ids, [str(i) for i in range(0, N, 2)])
+    lrec, ldiff = store.column("lrec").astype(float), store.column("ldiff").astype(float)
+    slope = np.polyfit(ldiff[rows], lrec[rows], 1)[0]
+    assert store.alpha.method == "fit:reference" and store.alpha.value == pytest.approx(slope, rel=1e-6)
+    assert store.alpha.value != pytest.approx(np.polyfit(ldiff, lrec, 1)[0], rel=1e-3)  # not the all-rows fit
+    with pytest.raises(ValueError, match="needs --reference FILE"):
+        _run(dataset, tmp_path / "t.zarr", alpha="fit:reference")
+    assert not (tmp_path / "t.zarr").exists()
