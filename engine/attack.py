@@ -252,7 +252,7 @@ def predict(store: StorePath, *, tau: float | None = None, calibration: Calibrat
     A calibration is refused unless the store's score is still exactly the one it was set on.
     """
     if (tau is None) == (calibration is None):
-        raise ValueError("give exactly one of tau (--tau) or calibration (--calibration FILE)")
+        raise ValueError("give exactly one of tau or calibration (--tau or --calibration FILE)")
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration.load(calibration)
     if calibration is not None:

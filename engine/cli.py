@@ -234,8 +234,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    if (args.tau is None) == (args.calibration is None):
-        raise ValueError("give exactly one of --tau or --calibration FILE")
     prediction = predict(args.store, tau=args.tau, calibration=args.calibration, column=args.column,
                          partial=args.partial)
     _state_pending(args.store, prediction.pending)

@@ -82,7 +82,7 @@ def test_calibrate_then_predict_writes_decisions_into_the_store(scored, tmp_path
     np.testing.assert_array_equal(decision, (s.column("lmem") <= record["tau"]).astype(np.int8))
     capsys.readouterr()
     assert main(["predict", str(store)]) == 2  # neither --tau nor --calibration
-    assert "exactly one of --tau or --calibration" in _error_line(capsys, "predict")
+    assert "exactly one of tau or calibration (--tau or --calibration FILE)" in _error_line(capsys, "predict")
 
 
 def test_predict_refuses_a_calibration_made_before_a_rescore(scored, tmp_path, capsys):
@@ -182,7 +182,7 @@ def test_reader_options_are_refused_and_the_store_stays_as_it_was(argv, message,
     (["evaluate", "{tmp}/missing.zarr"], "no store at"),
     (["score", "{tmp}/no-such-data", "--out", "{tmp}/s.zarr", "--victim", "python:victims_for_tests:blur"],
      "no-such-data"),
-    (["score", "{data}", "--out", "{tmp}/s.zarr", "--victim", "nonsense"], "victim spec 'nonsense'"),
+    (["score", "{data}", "--out", "{tmp}/s.zarr", "--victim", "nonsense"], "'nonsense'"),
     (["calibrate", "{store}", "--nonmembers", "{tmp}/missing.txt"], "missing.txt"),
     (["predict", "{store}", "--calibration", "{tmp}/missing.json"], "missing.json"),
 ])
