@@ -183,6 +183,8 @@ def test_reader_options_are_refused_and_the_store_stays_as_it_was(argv, message,
     (["score", "{tmp}/no-such-data", "--out", "{tmp}/s.zarr", "--victim", "python:victims_for_tests:blur"],
      "no-such-data"),
     (["score", "{data}", "--out", "{tmp}/s.zarr", "--victim", "nonsense"], "'nonsense'"),
+    (["score", "{data}", "--out", "{tmp}/s.zarr", "--victim", "python:victims_for_tests:blur", "--weights",
+      "{tmp}/missing.pth"], "missing.pth"),
     (["calibrate", "{store}", "--nonmembers", "{tmp}/missing.txt"], "missing.txt"),
     (["predict", "{store}", "--calibration", "{tmp}/missing.json"], "missing.json"),
 ])
