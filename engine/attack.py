@@ -45,10 +45,11 @@ def completeness(counts: StatusCounts) -> dict[str, Any]:
 
 
 def membership(store: ScoreStore, members_file: StorePath | None = None) -> np.ndarray:
-    """1 (member), 0 (non-member) or -1 (unknown) per row: from a file of member ids, else the store's column."""
+    """1 (member), 0 (non-member) or -1 (unknown) per row: from a file of member ids, else the store's column.
+    Pending rows (not written yet: no id) are unknown either way."""
     if members_file:
-        members = read_id_list(members_file)
-        return np.isin(store.column("id"), list(members)).astype(np.int8)
+        ids = store.column("id")
+        return np.where(ids == "", -1, np.isin(ids, list(read_id_list(members_file)))).astype(np.int8)
     return store.column("member").astype(np.int8)
 
 
@@ -120,25 +121,27 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
     labels = membership(store, members_file)
     known = labels >= 0
     if not known.any():
-        raise ValueError(f"{store.path}: no membership known (the member column is -1 everywhere); "
+        raise ValueError(f"{store.path}: no membership known (the member column is -1 on every written row); "
                          "pass a file of member ids (--members FILE)")
+    unlabelled = int(((labels < 0) & (store.column("status") != "")).sum())  # pending rows are counted apart
     lrec = store.column("lrec").astype(np.float64)
     if alpha is None:
         lmem, alpha_record = lmem_with_alpha(store)
     else:
         ldiff = store.column("ldiff").astype(np.float64)
         calibration = np.zeros_like(known)
-        if alpha == "auto":
+        auto = parse_alpha(alpha).kind == "auto"
+        if auto:
             calibration = known & calibration_split(store.column("id"), calibration_fraction, store.config.seed)
         fit = resolve_alpha(alpha, lrec, ldiff, reference_mask=_reference_rows(store, alpha),
                             is_member=labels == 1, calibration_mask=calibration)
         lmem = membership_error(lrec, ldiff, fit.alpha)
         alpha_record = {"spec": alpha, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows}
-        if alpha == "auto":
+        if auto:
             alpha_record.update(calibration_rows=int(calibration.sum()), evaluated_on="rows not used to choose alpha")
         known = known & ~calibration
     result = {"store": str(store.path), **completeness(counts), "alpha": alpha_record, "direction": DIRECTION,
-              "n_unlabelled_excluded": int((labels < 0).sum())}
+              "n_unlabelled_excluded": unlabelled}
     for column, scores in (("lrec", lrec), ("lmem", lmem)):
         result[column] = evaluate_scores(scores[known], labels[known] == 1, n_boot=n_boot).to_dict()
     return result

@@ -49,7 +49,7 @@ def test_alpha_auto_reports_only_on_rows_it_did_not_choose_alpha_on(finished):
         == int((~chosen).sum())
 
 
-def test_an_interrupted_store_is_refused_unless_partial_and_then_says_so(interrupted):
+def test_an_interrupted_store_is_refused_unless_partial_and_then_says_so(interrupted, tmp_path):
     with pytest.raises(StoreError, match="25 of 60 rows are still pending.*--partial"):
         evaluate(interrupted.path)
     result = evaluate(interrupted.path, partial=True)
@@ -59,6 +59,13 @@ def test_an_interrupted_store_is_refused_unless_partial_and_then_says_so(interru
     # no lmem yet: the store's own alpha spec, fitted on the rows scored so far, and labelled as such
     assert result["alpha"]["spec"] == interrupted.config.alpha and result["alpha"]["n_rows"] == int(scored.sum())
     assert "scored so far" in result["alpha"]["fitted_on"]
+    assert result["n_unlabelled_excluded"] == 0 and result["lrec"]["n_excluded_nan"] == 0
+    # labels from a file: the pending rows (no id yet) are neither members nor non-members
+    members = tmp_path / "members.txt"
+    members.write_text("".join(f"{i}\n" for i in range(0, 60, 2)))
+    by_file = evaluate(interrupted.path, members, partial=True)
+    assert by_file["lrec"]["n_members"] + by_file["lrec"]["n_nonmembers"] == int(scored.sum())
+    assert by_file["lrec"]["n_excluded_nan"] == 0 and by_file["n_unlabelled_excluded"] == 0
     with pytest.raises(StoreError, match="still pending"):
         calibrate(interrupted.path, "unused.txt", column="lrec")
 
