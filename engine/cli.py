@@ -101,15 +101,10 @@ def _victim_option(text: str) -> tuple[str, Any]:
 
 def victim_options(spec: str, pairs: list[tuple[str, Any]], victim_size: int | None
                    ) -> tuple[dict[str, Any], int | None]:
-    """Loader options for a victim: a trainer's `CKPT.json` first, then `--victim-opt KEY=VALUE`."""
-    from .train import read_arch
-    options: dict[str, Any] = {}
-    kind, _, target = spec.partition(":")
-    if kind == "pix2pix" and (arch := read_arch(target)) is not None:
-        options.update(arch.load_options())
-        victim_size = victim_size or arch.size
-    options.update(pairs)
-    return options, victim_size
+    """Loader options for a victim (`--victim-opt KEY=VALUE`; the loader reads a checkpoint's own model
+    arguments itself) and its input size: `--victim-size`, else the size its checkpoint was trained at."""
+    from .victims import trained_size
+    return dict(pairs), victim_size or trained_size(spec)
 
 
 def config_from_args(args: argparse.Namespace) -> ScoreConfig:

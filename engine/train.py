@@ -1,15 +1,14 @@
 """A pix2pix victim trainer for experiments and the demo (the public recipe, small and seeded).
 
 U-Net generator and PatchGAN discriminator from `engine.victims.pix2pix`, vanilla GAN loss plus
-L1 x 100, Adam(2e-4, beta1 0.5), constant learning rate for the first half of the epochs and a
-linear decay to zero over the second, and the public random jitter (resize to 286/256 of the size,
-random crop, random flip; `jitter=False` turns it off), as the public code does. Trained on the member split only;
-the checkpoint is a plain generator state dict that `--victim pix2pix:CKPT` loads, with the
-architecture written beside it (`CKPT.json`).
+L1, Adam, constant learning rate for the first half of the epochs and a linear decay to zero over
+the second, and the public random jitter (resize to 286/256 of the size, random crop, random flip;
+`use_jitter=False` turns it off), with the public settings below. Trained on the member split only.
+The checkpoint carries its own model arguments, nanoGPT style (`{"model": state_dict, "model_args":
+VictimArch}`), so `--victim pix2pix:CKPT` and `open_victim("pix2pix:CKPT")` load it with no options.
 """
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,12 +21,22 @@ from tqdm import tqdm
 from .data import Dataset
 from .images import ImageError, load_rgb
 from .preprocess import resize, to_tensor
+from .victims.checkpoint import MODEL_ARGS_KEY, read_checkpoint
 from .victims.pix2pix import build_discriminator, build_generator
+
+# The public recipe (junyanz/pytorch-CycleGAN-and-pix2pix train options for pix2pix)
+LEARNING_RATE = 2e-4  # --lr
+BETAS = (0.5, 0.999)  # --beta1 0.5
+L1_WEIGHT = 100.0  # --lambda_L1
+JITTER_LOAD_RATIO = 286 / 256  # --load_size 286 for --crop_size 256: images are loaded this much larger, then cropped
+FLIP_PROBABILITY = 0.5  # unless --no_flip
+INIT_STD = 0.02  # --init_type normal --init_gain 0.02
+D_LAYERS = 3  # --netD basic
 
 
 @dataclass(frozen=True)
 class VictimArch:
-    """What `pix2pix.load` needs to rebuild the generator, saved beside the checkpoint."""
+    """The generator's model arguments (`pix2pix.load` options) and training size, saved in the checkpoint."""
 
     netG: str = "unet_128"
     ngf: int = 16
@@ -39,13 +48,11 @@ class VictimArch:
         return {"netG": self.netG, "ngf": self.ngf, "norm": self.norm, "use_dropout": self.use_dropout}
 
 
-def arch_path(checkpoint: str | Path) -> Path:
-    return Path(f"{checkpoint}.json")
-
-
 def read_arch(checkpoint: str | Path) -> VictimArch | None:
-    path = arch_path(checkpoint)
-    return VictimArch(**json.loads(path.read_text())) if path.is_file() else None
+    """The architecture a memscore-trained checkpoint carries (or, for older ones, its `CKPT.json`); None
+    for a checkpoint without one, such as a public pix2pix checkpoint."""
+    model_args = read_checkpoint(checkpoint).model_args
+    return VictimArch(**model_args) if model_args else None
 
 
 def load_pairs(dataset: Dataset, members: set[str] | None, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -68,13 +75,13 @@ def load_pairs(dataset: Dataset, members: set[str] | None, size: int) -> tuple[t
 
 
 def jitter(x: torch.Tensor, y: torch.Tensor, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The public `resize_and_crop` + flip on a batch of loaded pairs (loaded at 286/256 of `size`)."""
+    """The public `resize_and_crop` + flip on a batch of loaded pairs (loaded at JITTER_LOAD_RATIO x `size`)."""
     load = x.shape[-1]
     crops_x, crops_y = [], []
     for index in range(x.shape[0]):
         top, left = (int(v) for v in torch.randint(0, load - size + 1, (2,), generator=generator))
         cx, cy = x[index, :, top: top + size, left: left + size], y[index, :, top: top + size, left: left + size]
-        if torch.rand((), generator=generator) < 0.5:
+        if torch.rand((), generator=generator) < FLIP_PROBABILITY:
             cx, cy = cx.flip(-1), cy.flip(-1)
         crops_x.append(cx)
         crops_y.append(cy)
@@ -85,22 +92,22 @@ def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None
                   epochs: int = 20, batch_size: int = 4, ndf: int = 16, seed: int = 0, device: str = "cpu",
                   use_jitter: bool = True, checkpoint_every: int = 0, progress: bool = True,
                   on_checkpoint: Callable[[int, Path], None] | None = None) -> Path:
-    """Train on the member pairs of `dataset`; write `out` (generator state dict) and `out.json`."""
+    """Train on the member pairs of `dataset`; write `out` (generator state dict and model arguments)."""
     torch.manual_seed(seed)
-    load_size = round(arch.size * 286 / 256) if use_jitter else arch.size
+    load_size = round(arch.size * JITTER_LOAD_RATIO) if use_jitter else arch.size
     x_all, y_all, skipped = load_pairs(dataset, members, load_size)
     if skipped:
         print(f"train-victim: skipped {len(skipped)} unreadable pairs, e.g. {skipped[0]}", file=sys.stderr)
     netG = build_generator(arch.netG, 3, 3, arch.ngf, arch.norm, arch.use_dropout).to(device)
-    netD = build_discriminator(6, ndf, 3, arch.norm).to(device)
-    for net in (netG, netD):  # the public init: N(0, 0.02) convs
+    netD = build_discriminator(6, ndf, D_LAYERS, arch.norm).to(device)
+    for net in (netG, netD):  # the public init: N(0, INIT_STD) convs
         for module in net.modules():
             if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                torch.nn.init.normal_(module.weight, 0.0, 0.02)
+                torch.nn.init.normal_(module.weight, 0.0, INIT_STD)
                 if module.bias is not None:
                     torch.nn.init.zeros_(module.bias)
-    opt_g = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(netG.parameters(), lr=LEARNING_RATE, betas=BETAS)
+    opt_d = torch.optim.Adam(netD.parameters(), lr=LEARNING_RATE, betas=BETAS)
     decay_start = epochs // 2
     schedule = lambda e: 1.0 if e < decay_start else max(0.0, 1.0 - (e - decay_start) / max(epochs - decay_start, 1))
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
@@ -128,7 +135,7 @@ def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None
             opt_d.step()
             d_fake = netD(torch.cat([x, fake], 1))
             l1 = F.l1_loss(fake, y)
-            loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)) + 100.0 * l1
+            loss_g = F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)) + L1_WEIGHT * l1
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -145,5 +152,7 @@ def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None
 
 
 def _save(netG: torch.nn.Module, arch: VictimArch, path: Path) -> None:
-    torch.save({k: v.detach().cpu() for k, v in netG.state_dict().items()}, path)
-    arch_path(path).write_text(json.dumps(asdict(arch), indent=2))
+    """The generator's weights under "model" (where the loaders look for a wrapped state dict) and its
+    model arguments beside them, both plain data that loads with weights_only=True."""
+    state = {k: v.detach().cpu() for k, v in netG.state_dict().items()}
+    torch.save({"model": state, MODEL_ARGS_KEY: asdict(arch)}, path)

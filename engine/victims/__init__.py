@@ -1,32 +1,47 @@
 """Victims: whatever turns a conditioning input into a reconstruction of the ground truth.
 
+A victim spec is `KIND:TARGET`, parsed once by `parse_victim_spec`; `VICTIM_KINDS` maps each kind to
+its opener and the options it takes: `recon:DIR` (outputs queried beforehand, matched by id),
+`torchscript:PATH`, `python:MODULE:FACTORY` (weights via `weights=`), and the public checkpoint
+families `pix2pix:CKPT`, `pix2pixhd:CKPT`, `spade:CKPT`. A family checkpoint written by `memscore
+train-victim` carries its model arguments; options given explicitly win over them.
+
 `load(spec)` returns the generator as an `nn.Module`; `open_victim(spec)` wraps it (or a folder of
-saved outputs) for the scorer. Specs are the command-line forms: `recon:DIR` (outputs queried beforehand, matched by
-id), `torchscript:PATH`, `python:MODULE:FACTORY` (weights via `weights=`), and the public
-checkpoint families `pix2pix:CKPT`, `pix2pixhd:CKPT`, `spade:CKPT`. Every victim returns, per
-item, an RGB tensor in [0, 1] or the reason it could not.
+saved outputs) for the scorer. Every victim returns, per item, an RGB tensor in [0, 1] or the reason
+it could not.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data import IMAGE_SUFFIXES
-from ..images import ImageError, load_rgb
 from ..batch import Prepared
-from ..pipeline import same_size_groups
+from ..data import IMAGE_SUFFIXES, DatasetError, confined_path
+from ..images import ImageError, load_rgb
 from ..preprocess import to_tensor
+from . import pix2pix, pix2pixhd, spade
+from .checkpoint import read_checkpoint
 
 Reconstruction = torch.Tensor | str
 
 
 class VictimError(ValueError):
     """A victim spec or checkpoint that cannot be used; the message says what to change."""
+
+
+def same_size_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
+    """Indices grouped by spatial size, so a victim without a fixed input size runs in batches."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault(tuple(tensor.shape), []).append(index)
+    return list(groups.values())
 
 
 def check_output(image: torch.Tensor, image_id: str) -> Reconstruction:
@@ -38,19 +53,26 @@ def check_output(image: torch.Tensor, image_id: str) -> Reconstruction:
     return image
 
 
+def _forward_arguments(module: nn.Module) -> list[str]:
+    """Names of the module's forward arguments; a TorchScript method has a schema, not a Python signature."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return [argument.name for argument in module.forward.schema.arguments]
+    return list(inspect.signature(module.forward).parameters)
+
+
 class ModelVictim:
     """An `nn.Module` generator run in batches; handles the value-range contract."""
 
     def __init__(self, module: nn.Module, *, device: torch.device | str = "cpu", value_range: str = "-1,1",
                  seed: int = 0) -> None:
+        if getattr(module, "use_instance", False):
+            raise VictimError("this checkpoint expects instance maps (trained without --no_instance); memscore does "
+                              "not read instance maps, so it cannot feed this model")
         self.device = torch.device(device)
         self.module = module.to(self.device)
         self.signed = value_range == "-1,1"
         self.seed = seed
-        self.takes_seeds = "seeds" in inspect.signature(self.module.forward).parameters
-        if getattr(module, "use_instance", False):
-            raise VictimError("this checkpoint expects instance maps (trained without --no_instance); memscore does "
-                              "not read instance maps, so it cannot feed this model")
+        self.takes_seeds = "seeds" in _forward_arguments(self.module)
 
     @property
     def takes_labels(self) -> bool:
@@ -79,7 +101,11 @@ class ModelVictim:
 
 
 class ReconFolder:
-    """Victim outputs obtained beforehand (black-box API queries), one file per id under a folder."""
+    """Victim outputs obtained beforehand (black-box API queries), one file per id under a folder.
+
+    Ids come from manifests and may be hostile: a file name made from an id must stay inside the
+    folder (`confined_path`), so `../x` fails that id instead of reading outside.
+    """
 
     takes_labels = False
 
@@ -89,8 +115,10 @@ class ReconFolder:
             raise VictimError(f"recon folder {self.folder} does not exist")
 
     def path_for(self, image_id: str) -> Path | None:
+        """The saved output for `image_id` (any image suffix), None if there is none; DatasetError for an id
+        that would name a file outside the folder."""
         for suffix in IMAGE_SUFFIXES:
-            candidate = self.folder / f"{image_id}{suffix}"
+            candidate = confined_path(self.folder, f"{image_id}{suffix}")
             if candidate.is_file():
                 return candidate
         return None
@@ -98,7 +126,11 @@ class ReconFolder:
     def reconstruct(self, items: list[Prepared]) -> list[Reconstruction]:
         results: list[Reconstruction] = []
         for item in items:
-            path = self.path_for(item.pair.id)
+            try:
+                path = self.path_for(item.pair.id)
+            except DatasetError as error:
+                results.append(f"{item.pair.id}: no reconstruction read: {error}")
+                continue
             if path is None:
                 results.append(f"{item.pair.id}: no reconstruction under {self.folder} (looked for {item.pair.id}.*)")
                 continue
@@ -109,7 +141,110 @@ class ReconFolder:
         return results
 
 
-def _load_python(target: str, weights: str | None) -> nn.Module:
+# ------------------------------------------------------------------------------------------ kinds
+
+Opener = Callable[..., "nn.Module | ReconFolder"]
+
+
+@dataclass(frozen=True)
+class VictimKind:
+    """One kind of victim spec: how to open its target, and the loader options it accepts."""
+
+    name: str
+    usage: str
+    """The spec's form, e.g. `pix2pix:CKPT`."""
+    open: Opener
+    """(target, weights, **options) -> an nn.Module generator, or a ReconFolder."""
+    options: tuple[str, ...] = ()
+    takes_weights: bool = False
+    """Whether `--victim-weights` applies (python: victims, whose module comes without weights)."""
+    checkpoint: bool = False
+    """Whether the target is a checkpoint that may carry its model arguments."""
+
+
+VICTIM_KINDS: dict[str, VictimKind] = {}
+
+
+def register_victim(name: str, usage: str, *, options: tuple[str, ...] = (), takes_weights: bool = False,
+                    checkpoint: bool = False) -> Callable[[Opener], Opener]:
+    """Decorator: make `opener` the way to open `name:TARGET` specs."""
+    def register(opener: Opener) -> Opener:
+        VICTIM_KINDS[name] = VictimKind(name, usage, opener, options, takes_weights, checkpoint)
+        return opener
+    return register
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    """A parsed victim spec: its kind (a key of VICTIM_KINDS) and target (folder, file, or MODULE:FACTORY)."""
+
+    kind: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}"
+
+
+def parse_victim_spec(spec: str) -> VictimSpec:
+    """`KIND:TARGET` -> VictimSpec; VictimError naming the valid forms when the spec has none of them."""
+    kind, sep, target = spec.partition(":")
+    forms = ", ".join(entry.usage for entry in VICTIM_KINDS.values())
+    if not sep and kind not in VICTIM_KINDS:
+        raise VictimError(f"victim spec {spec!r} is not KIND:TARGET; a victim is one of: {forms}")
+    if kind not in VICTIM_KINDS:
+        raise VictimError(f"victim spec {spec!r}: unknown kind {kind!r}; a victim is one of: {forms}")
+    if not target:
+        raise VictimError(f"victim spec {spec!r} lacks its target: write {VICTIM_KINDS[kind].usage}")
+    return VictimSpec(kind, target)
+
+
+def _open(spec: str, weights: str | None, options: dict[str, Any]) -> nn.Module | ReconFolder:
+    """Parse `spec`, check that its kind takes the options and weights given, and open it."""
+    parsed = parse_victim_spec(spec)
+    kind = VICTIM_KINDS[parsed.kind]
+    unknown = sorted(set(options) - set(kind.options))
+    if unknown:
+        valid = f"valid options: {', '.join(kind.options)}" if kind.options else "it takes no options"
+        raise VictimError(f"unknown victim option(s) {', '.join(unknown)} for {kind.usage}; {valid}")
+    if weights and not kind.takes_weights:
+        raise VictimError(f"--victim-weights is for python:MODULE:FACTORY victims; {kind.usage} takes none")
+    return kind.open(parsed.target, weights, **options)
+
+
+def _family_options(load_family: Callable[..., nn.Module]) -> tuple[str, ...]:
+    """A family loader's keyword options: its parameters after the checkpoint."""
+    return tuple(list(inspect.signature(load_family).parameters)[1:])
+
+
+def _register_family(name: str, load_family: Callable[..., nn.Module]) -> None:
+    options = _family_options(load_family)
+
+    def open_family(target: str, weights: str | None, **explicit: Any) -> nn.Module:
+        checkpoint = read_checkpoint(target)
+        # nanoGPT style: the checkpoint's own model arguments, then what the caller names explicitly
+        own = {key: value for key, value in checkpoint.model_args.items() if key in options}
+        return load_family(checkpoint, **{**own, **explicit})
+
+    register_victim(name, f"{name}:CKPT", options=options, checkpoint=True)(open_family)
+
+
+@register_victim("recon", "recon:DIR")
+def _open_recon(target: str, weights: str | None) -> ReconFolder:
+    return ReconFolder(target)
+
+
+@register_victim("torchscript", "torchscript:PATH")
+def _open_torchscript(target: str, weights: str | None) -> nn.Module:
+    if not Path(target).is_file():
+        raise VictimError(f"TorchScript file {target} does not exist")
+    try:
+        return torch.jit.load(target, map_location="cpu")
+    except RuntimeError as error:
+        raise VictimError(f"{target}: not a loadable TorchScript module: {error}") from error
+
+
+@register_victim("python", "python:MODULE:FACTORY", takes_weights=True)
+def _open_python(target: str, weights: str | None) -> nn.Module:
     module_name, _, factory_name = target.partition(":")
     if not module_name or not factory_name:
         raise VictimError(f"python victim spec must be python:MODULE:FACTORY, got python:{target}")
@@ -126,31 +261,33 @@ def _load_python(target: str, weights: str | None) -> nn.Module:
     return module
 
 
+for _name, _family in (("pix2pix", pix2pix), ("pix2pixhd", pix2pixhd), ("spade", spade)):
+    _register_family(_name, _family.load)
+
+
+# ------------------------------------------------------------------------------------------ entry points
+
 def load(spec: str, *, weights: str | None = None, **options: Any) -> nn.Module:
     """The generator named by `spec` as an `nn.Module` producing images in [-1, 1] (or [0, 1] by contract)."""
-    kind, _, target = spec.partition(":")
-    if not target:
-        raise VictimError(f"victim spec {spec!r} needs KIND:TARGET (recon, torchscript, python, pix2pix, pix2pixhd, spade)")
-    if kind == "torchscript":
-        if not Path(target).is_file():
-            raise VictimError(f"TorchScript file {target} does not exist")
-        try:
-            return torch.jit.load(target, map_location="cpu").eval()
-        except RuntimeError as error:
-            raise VictimError(f"{target}: not a loadable TorchScript module: {error}") from error
-    if kind == "python":
-        return _load_python(target, weights).eval()
-    if kind in ("pix2pix", "pix2pixhd", "spade"):
-        family = importlib.import_module(f".{kind}", __name__)
-        return family.load(target, **options)
-    raise VictimError(f"unknown victim kind {kind!r} in {spec!r}")
+    opened = _open(spec, weights, options)
+    if not isinstance(opened, nn.Module):
+        raise VictimError(f"{spec}: a folder of outputs, not a model to load")
+    return opened.eval()
 
 
 def open_victim(spec: str, *, weights: str | None = None, device: torch.device | str = "cpu", value_range: str = "-1,1",
-         seed: int = 0, **options: Any) -> ModelVictim | ReconFolder:
-    """A ready victim for the scorer, from its command-line spec."""
-    kind, _, target = spec.partition(":")
-    if kind == "recon":
-        return ReconFolder(target)
-    return ModelVictim(load(spec, weights=weights, **options), device=device, value_range=value_range,
-                       seed=seed)
+                seed: int = 0, **options: Any) -> ModelVictim | ReconFolder:
+    """A ready victim for the scorer, from its spec; VictimError for an unknown kind or option."""
+    opened = _open(spec, weights, options)
+    if isinstance(opened, ReconFolder):
+        return opened
+    return ModelVictim(opened.eval(), device=device, value_range=value_range, seed=seed)
+
+
+def trained_size(spec: str) -> int | None:
+    """The square side a `memscore train-victim` checkpoint was trained at (its model arguments' `size`),
+    so a run can feed it images of that size; None for other victims."""
+    parsed = parse_victim_spec(spec)
+    if not VICTIM_KINDS[parsed.kind].checkpoint:
+        return None
+    return read_checkpoint(parsed.target).model_args.get("size")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.victims.checkpoint import FrozenVictim, load_state_dict_strict
+from engine.victims.checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
 
 UNET_DOWNS = {"unet_64": 6, "unet_128": 7, "unet_256": 8}  # unet_64: the public UnetGenerator with 6 downs
 RESNET_BLOCKS = {"resnet_6blocks": 6, "resnet_9blocks": 9}
@@ -251,7 +251,7 @@ class Pix2PixVictim(FrozenVictim):
 
 
 def load(
-    path: str | os.PathLike,
+    checkpoint: str | os.PathLike | Checkpoint,
     netG: str = "unet_256",
     ngf: int = 64,
     norm: str = "batch",
@@ -268,7 +268,7 @@ def load(
     generator = build_generator(netG, input_nc, output_nc, ngf, norm, use_dropout)
     load_state_dict_strict(
         generator,
-        path,
+        checkpoint,
         family=f"pix2pix netG={netG} ngf={ngf} norm={norm} use_dropout={use_dropout} "
         f"input_nc={input_nc} output_nc={output_nc}",
         hint="match the training options: --netG (unet_256, unet_128, resnet_9blocks, resnet_6blocks), --ngf, "

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.victims.checkpoint import FrozenVictim, load_state_dict_strict
+from engine.victims.checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
 
 NETGS = ("global", "local")
 NORMS = ("instance", "batch")
@@ -210,7 +210,7 @@ def _per_image_batch_norm(module: nn.BatchNorm2d, args: tuple[torch.Tensor], out
 
 
 def load(
-    path: str | os.PathLike,
+    checkpoint: str | os.PathLike | Checkpoint,
     netG: str = "global",
     label_nc: int = 35,
     ngf: int = 64,
@@ -235,7 +235,7 @@ def load(
     )
     load_state_dict_strict(
         generator,
-        path,
+        checkpoint,
         family=f"pix2pixHD netG={netG} ngf={ngf} label_nc={label_nc} no_instance={no_instance} (input channels {n_in}) "
         f"n_downsample_global={n_downsample_global} n_blocks_global={n_blocks_global}"
         + (f" n_local_enhancers={n_local_enhancers} n_blocks_local={n_blocks_local}" if netG == "local" else ""),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from engine.victims.checkpoint import load_state_dict_strict
+from engine.victims.checkpoint import Checkpoint, load_state_dict_strict
 from engine.victims.pix2pixhd import Pix2PixHDVictim, one_hot
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
@@ -139,7 +139,7 @@ class SpadeVictim(Pix2PixHDVictim):
 
 
 def load(
-    path: str | os.PathLike,
+    checkpoint: str | os.PathLike | Checkpoint,
     label_nc: int = 182,
     contain_dontcare_label: bool = True,
     no_instance: bool = False,
@@ -160,7 +160,7 @@ def load(
     generator = SPADEGenerator(semantic_nc, ngf, num_upsampling_layers, crop_size, aspect_ratio, norm_G)
     load_state_dict_strict(
         generator,
-        path,
+        checkpoint,
         family=f"SPADE ngf={ngf} label_nc={label_nc} contain_dontcare_label={contain_dontcare_label} "
         f"no_instance={no_instance} (semantic_nc {semantic_nc}) num_upsampling_layers={num_upsampling_layers} "
         f"norm_G={norm_G}",
