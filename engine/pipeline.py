@@ -93,13 +93,3 @@ def _read_ahead(chunks: Iterator[list[Pair]], start: Callable[[list[Pair]], Any]
         pending = started
     if pending is not None:
         yield finish(pending)
-
-
-def same_size_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
-    """Indices grouped by spatial size, so a victim without a fixed input size runs in batches."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        groups.setdefault(tuple(tensor.shape), []).append(index)
-    return list(groups.values())
-
-
