@@ -145,3 +145,15 @@ def test_load_returns_models_and_refuses_folders(tmp_path):
     with pytest.raises(VictimError, match="folder of outputs"):
         load(f"recon:{tmp_path}")
     assert trained_size(f"recon:{tmp_path}") is None and trained_size("python:victims_for_tests:blur") is None
+
+
+def test_an_unknown_victim_opt_stops_the_run_before_a_store_is_made(tmp_path, capsys):
+    from engine.cli import main
+    from engine.synthetic import write_aligned_dataset
+    write_aligned_dataset(tmp_path / "data", 2, size=16)
+    argv = ["score", str(tmp_path / "data"), "--out", str(tmp_path / "s.zarr"), "--no-progress",
+            "--victim", "python:victims_for_tests:blur", "--victim-opt", "bogus=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unknown victim option(s) bogus" in err and "takes no options" in err
+    assert not (tmp_path / "s.zarr").exists()

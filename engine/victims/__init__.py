@@ -27,7 +27,7 @@ from ..data import IMAGE_SUFFIXES, DatasetError, confined_path
 from ..images import ImageError, load_rgb
 from ..preprocess import to_tensor
 from . import pix2pix, pix2pixhd, spade
-from .checkpoint import read_checkpoint
+from .checkpoint import load_state_dict_strict, read_checkpoint
 
 Reconstruction = torch.Tensor | str
 
@@ -211,13 +211,9 @@ def _open(spec: str, weights: str | None, options: dict[str, Any]) -> nn.Module 
     return kind.open(parsed.target, weights, **options)
 
 
-def _family_options(load_family: Callable[..., nn.Module]) -> tuple[str, ...]:
-    """A family loader's keyword options: its parameters after the checkpoint."""
-    return tuple(list(inspect.signature(load_family).parameters)[1:])
-
-
 def _register_family(name: str, load_family: Callable[..., nn.Module]) -> None:
-    options = _family_options(load_family)
+    """`name:CKPT` opens with `load_family`, whose parameters after the checkpoint are the kind's options."""
+    options = tuple(inspect.signature(load_family).parameters)[1:]
 
     def open_family(target: str, weights: str | None, **explicit: Any) -> nn.Module:
         checkpoint = read_checkpoint(target)
@@ -256,7 +252,6 @@ def _open_python(target: str, weights: str | None) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise VictimError(f"{module_name}:{factory_name}() returned {type(module).__name__}, not an nn.Module")
     if weights:
-        from .checkpoint import load_state_dict_strict
         load_state_dict_strict(module, weights, family="python", hint=f"weights must match {module_name}:{factory_name}()")
     return module
 
