@@ -1,0 +1,176 @@
+"""engine.shadows: the membership plan, training K tiny real shadows (resumed after an interruption without
+retraining a finished one, refused when the recipe changes, on real Dask processes), reading them back, and
+writing LiRA / RMIA columns to a store."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+import engine.shadows as shadows
+from engine.likelihood_ratio import lira, rmia
+from engine.schedule import ClusterPlan
+from engine.shadows import (ShadowError, ShadowRecipe, in_shadow_matrix, membership_plan, read_shadow_set,
+                            rescore_with_shadows, train_shadows)
+from engine.store import ScoreStore, StoreError
+from engine.synthetic import write_aligned_dataset
+from engine.victims import open_victim
+from tests.stores_for_tests import synthetic_store
+
+RECIPE = ShadowRecipe(netG="unet_64", size=64, ngf=4, use_jitter=True, epochs=1, batch_size=2)
+
+
+def test_every_id_is_in_for_half_the_shadows_and_plans_are_reproducible():
+    population = [f"img{i}" for i in range(11)]
+    ids, plan = membership_plan(population, 4, seed=3)
+    assert ids == sorted(population) and plan.shape == (11, 4)
+    assert (plan.sum(axis=1) == 2).all()  # exactly K/2 for even K
+    assert (plan[:, 0] == ~plan[:, 1]).all() and (plan[:, 2] == ~plan[:, 3]).all()
+    assert sorted(plan.sum(axis=0).tolist()) == [5, 5, 6, 6]
+    assert not (plan[:, 0] == plan[:, 2]).all()  # the two pairs draw different halves
+    again = membership_plan(list(reversed(population)), 4, seed=3)  # the order of the file does not matter
+    assert again[0] == ids and np.array_equal(again[1], plan)
+    assert not np.array_equal(membership_plan(population, 4, seed=4)[1], plan)
+    _, odd = membership_plan(population, 3, seed=3)
+    assert set(odd.sum(axis=1).tolist()) <= {1, 2} and np.array_equal(odd[:, :2], plan[:, :2])
+    with pytest.raises(ValueError, match="at least 1 shadow"):
+        membership_plan(population, 0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shadow_data")
+    write_aligned_dataset(root / "data", 6, size=64)
+    (root / "population.txt").write_text("".join(f"{i}\n" for i in range(6)))
+    return root
+
+
+def _checkpoint_state(path):
+    return path.stat().st_mtime_ns, path.read_bytes()
+
+
+def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset, tmp_path, monkeypatch):
+    real_train = shadows.train_pix2pix
+    calls = []
+
+    def interrupted(dataset_, out, **options):
+        if "shadow_01" in str(out):
+            raise KeyboardInterrupt  # the run is killed while shadow 1 trains
+        return real_train(dataset_, out, **options)
+
+    monkeypatch.setattr(shadows, "train_pix2pix", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=1)
+    manifest = json.loads((tmp_path / "sh" / "shadows.json").read_text())
+    assert [s["done"] for s in manifest["shadows"]] == [True, False]
+    first = tmp_path / "sh" / "shadow_00" / "generator.pth"
+    before = _checkpoint_state(first)
+    with pytest.raises(ShadowError, match="shadows 1 of 2 are not trained yet"):
+        read_shadow_set(tmp_path / "sh")
+
+    def counted(dataset_, out, **options):
+        calls.append(str(out))
+        return real_train(dataset_, out, **options)
+
+    monkeypatch.setattr(shadows, "train_pix2pix", counted)
+    finished = train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=1)
+    assert len(calls) == 1 and "shadow_01" in calls[0] and calls[0].endswith(".partial")
+    assert _checkpoint_state(first) == before
+    assert [s.index for s in finished.shadows] == [0, 1] and finished.k == 2 and finished.recipe == RECIPE
+    assert not list((tmp_path / "sh").rglob("*.partial"))
+
+    # killed after the checkpoint was renamed in but before the manifest marked it: adopted, not retrained
+    manifest = json.loads((tmp_path / "sh" / "shadows.json").read_text())
+    manifest["shadows"][0]["done"] = False
+    (tmp_path / "sh" / "shadows.json").write_text(json.dumps(manifest))
+    train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=1)
+    assert len(calls) == 1 and _checkpoint_state(first) == before
+
+    # what the scorer reads
+    members = [s.members for s in finished.shadows]
+    assert members[0] | members[1] == {str(i) for i in range(6)} and not members[0] & members[1]
+    matrix = in_shadow_matrix(["0", "1", "2", "3", "4", "5", "not-in-population"], finished)
+    assert matrix.dtype == np.int8 and matrix.shape == (7, 2)
+    assert (matrix[:6].sum(axis=1) == 1).all() and (matrix[6] == 0).all()
+    assert all(matrix[int(i), 0] == 1 for i in members[0])
+    victim = open_victim(finished.shadows[1].victim_spec)  # the checkpoint carries its architecture
+    assert victim is not None
+
+
+def test_a_changed_recipe_seed_k_or_population_is_refused(dataset, tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(shadows, "train_pix2pix", lambda data, out, **options: trained.append(out) or
+                        out.write_bytes(b"weights"))
+    out = tmp_path / "sh"
+    train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1)
+    with pytest.raises(ShadowError, match=r"recipe: \{.*epochs=1.*\} -> \{.*epochs=5"):
+        train_shadows(dataset / "data", dataset / "population.txt", 2, out, ShadowRecipe(**{**RECIPE.__dict__,
+                                                                                            "epochs": 5}), seed=1)
+    with pytest.raises(ShadowError, match="seed: 1 -> 2"):
+        train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=2)
+    with pytest.raises(ShadowError, match="k: 2 -> 4"):
+        train_shadows(dataset / "data", dataset / "population.txt", 4, out, RECIPE, seed=1)
+    smaller = tmp_path / "five.txt"
+    smaller.write_text("0\n1\n2\n3\n4\n")
+    with pytest.raises(ShadowError, match="population: 6 ids .* -> 5 ids"):
+        train_shadows(dataset / "data", smaller, 2, out, RECIPE, seed=1)
+    assert len(trained) == 2
+    train_shadows(dataset / "data", smaller, 4, out, RECIPE, seed=1, fresh=True)  # starting over is allowed
+    assert len(trained) == 6 and read_shadow_set(out).k == 4
+    missing = tmp_path / "missing.txt"
+    missing.write_text("0\nnope\n")
+    with pytest.raises(ShadowError, match="1 population ids are not in the dataset .* nope"):
+        train_shadows(dataset / "data", missing, 2, tmp_path / "other", RECIPE, seed=1)
+
+
+def test_shadows_train_on_real_dask_processes(dataset, tmp_path):
+    finished = train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=2,
+                             plan=ClusterPlan(workers=2), device="cpu")
+    assert [s.index for s in finished.shadows] == [0, 1]
+    manifest = json.loads((tmp_path / "sh" / "shadows.json").read_text())
+    assert all(s["done"] and s["seconds"] is not None for s in manifest["shadows"])
+    for shadow in finished.shadows:
+        assert open_victim(shadow.victim_spec) is not None
+
+
+def _store_with_shadow_columns(path, k=4, seed=0):
+    """A finished synthetic store plus `lrec_shadow` / `in_shadow` arrays written directly (the scorer's
+    columns, as `memscore score --shadows` will write them)."""
+    store = synthetic_store(path, n=80, shard_size=25)
+    lrec = store.column("lrec")
+    rng = np.random.default_rng(seed)
+    ids, plan = membership_plan([str(i) for i in range(80)], k, seed)
+    in_shadow = np.array([plan[ids.index(str(i))] for i in range(80)], dtype=np.int8)  # store rows are "0".."79"
+    lrec_shadow = (np.abs(lrec)[:, None] * np.exp(0.1 * rng.standard_normal((80, k)) - 0.2 * in_shadow)).astype(np.float32)
+    group = zarr.open_group(str(path), mode="a")
+    for name, values in (("lrec_shadow", lrec_shadow), ("in_shadow", in_shadow)):
+        group.create_array(name, shape=values.shape, chunks=(25, k), dtype=values.dtype, fill_value=0,
+                           dimension_names=["image", "shadow"])[:] = values
+    return lrec, lrec_shadow, in_shadow
+
+
+def test_rescore_with_shadows_writes_the_score_and_what_it_used(tmp_path):
+    lrec, lrec_shadow, in_shadow = _store_with_shadow_columns(tmp_path / "s.zarr")
+    record = rescore_with_shadows(tmp_path / "s.zarr", "lira", online=False, fixed_variance=True)
+    store = ScoreStore.open(tmp_path / "s.zarr")
+    assert record["column"] == "lira_offline_fixed" and record["k"] == 4
+    np.testing.assert_array_equal(store.column("lira_offline_fixed"),
+                                  lira(lrec, lrec_shadow, in_shadow, online=False, fixed_variance=True).scores)
+    attrs = store.column_attrs("lira_offline_fixed")
+    assert attrs["options"] == {"online": False, "fixed_variance": True, "transform": "log"}
+    assert attrs["uses"]["lrec"] == store.fingerprint("lrec") and attrs["direction"] == "lower score = member"
+    (tmp_path / "ref.txt").write_text("".join(f"{i}\n" for i in range(0, 80, 2)))
+    record = rescore_with_shadows(tmp_path / "s.zarr", "rmia", gamma=1.5, reference=tmp_path / "ref.txt")
+    expected = rmia(lrec, lrec_shadow, in_shadow, gamma=1.5, reference=np.arange(80) % 2 == 0).scores
+    np.testing.assert_array_equal(ScoreStore.open(tmp_path / "s.zarr").column("rmia"), expected)
+    assert record["options"]["reference_rows"] == 40 and record["fitted"]["temperature"] > 0
+
+
+def test_rescore_without_shadow_columns_is_refused(tmp_path):
+    synthetic_store(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="no array 'lrec_shadow'"):
+        rescore_with_shadows(tmp_path / "s.zarr", "lira")
+    with pytest.raises(ValueError, match="method must be lira or rmia"):
+        rescore_with_shadows(tmp_path / "s.zarr", "loss")
