@@ -121,31 +121,36 @@ def _is_text(name: str) -> bool:
 def _image_index(root: Path, skipped: dict[str, Tally]) -> dict[str, str]:
     """id -> file for the images under `root`, in natural order of ids; what is left out goes to `skipped`.
 
-    Folder links are followed (a dataset may link its splits in), but each real folder is listed once,
-    so a link to an ancestor ends instead of looping. Two files with one id (`a.jpg`, `a.png`) are refused.
+    Folder links are followed (a dataset may link its splits in), each real folder listed once: the
+    real tree under `root` first, then the links found in it, in name order (and links found in those),
+    so a link to an ancestor or to a folder listed already adds nothing and cannot loop.
+    Two files with one id (`a.jpg`, `a.png`) are refused.
     """
     files: dict[str, list[str]] = {}
     listed: set[tuple[int, int]] = set()
-    for dirpath, dirnames, names in os.walk(root, followlinks=True):
-        dirnames.sort()  # which of two links to one folder is kept must not depend on listing order
-        info = os.stat(dirpath)
-        if (info.st_dev, info.st_ino) in listed:
-            dirnames.clear()
-            skipped.setdefault("folder link to a folder listed already", Tally()).add(dirpath)
-            continue
-        listed.add((info.st_dev, info.st_ino))
-        for name in names:
-            path = os.path.join(dirpath, name)
-            relative = Path(path).relative_to(root)
-            if not _is_text(relative.as_posix()):
-                reason = "name is not valid UTF-8 (ids are stored as text; rename the file to score it)"
-                skipped.setdefault(reason, Tally()).add(repr(os.fsencode(path)))
-            elif not name.lower().endswith(IMAGE_SUFFIXES):
-                suffix = os.path.splitext(name)[1].lower() or "no extension"
-                reason = f"not an image type memscore reads ({suffix}; it reads {' '.join(IMAGE_SUFFIXES)})"
-                skipped.setdefault(reason, Tally()).add(path)
-            else:
-                files.setdefault(relative.with_suffix("").as_posix(), []).append(path)
+    pending = [str(root)]  # the real tree first, then each folder link found, in the order found
+    while pending:
+        for dirpath, dirnames, names in os.walk(pending.pop(0)):  # links show in dirnames but are not entered
+            dirnames.sort()
+            info = os.stat(dirpath)
+            if (info.st_dev, info.st_ino) in listed:
+                dirnames.clear()
+                skipped.setdefault("folder link to a folder listed already", Tally()).add(dirpath)
+                continue
+            listed.add((info.st_dev, info.st_ino))
+            pending += [os.path.join(dirpath, name) for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+            for name in names:
+                path = os.path.join(dirpath, name)
+                relative = Path(path).relative_to(root)
+                if not _is_text(relative.as_posix()):
+                    reason = "name is not valid UTF-8 (ids are stored as text; rename the file to score it)"
+                    skipped.setdefault(reason, Tally()).add(repr(os.fsencode(path)))
+                elif not name.lower().endswith(IMAGE_SUFFIXES):
+                    suffix = os.path.splitext(name)[1].lower() or "no extension"
+                    reason = f"not an image type memscore reads ({suffix}; it reads {' '.join(IMAGE_SUFFIXES)})"
+                    skipped.setdefault(reason, Tally()).add(path)
+                else:
+                    files.setdefault(relative.with_suffix("").as_posix(), []).append(path)
     clashes = {image_id: paths for image_id, paths in files.items() if len(paths) > 1}
     if clashes:
         quoted = "; ".join(f"{image_id!r}: {', '.join(sorted(paths))}" for image_id, paths in list(clashes.items())[:EXAMPLES])

@@ -191,14 +191,18 @@ def test_file_names_that_are_not_utf8_are_skipped_and_reported(tmp_path):
 
 def test_linked_subfolders_are_followed_and_a_link_to_an_ancestor_ends(tmp_path):
     write_aligned_dataset(tmp_path / "elsewhere", 3, size=8, split={"train": range(3)})
-    (tmp_path / "data").mkdir()
+    write_aligned_dataset(tmp_path / "data", 1, size=8, split={"val": range(1)})
     (tmp_path / "data" / "train").symlink_to(tmp_path / "elsewhere" / "train", target_is_directory=True)
     (tmp_path / "data" / "loop").symlink_to(tmp_path / "data", target_is_directory=True)
+    (tmp_path / "data" / "a").mkdir()
+    (tmp_path / "data" / "a" / "alias").symlink_to(tmp_path / "data" / "val", target_is_directory=True)
     dataset = AlignedFolder(tmp_path / "data")
-    assert [p.id for p in dataset.pairs()] == ["train/0", "train/1", "train/2"]
-    assert dataset.pairs().__next__().input_path == str(tmp_path / "data" / "train" / "0.png")
+    # the real val/ keeps its ids though a link to it comes first in name order
+    assert [p.id for p in dataset.pairs()] == ["train/0", "train/1", "train/2", "val/0"]
+    assert next(dataset.pairs()).input_path == str(tmp_path / "data" / "train" / "0.png")
     (reason, tally), = dataset.skipped.items()
-    assert "listed already" in reason and tally.examples == [str(tmp_path / "data" / "loop")]
+    assert "listed already" in reason and tally.examples == [str(tmp_path / "data" / "loop"),
+                                                             str(tmp_path / "data" / "a" / "alias")]
 
 
 def test_paths_made_from_ids_stay_inside_their_folder(tmp_path):
