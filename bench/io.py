@@ -142,6 +142,7 @@ def race(methods: dict, n: int, repeats: int) -> dict:
 def scoring_breakdown(n: int, reader: str, work: Path) -> dict:
     """Wall time of `run_scoring` split into: waiting for the reader, victim, difficulty, the rest."""
     import engine.run as run
+    import engine.work as unit_of_work
     from engine.config import ScoreConfig
     from engine.pipeline import batches as real_batches
     from engine.scores import Scorer
@@ -179,18 +180,18 @@ def scoring_breakdown(n: int, reader: str, work: Path) -> dict:
                 stages[stage] += time.perf_counter() - start
         return wrapper
 
-    saved = run.batches, Scorer.difficulty, ReconFolder.reconstruct
-    run.batches = timed_batches
+    saved = unit_of_work.batches, Scorer.difficulty, ReconFolder.reconstruct
+    unit_of_work.batches = timed_batches
     Scorer.difficulty = timing("difficulty", Scorer.difficulty)
     ReconFolder.reconstruct = timing("victim", ReconFolder.reconstruct)
     try:
         config = ScoreConfig(victim=f"recon:{recon}", victim_size=128)
         start = time.perf_counter()
-        run.run_scoring(run.DatasetSpec(data=str(subset), direction="BtoA"), config, work / f"store-{reader}-{n}.zarr",
+        run.run_scoring(unit_of_work.DatasetSpec(data=str(subset), direction="BtoA"), config, work / f"store-{reader}-{n}.zarr",
                         batch_size=BATCH, device="cpu", overwrite=True, progress=False)
         wall = time.perf_counter() - start
     finally:
-        run.batches, Scorer.difficulty, ReconFolder.reconstruct = saved
+        unit_of_work.batches, Scorer.difficulty, ReconFolder.reconstruct = saved
     stages = {k: round(v, 3) for k, v in stages.items()}
     stages["other (setup, store, alpha)"] = round(wall - sum(stages.values()), 3)
     return {"reader": reader, "images": n, "wall_s": round(wall, 3), "images_per_s": round(n / wall, 1),

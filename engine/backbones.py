@@ -68,6 +68,11 @@ def _entry(name: str) -> BackboneEntry:
     return _REGISTRY[name]
 
 
+def feature_width(name: str) -> int:
+    """Per-image calibration features a backbone gives: a mean and a std over space for each stage channel."""
+    return 2 * sum(_entry(name).build.stage_channels)
+
+
 def resolve_weights(name: str, weights: str | None = None, *, pretrained: bool = True) -> str | None:
     """The weights file a backbone will load, without building it: `weights` if given, else the standard
     pretrained file (WeightsMissing when absent), or None for random initialisation (`pretrained=False`)."""

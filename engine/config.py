@@ -48,6 +48,8 @@ class ScoreConfig:
     """Lrec averaged over this many copies of each pair: the pair itself, then seeded flips and crops."""
     defense_noise: float = 0.0
     """Std of Gaussian noise added to the victim's outputs in [0, 1] (to measure a noise defence)."""
+    shadows: str | None = None
+    """Folder of shadow victims (`memscore shadows train`): each image is also reconstructed by every shadow."""
     alpha: str = "fit"
     reference_ids: str | None = None
     """File of known non-member ids, for `--alpha fit:reference`."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .backbones import resolve_weights, weights_sha256
+from .backbones import feature_width, resolve_weights, weights_sha256
 from .config import ScoreConfig
 from .data import read_id_list
 from .devices import resolve_device
@@ -111,6 +111,15 @@ def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, membe
                          "two labellings. Rerun with the same --members, or pass --overwrite to start fresh")
 
 
+def wide_columns(config: ScoreConfig) -> dict[str, int]:
+    """The 2-D columns a run writes: calibration features always, each shadow's Lrec when there are shadows."""
+    widths = {"features": feature_width(config.backbone)}
+    if config.shadows:
+        from .shadows import read_shadow_set
+        widths["lrec_shadow"] = widths["in_shadow"] = len(read_shadow_set(config.shadows).checkpoints)
+    return widths
+
+
 def check_run_options(batch_size: int, shard_size: int | None) -> None:
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -195,7 +204,7 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batc
         if not resuming:
             shard_size = default_shard_size(len(dataset), cluster) if shard_size is None else shard_size
             store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite,
-                                      members_sha256=members_sha256)
+                                      members_sha256=members_sha256, wide_columns=wide_columns(config))
         try:
             summary = _score_shards(store, job, cluster, progress)
         except BaseException:

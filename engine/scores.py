@@ -43,6 +43,20 @@ class Row:
     reason: str = ""
     out_height: int = 0
     out_width: int = 0
+    features: np.ndarray | None = None
+    """Per-image calibration features (`stage_features`); None where the image was not scored."""
+    lrec_shadow: np.ndarray | None = None
+    """Lrec under each shadow victim (`--shadows`)."""
+    in_shadow: np.ndarray | None = None
+    """1 where the image was in that shadow's training half, else 0."""
+
+
+def stage_features(stages: list[torch.Tensor]) -> torch.Tensor:
+    """[B, 2 * sum(C)] per image: each stage's per-channel mean over space, then its per-channel std over space.
+    Compact (992 values for EfficientNet-Lite0) and enough for a model of a non-member's Lrec given the image."""
+    means = [stage.mean(dim=(2, 3)) for stage in stages]
+    stds = [stage.std(dim=(2, 3), unbiased=False) for stage in stages]
+    return torch.cat(means + stds, dim=1)
 
 
 def augmentation(image_id: str, copy: int, seed: int) -> tuple[bool, tuple[float, float, float]]:
@@ -100,6 +114,14 @@ class Scorer:
             self.victim = open_victim(self.config.victim, weights=self.config.victim_weights, device=self.device,
                                       value_range=self.config.victim_range, seed=self.config.seed,
                                       **dict(self.config.victim_options))
+        self.shadow_victims, self.shadow_members = [], []
+        if self.config.shadows:
+            from .shadows import read_shadow_set
+            shadow_set = read_shadow_set(self.config.shadows)
+            self.shadow_victims = [open_victim(f"pix2pix:{checkpoint}", device=self.device,
+                                               value_range=self.config.victim_range, seed=self.config.seed)
+                                   for checkpoint in shadow_set.checkpoints]
+            self.shadow_members = shadow_set.members
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
         self.precision = resolve_precision(self.config.precision, self.device)
 
@@ -115,8 +137,9 @@ class Scorer:
                     self.config.preset, self.config.difficulty_source, input_kind)
 
     @torch.no_grad()
-    def difficulty(self, ids: list[str], cnn_views: torch.Tensor, grid_targets: torch.Tensor) -> torch.Tensor:
-        """Ldiff for a batch of CNN views and their grid targets."""
+    def difficulty(self, ids: list[str], cnn_views: torch.Tensor, grid_targets: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ldiff for a batch of CNN views and their grid targets, and the views' calibration features."""
         with self.times.stage("backbone", self.device), self.autocast():
             views = cnn_views.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             step = len(views) if self.device.type == "cuda" else CPU_BACKBONE_IMAGES
@@ -125,17 +148,21 @@ class Scorer:
         with self.times.stage("kernel", self.device):
             grid = grid_targets.shape[-1]
             mask = fit_mask(ids, grid * grid, self.config.fit_fraction, self.config.seed).to(self.device)
-            return predictability_error(stages, grid_targets.to(self.device), mask, resize=self.resize_mode,
-                                        ridge=self.config.ridge).cpu()
+            ldiff = predictability_error(stages, grid_targets.to(self.device), mask, resize=self.resize_mode,
+                                         ridge=self.config.ridge).cpu()
+        return ldiff, stage_features(stages).cpu()
 
-    def reconstruction_errors(self, items: list[Prepared]) -> list[tuple[float, torch.Tensor] | str]:
-        """Per item: (Lrec averaged over its augmented copies, the first output), or why it failed."""
+    def reconstruction_errors(self, items: list[Prepared], victim=None, stage: str = "victim"
+                              ) -> list[tuple[float, torch.Tensor] | str]:
+        """Per item: (Lrec averaged over its augmented copies, the first output), or why it failed. `victim`:
+        another victim than the target (a shadow), queried the same way but without the target's noise defence."""
+        target = victim is None
         n_copies, seed = self.config.augment, self.config.seed
         plans = [[augmentation(item.pair.id, copy, seed) for copy in range(n_copies)] for item in items]
         queries = [dataclasses.replace(item, x=apply_augmentation(item.x, flip, box))
                    for item, plan in zip(items, plans) for flip, box in plan]
-        with self.times.stage("victim", self.device), self.autocast():
-            outputs = self.victim.reconstruct(queries)
+        with self.times.stage(stage, self.device), self.autocast():
+            outputs = (self.victim if target else victim).reconstruct(queries)
         results: list[tuple[float, torch.Tensor] | str] = []
         for index, (item, plan) in enumerate(zip(items, plans)):
             copies = outputs[index * n_copies: (index + 1) * n_copies]
@@ -145,7 +172,7 @@ class Scorer:
                 continue
             errors = []
             for copy, (output, (flip, box)) in enumerate(zip(copies, plan)):
-                if self.config.defense_noise > 0:
+                if target and self.config.defense_noise > 0:
                     output = add_defense_noise(output, self.config.defense_noise, item.pair.id, copy, seed)
                 errors.append(reconstruction_error(output, apply_augmentation(item.y, flip, box)))
             results.append((float(np.mean(errors)), copies[0]))
@@ -167,12 +194,24 @@ class Scorer:
             rows.append(row)
             scored.append((row, item))
         if scored:
-            ldiff = self.difficulty([item.pair.id for _, item in scored],
-                                    torch.stack([item.cnn_view for _, item in scored]),
-                                    torch.stack([item.grid_target for _, item in scored]))
-            for (row, _), value in zip(scored, ldiff.tolist()):
+            ldiff, features = self.difficulty([item.pair.id for _, item in scored],
+                                              torch.stack([item.cnn_view for _, item in scored]),
+                                              torch.stack([item.grid_target for _, item in scored]))
+            for (row, _), value, feature in zip(scored, ldiff.tolist(), features.numpy()):
                 if np.isfinite(value):
-                    row.ldiff = value
+                    row.ldiff, row.features = value, feature
                 else:
                     row.status, row.reason = "failed", f"{row.id}: difficulty score is not finite"
+            self._score_shadows(scored)
         return rows
+
+    def _score_shadows(self, scored: list[tuple[Row, Prepared]]) -> None:
+        """Each shadow victim's Lrec (NaN where a shadow's output was unusable) and the shadows' memberships."""
+        if not self.shadow_victims:
+            return
+        items = [item for _, item in scored]
+        per_shadow = [self.reconstruction_errors(items, victim, "shadows") for victim in self.shadow_victims]
+        for index, (row, _) in enumerate(scored):
+            row.lrec_shadow = np.array([np.nan if isinstance(results[index], str) else results[index][0]
+                                        for results in per_shadow], dtype=np.float32)
+            row.in_shadow = np.array([row.id in members for members in self.shadow_members], dtype=np.int8)

@@ -53,14 +53,28 @@ class Column:
 
     name: str
     dtype: str
-    """`float32`, `int8`, `int32` or `str`."""
+    """`float16`, `float32`, `int8`, `int32` or `str`."""
     fill: Any
     written_by: str
     """`shard`: every shard writes it; `alpha`: the alpha pass rewrites it whole."""
+    width: int = 0
+    """Values per image of a 2-D column ([image, width]); 0 for one value per image."""
+    inner_dimension: str = ""
+    """Name of the second dimension of a 2-D column (for xarray)."""
 
     def values(self, data: Any) -> np.ndarray:
         """`data` as this column's numpy array."""
         return np.asarray(data, dtype=str if self.dtype == "str" else self.dtype)
+
+    def rows(self, per_row: Sequence[Any]) -> np.ndarray:
+        """One row per image from per-image values; None (an image that was not scored) becomes the fill."""
+        if not self.width:
+            return self.values(per_row)
+        out = np.full((len(per_row), self.width), self.fill, dtype=self.dtype)
+        for index, value in enumerate(per_row):
+            if value is not None:
+                out[index] = value
+        return out
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -78,10 +92,24 @@ COLUMNS: tuple[Column, ...] = (
 SHARD_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c.written_by == "shard")
 COLUMN_BY_NAME = {c.name: c for c in COLUMNS}
 
+WIDE_COLUMNS: dict[str, Column] = {c.name: c for c in (
+    Column("features", "float16", float("nan"), "shard", inner_dimension="feature"),
+    Column("lrec_shadow", "float32", float("nan"), "shard", inner_dimension="shadow"),
+    Column("in_shadow", "int8", -1, "shard", inner_dimension="shadow"),
+)}
+"""2-D per-image columns a store may hold, their width fixed when it is created: `features` (per backbone stage, the
+per-channel mean then std over space of the difficulty image's maps, for per-image calibration), `lrec_shadow` and
+`in_shadow` (each shadow victim's Lrec, and whether the image was in its training half)."""
 
-def shard_columns(rows: Sequence[Any]) -> dict[str, np.ndarray]:
+
+def wide_column(name: str, width: int) -> Column:
+    """The 2-D column `name` at `width` values per image."""
+    return dataclasses.replace(WIDE_COLUMNS[name], width=width)
+
+
+def shard_columns(rows: Sequence[Any], columns: Sequence[Column] = SHARD_COLUMNS) -> dict[str, np.ndarray]:
     """A shard's arrays from per-image rows that have one attribute per shard column (`engine.scores.Row`)."""
-    return {c.name: c.values([getattr(row, c.name) for row in rows]) for c in SHARD_COLUMNS}
+    return {c.name: c.rows([getattr(row, c.name) for row in rows]) for c in columns}
 
 
 def column_digest(values: np.ndarray, *, full: bool = False) -> str:
@@ -123,6 +151,8 @@ class RunRecord:
     versions: dict[str, str]
     members_sha256: str | None = None
     """Digest of the member labels the store was scored with (None: no labels given)."""
+    wide_columns: dict[str, int] = field(default_factory=dict)
+    """The 2-D columns (`WIDE_COLUMNS`) this store holds, with their widths."""
     layouts: tuple[dict[str, Any], ...] = ()
     """Each run's process layout (device, threads, workers, precision): scores agree across layouts to float32
     rounding, not bit for bit, so a store resumed under another layout says so here."""
@@ -301,7 +331,8 @@ class ScoreStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, n_images: int, shard_size: int, config: ScoreConfig, *,
-               overwrite: bool = False, members_sha256: str | None = None) -> ScoreStore:
+               overwrite: bool = False, members_sha256: str | None = None,
+               wide_columns: dict[str, int] | None = None) -> ScoreStore:
         """A new, empty store of `n_images` rows in shards of `shard_size` (takes the store's lock to replace one)."""
         path = Path(path)
         if n_images < 1:
@@ -314,8 +345,10 @@ class ScoreStore:
             building = _beside(path, CREATING_SUFFIX)  # built aside, then renamed in: a kill never leaves half a store
             shutil.rmtree(building, ignore_errors=True)
             group = zarr.open_group(str(building), mode="w")
-            for column in COLUMNS:
-                _create_column(group, column.name, column.dtype, column.fill, n_images, shard_size)
+            wide_columns = dict(wide_columns or {})
+            for column in COLUMNS + tuple(wide_column(name, width) for name, width in wide_columns.items()):
+                _create_column(group, column.name, column.dtype, column.fill, n_images, shard_size, column.width,
+                               column.inner_dimension)
             n_shards = -(-n_images // shard_size)
             group.create_array("shard_digest", shape=(n_shards,), chunks=(1,), dtype=str, fill_value="",
                                dimension_names=["shard"])
@@ -323,7 +356,7 @@ class ScoreStore:
                                dimension_names=["shard"])
             record = RunRecord(config=config, n_images=n_images, shard_size=shard_size, n_shards=n_shards,
                                store_id=uuid.uuid4().hex, created=_now(), versions=versions(),
-                               members_sha256=members_sha256)
+                               members_sha256=members_sha256, wide_columns=wide_columns)
             group.attrs["memscore"] = record.to_dict()
             if path.exists():
                 shutil.rmtree(path)
@@ -360,6 +393,11 @@ class ScoreStore:
     def store_id(self) -> str:
         return self.record.store_id
 
+    @property
+    def shard_columns(self) -> tuple[Column, ...]:
+        """The columns each shard writes: the schema's, then this store's 2-D ones."""
+        return SHARD_COLUMNS + tuple(wide_column(n, w) for n, w in self.record.wide_columns.items())
+
     def shard_range(self, index: int) -> tuple[int, int]:
         start = index * self.shard_size
         return start, min(start + self.shard_size, self.n_images)
@@ -385,7 +423,7 @@ class ScoreStore:
 
     def derived_columns(self) -> list[str]:
         """Per-image columns added after scoring (e.g. `predicted_member`)."""
-        fixed = {c.name for c in COLUMNS} | set(SHARD_ARRAYS)
+        fixed = {c.name for c in COLUMNS} | set(SHARD_ARRAYS) | set(self.record.wide_columns)
         return sorted(name for name in self.group.array_keys() if name not in fixed)
 
     def column_attrs(self, name: str) -> dict[str, Any]:
@@ -398,7 +436,7 @@ class ScoreStore:
         self._require_writable()
         start, stop = self.shard_range(index)
         digests = {}
-        for column in SHARD_COLUMNS:
+        for column in self.shard_columns:
             values = column.values(columns[column.name])
             if len(values) != stop - start:
                 raise StoreError(f"shard {index} has {len(values)} {column.name} values, expected {stop - start}")
@@ -426,7 +464,7 @@ class ScoreStore:
 
     def write_column(self, name: str, values: np.ndarray, fill_value: Any, attrs: dict[str, Any]) -> None:
         """Add or replace a derived per-image column (e.g. a member decision) and record how it was made."""
-        if name in COLUMN_BY_NAME or name in SHARD_ARRAYS:
+        if name in COLUMN_BY_NAME or name in SHARD_ARRAYS or name in self.record.wide_columns:
             raise StoreError(f"{name!r} is a scored column of the store; derived columns need another name")
         self._replace_column(name, np.asarray(values), fill_value, attrs)
 
@@ -462,10 +500,17 @@ class ScoreStore:
                              "rescores them") from error
 
     def to_frame(self):
-        """Every per-image column (the schema's, then derived ones) as a pandas DataFrame."""
+        """Every per-image column (the schema's, then derived ones) as a pandas DataFrame; a 2-D column of width
+        k becomes k columns `NAME_0` ... `NAME_{k-1}`."""
         import pandas as pd
-        names = [c.name for c in COLUMNS] + self.derived_columns()
-        return pd.DataFrame({name: self.column(name) for name in names})
+        frame = {}
+        for name in [c.name for c in COLUMNS] + list(self.record.wide_columns) + self.derived_columns():
+            values = self.column(name)
+            if values.ndim == 2:
+                frame.update({f"{name}_{k}": values[:, k] for k in range(values.shape[1])})
+            else:
+                frame[name] = values
+        return pd.DataFrame(frame)
 
     def counts(self) -> StatusCounts:
         status = self.column("status")
@@ -496,8 +541,8 @@ class ScoreStore:
                 expected[int(index)] = json.loads(digests[index])
             except ValueError:
                 problems.append(Problem("done but its digest is missing or unreadable", int(index), "shard_digest"))
-        for column in SHARD_COLUMNS:
-            values, unreadable = self._read_by_shard(column.name)
+        for column in self.shard_columns:
+            values, unreadable = self._read_by_shard(column)
             for index in unreadable:
                 problems.append(Problem(unreadable[index], index, column.name))
             for index, digests_of_shard in expected.items():
@@ -553,15 +598,15 @@ class ScoreStore:
                 return zarr.open_array(str(staged), mode="r")
             raise StoreError(f"{self.path} has no array {name!r}") from None
 
-    def _read_by_shard(self, name: str) -> tuple[np.ndarray, dict[int, str]]:
+    def _read_by_shard(self, column: Column) -> tuple[np.ndarray, dict[int, str]]:
         """A whole column, and the shards whose chunks could not be decoded (with why)."""
-        array = self._array(name)
+        array = self._array(column.name)
         try:
             return np.asarray(array[:]), {}
         except Exception:
             pass
-        column = COLUMN_BY_NAME[name]
-        values = np.full(self.n_images, column.fill, dtype=object if column.dtype == "str" else column.dtype)
+        shape = (self.n_images, column.width) if column.width else (self.n_images,)
+        values = np.full(shape, column.fill, dtype=object if column.dtype == "str" else column.dtype)
         unreadable = {}
         for index in range(self.n_shards):
             start, stop = self.shard_range(index)
@@ -592,7 +637,7 @@ class ScoreStore:
         staging.mkdir(exist_ok=True)
         dtype = "str" if values.dtype.kind in "UOT" else str(values.dtype)
         array = _create_column(zarr.open_group(str(staging), mode="a"), name, dtype, fill_value, self.n_images,
-                               self.shard_size)
+                               self.shard_size, values.shape[1] if values.ndim == 2 else 0, f"{name}_index")
         array[:] = values
         array.attrs.update({**attrs, "complete": True})  # the staged column is whole from here on
         current = self.path / name
@@ -610,11 +655,16 @@ class ScoreStore:
             yield
 
 
-def _create_column(group: zarr.Group, name: str, dtype: str, fill: Any, n_images: int, shard_size: int) -> zarr.Array:
+def _create_column(group: zarr.Group, name: str, dtype: str, fill: Any, n_images: int, shard_size: int,
+                   width: int = 0, inner_dimension: str = "") -> zarr.Array:
+    """A per-image array, one chunk per shard ([image] or [image, width])."""
     compressors = [] if dtype == "str" else [zarr.codecs.ZstdCodec(level=3)]
     kwargs = {"compressors": compressors} if compressors else {}
-    return group.create_array(name, shape=(n_images,), chunks=(shard_size,), dtype=str if dtype == "str" else dtype,
-                              fill_value=fill, dimension_names=["image"], **kwargs)
+    shape, chunks, dims = (n_images,), (shard_size,), ["image"]
+    if width:
+        shape, chunks, dims = (n_images, width), (shard_size, width), ["image", inner_dimension]
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=str if dtype == "str" else dtype,
+                              fill_value=fill, dimension_names=dims, **kwargs)
 
 
 def _finish_interrupted_switches(path: Path) -> None:

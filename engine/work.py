@@ -115,7 +115,7 @@ def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStor
     ordered = ordered_rows(rows, [pair.id for pair in pairs])
     with scorer.times.stage("write"):
         try:
-            store.write_shard(shard.index, shard_columns(ordered))
+            store.write_shard(shard.index, shard_columns(ordered, store.shard_columns))
         except OSError as error:
             message = disk_full_message(store.path, error, f"shard {shard.index}")
             if message is None:

@@ -84,12 +84,16 @@ def test_ldiff_from_backbone_micro_batches_equals_one_whole_batch_forward(items)
     ids = [item.pair.id for item in batch.items]
     views = torch.stack([item.cnn_view for item in batch.items])
     targets = torch.stack([item.grid_target for item in batch.items])
-    ours = scorer.difficulty(ids, views, targets)
+    ours, features = scorer.difficulty(ids, views, targets)
     with torch.no_grad():
         stages = create_backbone(scorer.config.backbone, weights=scorer.config.backbone_weights).eval()(views)
     mask = fit_mask(ids, targets.shape[-1] ** 2, scorer.config.fit_fraction, scorer.config.seed)
     expected = predictability_error(stages, targets, mask, ridge=scorer.config.ridge)
     np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-4)
+    maps = [stage.numpy().astype(np.float64) for stage in stages]  # calibration features, by numpy
+    expected_features = np.concatenate([m.mean(axis=(2, 3)) for m in maps] + [m.std(axis=(2, 3)) for m in maps], axis=1)
+    assert features.shape == (len(ids), 2 * sum(scorer.backbone.stage_channels))
+    np.testing.assert_allclose(features.numpy(), expected_features, rtol=1e-3, atol=1e-5)
 
 
 def test_allocator_settings_apply_on_glibc():

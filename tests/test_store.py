@@ -16,7 +16,8 @@ import zarr
 
 from engine.config import ScoreConfig
 from engine.scores import Row
-from engine.store import (COLUMNS, SHARD_COLUMNS, AlphaRecord, ScoreStore, StoreError, shard_columns, store_lock)
+from engine.store import (COLUMNS, SHARD_COLUMNS, WIDE_COLUMNS, AlphaRecord, ScoreStore, StoreError, shard_columns,
+                          store_lock, wide_column)
 
 
 def _rows(ids, lrec, status=None) -> dict[str, np.ndarray]:
@@ -39,7 +40,7 @@ def _finished(path, n=6, shard=2) -> ScoreStore:
 
 
 def test_the_row_and_the_store_schema_are_one():
-    assert {f.name for f in dataclasses.fields(Row)} == {c.name for c in SHARD_COLUMNS}
+    assert {f.name for f in dataclasses.fields(Row)} == {c.name for c in SHARD_COLUMNS} | set(WIDE_COLUMNS)
     assert {c.name for c in COLUMNS} - {c.name for c in SHARD_COLUMNS} == {"lmem"}
 
 
@@ -213,3 +214,25 @@ def test_config_differences_name_the_keys():
     assert ScoreConfig.from_dict(a.to_dict()) == a
     with pytest.raises(ValueError, match="alpha 'garbage' not understood"):
         ScoreConfig(alpha="garbage")
+
+
+def test_two_dimensional_columns_are_written_per_shard_verified_and_exported(tmp_path):
+    store = ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig(), wide_columns={"features": 3, "in_shadow": 2})
+    columns = (*SHARD_COLUMNS, wide_column("features", 3), wide_column("in_shadow", 2))
+    rows = [Row(f"i{k}", 0, lrec=0.1, ldiff=0.2, features=np.array([k, k + 0.5, -k]), in_shadow=np.array([1, 0]))
+            for k in range(2)]
+    rows.append(Row("i2", 0, status="failed", reason="i2: broken"))  # not scored: fill values
+    rows.append(Row("i3", 0, lrec=0.3, ldiff=0.2, features=np.zeros(3), in_shadow=np.array([0, 1])))
+    store.write_shard(0, shard_columns(rows[:2], columns))
+    store.write_shard(1, shard_columns(rows[2:], columns))
+    features = store.column("features")
+    assert features.shape == (4, 3) and features.dtype == np.float16
+    np.testing.assert_array_equal(features[1], [1, 1.5, -1])
+    assert np.isnan(features[2]).all() and store.column("in_shadow")[2].tolist() == [-1, -1]
+    ds = xr.open_zarr(store.path)
+    assert ds["features"].dims == ("image", "feature") and ds["in_shadow"].dims == ("image", "shadow")
+    frame = store.to_frame()
+    assert {"features_0", "features_2", "in_shadow_1"} <= set(frame.columns) and frame["in_shadow_1"].tolist()[3] == 1
+    assert store.verify() == []
+    zarr.open_array(str(tmp_path / "s.zarr" / "features"), mode="r+")[3, 1] = 7.0
+    assert [(p.shard, p.array) for p in store.verify()] == [(1, "features")]
