@@ -1,17 +1,14 @@
 """Keep freed memory for reuse within a shard, and hand it back to the OS between shards (glibc only).
 
 By default glibc serves large blocks with fresh mmap pages and returns them on free; Dask workers are
-even started with MALLOC_TRIM_THRESHOLD_=65536. Every layer's activations then fault in new pages:
-on this VM the system time matched the user time. Raising the mmap threshold to its maximum (32 MiB)
-and the trim threshold to 256 MiB lets the heap recycle those blocks. Measured, EfficientNet-Lite0
-at 224, 4 images a forward, 1 thread: 142 ms per image in a Dask worker's environment, 61 in a plain
-process, 37-47 with these settings in either.
+even started with MALLOC_TRIM_THRESHOLD_=65536. Every layer's activations then fault in new pages, and
+the kernel's page-fault time rivals the compute. Raising the mmap threshold to its maximum (32 MiB)
+and the trim threshold to 256 MiB lets the heap recycle those blocks.
 
-What the heap keeps, though, fragments: it held 300-400 MB of free holes from shard to shard, and
-peak RSS crept with N (2.7 MB per 1,000 images from 1k to 50k). `release_freed_memory` after each
-shard (`malloc_trim`, which also returns whole free pages inside the heap) starts every shard from
-the live memory alone: RSS after a shard 1135 MB with it vs 1435 without (16 shards of 256 tiny
-images), and peak RSS 1767 / 1754 / 1779 MB at 1k / 10k / 100k images (bench/run.py's growth runs).
+What the heap keeps, though, fragments into free holes that would make peak memory creep with the
+number of images. `release_freed_memory` after each shard (`malloc_trim`, which also returns whole
+free pages inside the heap) starts every shard from the live memory alone, so peak memory stays flat
+with N (bench/run.py's growth section measures both effects; bench/README.md has the figures).
 """
 from __future__ import annotations
 

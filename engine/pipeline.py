@@ -78,8 +78,7 @@ def _read_ahead(chunks: Iterator[list[Pair]], start: Callable[[list[Pair]], Any]
 
     Reading ahead pays when the caller computes elsewhere (a GPU). When the caller's torch threads
     already take every core, decoding beside them only slows both: a torch thread that loses its
-    core holds up its whole parallel region. Measured, 2 cores, Lite0 and a pix2pix victim on 256 px
-    pairs: 20.4 images/s reading ahead, 21.7-22.2 reading each batch when asked for.
+    core holds up its whole parallel region (bench/README.md has the side-by-side measurement).
     """
     if not ahead:
         for chunk in chunks:

@@ -43,8 +43,7 @@ def default_shard_size(n_images: int, cluster: ClusterPlan = ClusterPlan()) -> i
 
     One process: 1024. Local Dask workers: small enough that each worker gets about 16 shards, so
     they finish their last shards together instead of one idling while the other ends a big one
-    (measured, 4096 images on 2 workers: 0.88 of one process in 8 shards, 0.96 in 32), never under
-    64 nor over 1024. An external scheduler's worker count is not known up front: 1024.
+    (bench/scale.py measures it), never under 64 nor over 1024. An external scheduler's worker count is not known up front: 1024.
     """
     if not cluster.workers:
         return DEFAULT_SHARD_SIZE

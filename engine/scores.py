@@ -28,9 +28,8 @@ from .victims import open_victim
 
 CPU_BACKBONE_IMAGES = 4
 """Images per backbone forward on CPU. Channels-last activations of a few images stay in cache and
-reuse the allocator's memory; a whole batch's (tens of MB per layer) are fresh pages every layer.
-Measured, EfficientNet-Lite0 at 224, 2 threads: 84 ms per image at 32 (channels-first) vs 29 at 4;
-Wide-ResNet-50-2: 319 vs 221 (bench/run.py's stage table shows the effect end to end)."""
+reuse the allocator's memory; a whole batch's (tens of MB per layer) are fresh pages every layer
+(bench/run.py's stage table shows the effect)."""
 
 
 @dataclass
