@@ -24,6 +24,7 @@ from .backbones import feature_width, resolve_weights, weights_sha256
 from .config import ScoreConfig
 from .data import read_id_list
 from .devices import resolve_device
+from .precision import resolve_precision
 from .rescore import alpha_pass, check_alpha_options
 from .schedule import ClusterPlan, execute
 from .scores import Row
@@ -182,7 +183,7 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batc
     started = time.perf_counter()
     check_run_options(batch_size, shard_size)
     check_alpha_options(config.alpha, config.reference_ids)
-    resolve_device(device)
+    resolve_precision(config.precision, resolve_device(device))  # bf16 where it would be emulated is refused here
     dataset = dataset_spec.open()
     members_sha256 = members_digest(dataset_spec.members_file)
     if out.exists() and not overwrite:  # a changed configuration is refused before weights are looked for
@@ -224,7 +225,8 @@ def _score_shards(store: ScoreStore, job: ShardJob, cluster: ClusterPlan, progre
     done = store.done_shards()
     todo = [Shard(i, *store.shard_range(i)) for i in range(store.n_shards) if not done[i]]
     skipped = store.n_images - sum(shard.stop - shard.start for shard in todo)
-    store.update_record(layouts=store.record.layouts + (process_layout(job.device, cluster, job.config.precision),))
+    precision = resolve_precision(job.config.precision, resolve_device(job.device))  # what the networks run in
+    store.update_record(layouts=store.record.layouts + (process_layout(job.device, cluster, precision),))
     bar = Progress(store.n_images, skipped, progress)
     task = functools.partial(score_shard_task, job=job, on_batch=None if cluster.distributed else bar.batch)
     summary = RunSummary(str(store.path), 0, 0, skipped, 0.0)
