@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from engine.likelihood_ratio import (SD_FLOOR, lira, normality, rmia, transform_statistic)
+from engine.likelihood_ratio import PRIOR_DOF, lira, normality, rmia, transform_statistic
 from engine.metrics import auc, tpr_at_fpr
 
 
@@ -45,7 +45,7 @@ def _pooled(groups: list[list[float]]) -> float | None:
     return math.sqrt(squares / dof) if dof else None
 
 
-def reference_lira(target, shadow, in_shadow, *, online, fixed_variance) -> list[float]:
+def reference_lira(target, shadow, in_shadow, *, online, fixed_variance, prior_dof=PRIOR_DOF) -> list[float]:
     """LiRA image by image with Python lists and math (log transform), as the module doc describes it."""
     n, k = shadow.shape
     ins = [[math.log(shadow[i, j]) for j in range(k) if in_shadow[i, j] == 1 and not math.isnan(shadow[i, j])]
@@ -60,8 +60,9 @@ def reference_lira(target, shadow, in_shadow, *, online, fixed_variance) -> list
     def sd_of(values, fallback):
         if fixed_variance:
             return fallback
-        own = statistics.stdev(values) if len(values) >= 2 else fallback
-        return max(own, SD_FLOOR * fallback)
+        squares = sum((v - statistics.fmean(values)) ** 2 for v in values)
+        return math.sqrt((squares + prior_dof * fallback ** 2) / (len(values) - 1 + prior_dof)) \
+            if len(values) - 1 + prior_dof > 0 else fallback
 
     scores = []
     for i in range(n):
@@ -109,15 +110,17 @@ def reference_rmia(target, shadow, in_shadow, *, online, temperature, a, gamma, 
 
 
 @pytest.mark.parametrize("online", [True, False])
-@pytest.mark.parametrize("fixed_variance", [True, False])
-def test_lira_matches_a_direct_computation(online, fixed_variance):
+@pytest.mark.parametrize(("fixed_variance", "prior_dof"), [(True, PRIOR_DOF), (False, PRIOR_DOF), (False, 0.0)])
+def test_lira_matches_a_direct_computation(online, fixed_variance, prior_dof):
     target, shadow, in_shadow, _ = synthetic(n=60, k=6, seed=3)
     shadow[4, 1] = np.nan  # a missing shadow value is left out
     in_shadow[7] = 1  # an image IN for every shadow: no OUT Gaussian, NaN
     in_shadow[9] = 0  # an image OUT for every shadow: online borrows its IN Gaussian
     in_shadow[11, [0, 2, 4]] = 0  # a single IN value: the global IN sd
-    got = lira(target, shadow, in_shadow, online=online, fixed_variance=fixed_variance, transform="log")
-    expected = reference_lira(target, shadow, in_shadow, online=online, fixed_variance=fixed_variance)
+    got = lira(target, shadow, in_shadow, online=online, fixed_variance=fixed_variance, transform="log",
+               prior_dof=prior_dof)
+    expected = reference_lira(target, shadow, in_shadow, online=online, fixed_variance=fixed_variance,
+                              prior_dof=prior_dof)
     np.testing.assert_allclose(got.scores, expected, rtol=1e-9, atol=1e-9, equal_nan=True)
     assert np.isnan(got.scores[7]) and np.isfinite(np.delete(got.scores, 7)).all()
     assert got.n_no_out == 1 and got.n_in_borrowed == (1 if online else 0)
@@ -161,6 +164,13 @@ def test_lira_online_beats_the_raw_statistic_at_low_fpr():
     offline = lira(target, shadow, in_shadow, online=False).scores
     rmia_scores = rmia(target, shadow, in_shadow, online=False).scores
     assert tpr_at_fpr(offline, member, 0.01).tpr > 2 * raw and auc(rmia_scores, member) > auc(target, member) + 0.1
+
+
+def test_shrunk_per_image_variances_beat_plain_ones_with_few_shadows():
+    target, shadow, in_shadow, member = synthetic(n=4000, k=8, shift=0.25, sd=0.15, seed=11)
+    shrunk = tpr_at_fpr(lira(target, shadow, in_shadow).scores, member, 0.01).tpr
+    plain = tpr_at_fpr(lira(target, shadow, in_shadow, prior_dof=0.0).scores, member, 0.01).tpr
+    assert shrunk > 1.5 * plain
 
 
 def test_scores_are_lower_for_members():

@@ -11,6 +11,7 @@ import zarr
 
 import engine.shadows as shadows
 from engine.likelihood_ratio import lira, rmia
+from engine.metrics import auc
 from engine.schedule import ClusterPlan
 from engine.shadows import (ShadowError, ShadowRecipe, in_shadow_matrix, membership_plan, read_shadow_set,
                             rescore_with_shadows, train_shadows)
@@ -135,20 +136,21 @@ def test_shadows_train_on_real_dask_processes(dataset, tmp_path):
         assert open_victim(shadow.victim_spec) is not None
 
 
-def _store_with_shadow_columns(path, k=4, seed=0):
+def _store_with_shadow_columns(path, n=80, k=4, seed=0):
     """A finished synthetic store plus `lrec_shadow` / `in_shadow` arrays written directly (the scorer's
-    columns, as `memscore score --shadows` will write them)."""
-    store = synthetic_store(path, n=80, shard_size=25)
-    lrec = store.column("lrec")
-    rng = np.random.default_rng(seed)
-    ids, plan = membership_plan([str(i) for i in range(80)], k, seed)
-    in_shadow = np.array([plan[ids.index(str(i))] for i in range(80)], dtype=np.int8)  # store rows are "0".."79"
-    lrec_shadow = (np.abs(lrec)[:, None] * np.exp(0.1 * rng.standard_normal((80, k)) - 0.2 * in_shadow)).astype(np.float32)
+    columns, as `memscore score --shadows` will write them): a shadow's Lrec of an image follows the image's
+    difficulty (from its Ldiff), lower where the shadow trained on it."""
+    store = synthetic_store(path, n=n, shard_size=25)
+    ids, plan = membership_plan([str(i) for i in range(n)], k, seed)
+    in_shadow = np.array([plan[ids.index(str(i))] for i in range(n)], dtype=np.int8)  # store rows are "0".."n-1"
+    noise = np.random.default_rng(seed).standard_normal((n, k))
+    difficulty = 0.02 + 3.0 * store.column("ldiff")[:, None]
+    lrec_shadow = (difficulty + 0.04 * noise - 0.1 * in_shadow).astype(np.float32)
     group = zarr.open_group(str(path), mode="a")
     for name, values in (("lrec_shadow", lrec_shadow), ("in_shadow", in_shadow)):
         group.create_array(name, shape=values.shape, chunks=(25, k), dtype=values.dtype, fill_value=0,
                            dimension_names=["image", "shadow"])[:] = values
-    return lrec, lrec_shadow, in_shadow
+    return store.column("lrec"), lrec_shadow, in_shadow
 
 
 def test_rescore_with_shadows_writes_the_score_and_what_it_used(tmp_path):
@@ -159,7 +161,7 @@ def test_rescore_with_shadows_writes_the_score_and_what_it_used(tmp_path):
     np.testing.assert_array_equal(store.column("lira_offline_fixed"),
                                   lira(lrec, lrec_shadow, in_shadow, online=False, fixed_variance=True).scores)
     attrs = store.column_attrs("lira_offline_fixed")
-    assert attrs["options"] == {"online": False, "fixed_variance": True, "transform": "log"}
+    assert attrs["options"] == {"online": False, "fixed_variance": True, "transform": "log", "prior_dof": None}
     assert attrs["uses"]["lrec"] == store.fingerprint("lrec") and attrs["direction"] == "lower score = member"
     (tmp_path / "ref.txt").write_text("".join(f"{i}\n" for i in range(0, 80, 2)))
     record = rescore_with_shadows(tmp_path / "s.zarr", "rmia", gamma=1.5, reference=tmp_path / "ref.txt")
@@ -174,3 +176,26 @@ def test_rescore_without_shadow_columns_is_refused(tmp_path):
         rescore_with_shadows(tmp_path / "s.zarr", "lira")
     with pytest.raises(ValueError, match="method must be lira or rmia"):
         rescore_with_shadows(tmp_path / "s.zarr", "loss")
+
+
+def test_the_shadows_experiment_runs_end_to_end_on_a_synthetic_store(tmp_path):
+    from bench.shadows_experiment import k_values, main, shadow_blocks
+    lrec, lrec_shadow, in_shadow = _store_with_shadow_columns(tmp_path / "s.zarr", n=300, k=6)
+    member = ScoreStore.open(tmp_path / "s.zarr").column("member") == 1
+    (tmp_path / "members.txt").write_text("".join(f"{i}\n" for i in np.flatnonzero(member)))
+    results = main(["--store", str(tmp_path / "s.zarr"), "--members", str(tmp_path / "members.txt"),
+                    "--bootstrap", "20", "--out", str(tmp_path / "shadows.json"), "--plot", str(tmp_path / "k.png")])
+    assert k_values(6) == [1, 2, 4, 6] and shadow_blocks(2, 6) == [[0, 1], [2, 3], [4, 5]]
+    written = json.loads((tmp_path / "shadows.json").read_text())
+    assert written["inputs"]["n_members"] == member.sum() and written["inputs"]["n_nonmembers"] == (~member).sum()
+    assert set(written["shadow_methods"]["lira_online"]) == {"1", "2", "4", "6"}
+    at_4 = written["shadow_methods"]["lira_offline"]["4"]
+    assert at_4["report"]["auc"] == pytest.approx(auc(lira(lrec, lrec_shadow[:, :4], in_shadow[:, :4],
+                                                           online=False).scores, member))
+    assert at_4["report"]["n_excluded_nan"] == 0 and at_4["report"]["auc_ci"] is not None
+    assert "skipped" in written["shadow_methods"]["lira_online"]["1"]["report"]  # one shadow: no image has IN and OUT
+    assert len(written["shadow_methods"]["rmia_offline"]["2"]["tpr_at_1pct_per_block"]) == 3
+    assert set(written["normality"]) == {"log", "logit", "none"} and (tmp_path / "k.png").stat().st_size > 0
+    assert results["baselines"]["lrec"]["auc"] == pytest.approx(auc(lrec, member))
+    # shadows remove the images' difficulty, which dominates Lrec here
+    assert written["shadow_methods"]["lira_online"]["6"]["report"]["auc"] > results["baselines"]["lrec"]["auc"] + 0.2
