@@ -128,6 +128,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                           device=args.device, overwrite=args.overwrite, progress=not args.no_progress,
                           cluster=ClusterPlan(args.workers, args.scheduler))
     store = ScoreStore.open(args.out, mode="r")
+    for note in summary.dataset_notes:
+        print(f"note: {note}")
     print(summary.line())
     if summary.stages.seconds:
         print(f"time by stage: {summary.stages.line()}")
@@ -260,7 +262,7 @@ def cmd_train_victim(args: argparse.Namespace) -> int:
     out = train_pix2pix(dataset, args.out, members=members, arch=arch, epochs=args.epochs, batch_size=args.batch_size,
                         seed=args.seed, device=str(resolve_device(args.device)), use_jitter=not args.no_jitter,
                         checkpoint_every=args.checkpoint_every)
-    print(f"victim written to {out} (architecture in {out}.json); score with --victim pix2pix:{out}")
+    print(f"victim written to {out} (it carries its architecture); score with --victim pix2pix:{out}")
     return 0
 
 
