@@ -26,9 +26,9 @@ import numpy as np
 
 from .data import open_dataset, read_id_list
 from .devices import resolve_device, use_threads
-from .likelihood_ratio import DEFAULT_TRANSFORM, Transform, lira, rmia
+from .likelihood_ratio import DEFAULT_TRANSFORM, PRIOR_DOF, Transform, lira, rmia
 from .schedule import ClusterPlan, execute
-from .store import ScoreStore, StoreError
+from .store import ScoreStore, StoreError, store_lock
 from .train import VictimArch, train_pix2pix
 
 MANIFEST = "shadows.json"
@@ -139,8 +139,9 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
     """Train the shadows of `out_dir` that are not done yet (all K on the first run); return the finished set.
 
     Refuses, naming what changed, a folder made with another recipe, K, seed, population or direction,
-    unless `fresh` (which deletes its shadows and starts over). Shadows that fail on every try of a cluster
-    are named in a ShadowError after the others finished; rerunning trains only those.
+    unless `fresh` (which deletes its shadows and starts over), and a folder another run is training in.
+    Shadows that fail on every try of a cluster are named in a ShadowError after the others finished;
+    rerunning trains only those.
     """
     out = Path(out_dir)
     population = read_id_list(population_file)
@@ -152,32 +153,34 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
     wanted = {"format": MANIFEST_FORMAT, "recipe": dataclasses.asdict(recipe), "k": k, "seed": seed,
               "direction": direction,
               "population": {"file": str(population_file), "n": len(ids), "sha256": population_digest(ids)}}
-    manifest = _prepare(out, wanted, str(data), fresh)
-    for index in range(k):
-        entry = manifest["shadows"][index]
-        members_path = out / entry["members"]
-        if not members_path.is_file():
-            members_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_text_atomically(members_path, "".join(f"{i}\n" for i, keep in zip(ids, membership[:, index]) if keep))
-        if not entry["done"] and (out / entry["checkpoint"]).is_file():  # renamed in, killed before being marked
-            entry.update(done=True, seconds=None)
+    with store_lock(out):  # one training run per folder: a second one is refused naming the first
+        manifest = _prepare(out, wanted, str(data), fresh)
+        jobs = []
+        for entry in manifest["shadows"]:
+            members_path, checkpoint = out / entry["members"], out / entry["checkpoint"]
+            if not members_path.is_file():
+                members_path.parent.mkdir(parents=True, exist_ok=True)
+                chosen = [i for i, keep in zip(ids, membership[:, entry["index"]]) if keep]
+                _write_text_atomically(members_path, "".join(f"{i}\n" for i in chosen))
+            if not entry["done"] and checkpoint.is_file():  # renamed in, killed before being marked done
+                entry.update(done=True, seconds=None)
+                _write_manifest(out, manifest)
+            if not entry["done"]:
+                jobs.append(ShadowJob(entry["index"], str(Path(data).resolve()), direction, str(members_path.resolve()),
+                                      str(checkpoint.resolve()), recipe, shadow_seed(seed, entry["index"]), device,
+                                      plan.threads_per_worker()))
+        failures = {}
+        for index, outcome in execute(train_shadow, jobs, plan, failed=_failure, name="shadow"):
+            if isinstance(outcome, str):
+                failures[index] = outcome
+                continue
+            manifest["shadows"][index].update(done=True, seconds=round(outcome, 1))
             _write_manifest(out, manifest)
-    pending = [index for index in range(k) if not manifest["shadows"][index]["done"]]
-    jobs = [ShadowJob(index, str(Path(data).resolve()), direction, str((out / manifest["shadows"][index]["members"]).resolve()),
-                      str((out / manifest["shadows"][index]["checkpoint"]).resolve()), recipe, shadow_seed(seed, index),
-                      device, plan.threads_per_worker()) for index in pending]
-    failures = {}
-    for index, outcome in execute(train_shadow, jobs, plan, failed=_failure, name="shadow"):
-        if isinstance(outcome, str):
-            failures[index] = outcome
-            continue
-        manifest["shadows"][index].update(done=True, seconds=round(outcome, 1))
-        _write_manifest(out, manifest)
-        print(f"shadows: shadow {index} done in {outcome:.0f} s", file=sys.stderr)
-    if failures:
-        listed = "; ".join(f"shadow {i}: {why}" for i, why in sorted(failures.items()))
-        raise ShadowError(f"{len(failures)} of {k} shadows failed ({listed}); rerun the same command to train only "
-                          "those")
+            print(f"shadows: shadow {index} done in {outcome:.0f} s", file=sys.stderr)
+        if failures:
+            listed = "; ".join(f"shadow {i}: {why}" for i, why in sorted(failures.items()))
+            raise ShadowError(f"{len(failures)} of {k} shadows failed ({listed}); rerun the same command to train only "
+                              "those")
     return read_shadow_set(out)
 
 
@@ -247,15 +250,16 @@ def score_column_name(method: str, online: bool = True, fixed_variance: bool = F
 
 def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *, online: bool = True,
                          fixed_variance: bool = False, transform: Transform = DEFAULT_TRANSFORM,
-                         temperature: float | None = None, offline_a: float = 1.0, gamma: float = 1.0,
+                         prior_dof: float = PRIOR_DOF, temperature: float | None = None, offline_a: float = 1.0, gamma: float = 1.0,
                          reference: str | os.PathLike | None = None, column: str | None = None) -> dict[str, Any]:
     """Write a LiRA or RMIA score column (lower = member) from the store's `lrec`, `lrec_shadow` [n, K] and
     `in_shadow` [n, K]; return the record kept in the column's attributes.
 
-    `transform`, `fixed_variance`: LiRA's; `temperature`, `offline_a`, `gamma`, `reference` (a file of ids, the
+    `transform`, `fixed_variance`, `prior_dof`: LiRA's; `temperature`, `offline_a`, `gamma`, `reference` (a file of ids, the
     population samples z; default every scored image): RMIA's. `column`: default `score_column_name(...)`.
     """
-    name = column or score_column_name(method, online, fixed_variance)
+    default_name = score_column_name(method, online, fixed_variance)  # refuses an unknown method
+    name = column or default_name
     store = ScoreStore.open(store_path, mode="r+")
     with store.lock():
         if not store.done_shards().all():
@@ -269,13 +273,12 @@ def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *,
             raise StoreError(f"{store_path}: lrec_shadow {lrec_shadow.shape} and in_shadow {in_shadow.shape} must both "
                              f"be [{lrec.shape[0]}, K]; rescore the store with `memscore score --shadows DIR`")
         if method == "lira":
-            found = lira(lrec, lrec_shadow, in_shadow, online=online, fixed_variance=fixed_variance, transform=transform)
-        elif method == "rmia":
+            found = lira(lrec, lrec_shadow, in_shadow, online=online, fixed_variance=fixed_variance,
+                         transform=transform, prior_dof=prior_dof)
+        else:
             mask = None if reference is None else np.isin(store.column("id"), sorted(read_id_list(reference)))
             found = rmia(lrec, lrec_shadow, in_shadow, online=online, temperature=temperature, offline_a=offline_a,
                          gamma=gamma, reference=mask)
-        else:
-            raise ValueError(f"method must be lira or rmia, got {method!r}")
         record = {**found.record(), "column": name, "k": int(lrec_shadow.shape[1]),
                   "reference_file": None if reference is None else str(reference),
                   "uses": {c: store.fingerprint(c) for c in ("lrec", "lrec_shadow", "in_shadow")}}

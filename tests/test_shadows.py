@@ -175,7 +175,14 @@ def test_rescore_without_shadow_columns_is_refused(tmp_path):
     with pytest.raises(StoreError, match="no array 'lrec_shadow'"):
         rescore_with_shadows(tmp_path / "s.zarr", "lira")
     with pytest.raises(ValueError, match="method must be lira or rmia"):
-        rescore_with_shadows(tmp_path / "s.zarr", "loss")
+        rescore_with_shadows(tmp_path / "s.zarr", "loss", column="loss_score")
+
+
+def test_a_folder_another_run_is_training_in_is_refused(dataset, tmp_path):
+    (tmp_path / "sh.lock").write_text(json.dumps({"host": "another-host", "pid": 1, "since": "earlier"}))
+    with pytest.raises(StoreError, match="being written by another run .*another-host"):
+        train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=1)
+    assert not (tmp_path / "sh" / "shadows.json").exists()
 
 
 def test_the_shadows_experiment_runs_end_to_end_on_a_synthetic_store(tmp_path):
