@@ -33,18 +33,23 @@ returns log Pr[Z <= s] under the image's OUT Gaussian (a log p-value against "no
   over reference models: online, the average of the IN mean and the OUT mean (balanced when an image has
   unequal counts); offline (OUT references only), the paper's correction for the missing IN models,
   Pr(x) = ((1 + a) mean_OUT + (1 - a)) / 2 (a = 1: no correction; an image with no IN shadow online uses
-  it too). LR(x) = Pr(x | victim) / Pr(x); the score is the fraction of population samples z (the other
-  scored images, or a given reference subset) with LR(x) / LR(z) >= gamma. With one z set for every image
-  it ranks images as LR(x) does; the fraction makes it a calibrated, population-relative quantity.
+  it too), which assumes Pr(x | IN model) = a Pr(x | OUT model) + (1 - a). By default a is chosen as the
+  paper does, without the victim (`choose_offline_a`: each shadow in turn plays the victim). LR(x) =
+  Pr(x | victim) / Pr(x); the score is the fraction of population samples z (the other scored images, or a
+  given reference subset) with LR(x) / LR(z) >= gamma. With one z set for every image it ranks images as
+  LR(x) does; the fraction makes it a calibrated, population-relative quantity.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
 from scipy.special import logsumexp
+
+from .metrics import auc
 
 Transform = Literal["log", "logit", "none"]
 TRANSFORMS: tuple[str, ...] = ("log", "logit", "none")
@@ -53,6 +58,8 @@ DEFAULT_TRANSFORM: Transform = "log"
 closest to Gaussian. Lrec is a positive mean absolute error whose shadow-to-shadow spread grows with its size."""
 LREC_FLOOR = 1e-6
 """Lrec is clipped to [LREC_FLOOR, 1 - LREC_FLOOR] before log / logit (a perfect reconstruction has Lrec 0)."""
+A_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
+"""Values of RMIA's offline correction a that `choose_offline_a` tries."""
 PRIOR_DOF = 4.0
 """Weight of the global variance in each per-image variance, in observations (see the module doc)."""
 DIRECTION = "lower score = member"
@@ -172,23 +179,26 @@ def lira(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, onlin
 
 
 def rmia(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, online: bool = True,
-         temperature: float | None = None, offline_a: float = 1.0, gamma: float = 1.0,
+         temperature: float | None = None, offline_a: float | None = None, gamma: float = 1.0,
          reference: np.ndarray | None = None) -> ShadowScores:
     """RMIA scores (lower = member): minus the fraction of population samples z with LR(x) / LR(z) >= gamma.
 
     `reference` (bool [n]) selects the rows used as z (default: every scorable row); an image is never
     compared with itself. `temperature` T of the likelihood exp(-Lrec / T), default the median shadow Lrec.
+    `offline_a`: None chooses it from the shadows (`choose_offline_a`) where some image needs it (offline,
+    or online for images without an IN shadow), else 1 (no correction).
     """
     target, shadow, is_in, is_out = _check_inputs(target, shadow, in_shadow)
-    if not 0.0 <= offline_a <= 1.0:
-        raise ValueError(f"offline_a must be in [0, 1] (1: no correction), got {offline_a}")
     if gamma <= 0:
         raise ValueError(f"gamma must be positive, got {gamma}")
-    if temperature is None:
-        known = shadow[np.isfinite(shadow)]
-        temperature = float(np.median(known)) if known.size else 1.0
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    temperature = _temperature(shadow, temperature)
+    fitted = {"temperature": temperature}
+    if offline_a is None:
+        offline_a = 1.0
+        if (not online or (is_in.sum(axis=1) == 0).any()) and shadow.shape[1] >= 2:
+            offline_a = fitted["offline_a"] = choose_offline_a(shadow, in_shadow, temperature=temperature)[0]
+    if not 0.0 <= offline_a <= 1.0:
+        raise ValueError(f"offline_a must be in [0, 1] (1: no correction), got {offline_a}")
     log_likelihood = -shadow / temperature
     log_mean_out = _log_mean(log_likelihood, is_out)
     log_mean_in = _log_mean(log_likelihood, is_in)
@@ -204,7 +214,46 @@ def rmia(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, onlin
     options = {"online": online, "temperature": temperature, "offline_a": offline_a, "gamma": gamma,
                "likelihood": "exp(-lrec/temperature)", "reference_rows": None if reference is None
                else int(np.asarray(reference, dtype=bool).sum())}
-    return ShadowScores(scores, "rmia", options, int(no_out.sum()), fitted={"temperature": temperature})
+    return ShadowScores(scores, "rmia", options, int(no_out.sum()), fitted=fitted)
+
+
+def _temperature(shadow: np.ndarray, temperature: float | None) -> float:
+    """The likelihood's temperature: as given, or the median finite shadow Lrec."""
+    if temperature is None:
+        known = shadow[np.isfinite(shadow)]
+        temperature = float(np.median(known)) if known.size else 1.0
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return temperature
+
+
+def choose_offline_a(shadow: np.ndarray, in_shadow: np.ndarray, *, temperature: float | None = None,
+                     grid: Sequence[float] = A_GRID) -> tuple[float, dict[float, float]]:
+    """(a, mean AUC for each a in `grid`): the paper's choice of the offline correction, made without the victim.
+
+    Each shadow in turn plays the victim, whose members are known (the images it was IN for), attacked by
+    offline RMIA with the other shadows' OUT values as references; the a with the best mean AUC wins (ties:
+    the largest a, the least correction).
+    """
+    _, shadow, is_in, _ = _check_inputs(np.zeros(np.shape(shadow)[0]), shadow, in_shadow)
+    k = shadow.shape[1]
+    if k < 2:
+        raise ValueError(f"choosing a needs at least 2 shadows (one plays the victim), got {k}")
+    temperature = _temperature(shadow, temperature)
+    mean_auc = {}
+    for a in grid:
+        aucs = []
+        for played in range(k):
+            others = [c for c in range(k) if c != played]
+            scores = rmia(shadow[:, played], shadow[:, others], np.asarray(in_shadow)[:, others], online=False,
+                          temperature=temperature, offline_a=float(a)).scores
+            usable = np.isfinite(scores)
+            labels = is_in[usable, played]
+            if labels.any() and not labels.all():
+                aucs.append(auc(scores[usable], labels))
+        mean_auc[float(a)] = float(np.mean(aucs)) if aucs else float("nan")
+    best = max(mean_auc, key=lambda a: (np.nan_to_num(mean_auc[a], nan=-1.0), a))
+    return best, mean_auc
 
 
 def _log_mean(log_values: np.ndarray, on: np.ndarray) -> np.ndarray:

@@ -250,13 +250,15 @@ def score_column_name(method: str, online: bool = True, fixed_variance: bool = F
 
 def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *, online: bool = True,
                          fixed_variance: bool = False, transform: Transform = DEFAULT_TRANSFORM,
-                         prior_dof: float = PRIOR_DOF, temperature: float | None = None, offline_a: float = 1.0, gamma: float = 1.0,
+                         prior_dof: float = PRIOR_DOF, temperature: float | None = None,
+                         offline_a: float | None = None, gamma: float = 1.0,
                          reference: str | os.PathLike | None = None, column: str | None = None) -> dict[str, Any]:
     """Write a LiRA or RMIA score column (lower = member) from the store's `lrec`, `lrec_shadow` [n, K] and
     `in_shadow` [n, K]; return the record kept in the column's attributes.
 
-    `transform`, `fixed_variance`, `prior_dof`: LiRA's; `temperature`, `offline_a`, `gamma`, `reference` (a file of ids, the
-    population samples z; default every scored image): RMIA's. `column`: default `score_column_name(...)`.
+    `transform`, `fixed_variance`, `prior_dof`: LiRA's (`engine.likelihood_ratio.lira`); `temperature`,
+    `offline_a` (None: chosen from the shadows), `gamma`, `reference` (a file of ids, the population samples z;
+    default every scored image): RMIA's (`engine.likelihood_ratio.rmia`). `column`: default `score_column_name`.
     """
     default_name = score_column_name(method, online, fixed_variance)  # refuses an unknown method
     name = column or default_name

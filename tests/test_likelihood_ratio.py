@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from engine.likelihood_ratio import PRIOR_DOF, lira, normality, rmia, transform_statistic
+from engine.likelihood_ratio import A_GRID, PRIOR_DOF, choose_offline_a, lira, normality, rmia, transform_statistic
 from engine.metrics import auc, tpr_at_fpr
 
 
@@ -147,6 +147,25 @@ def test_rmia_matches_a_direct_computation(online, a, gamma, with_reference):
                               reference=reference)
     np.testing.assert_allclose(got.scores, expected, rtol=1e-9, atol=1e-12, equal_nan=True)
     assert got.n_no_out == 1 and np.isnan(got.scores[3])
+
+
+def test_offline_a_is_chosen_by_letting_each_shadow_play_the_victim():
+    target, shadow, in_shadow, _ = synthetic(n=40, k=4, seed=12)
+    chosen, table = choose_offline_a(shadow, in_shadow, temperature=0.05)
+    assert tuple(table) == A_GRID and chosen == max(table, key=lambda a: (table[a], a))
+    for a in (0.0, 0.5):
+        direct = []
+        for played in range(4):
+            others = [c for c in range(4) if c != played]
+            scores = reference_rmia(shadow[:, played], shadow[:, others], in_shadow[:, others], online=False,
+                                    temperature=0.05, a=a, gamma=1.0)
+            direct.append(auc(scores, in_shadow[:, played] == 1))
+        assert table[a] == pytest.approx(np.mean(direct))
+    default = rmia(target, shadow, in_shadow, online=False, temperature=0.05)
+    assert default.fitted["offline_a"] == chosen
+    np.testing.assert_array_equal(default.scores, rmia(target, shadow, in_shadow, online=False, temperature=0.05,
+                                                       offline_a=chosen).scores)
+    assert "offline_a" not in rmia(target, shadow, in_shadow, online=True).fitted  # every image has IN shadows
 
 
 def test_rmia_default_temperature_is_the_median_shadow_lrec():
