@@ -96,7 +96,7 @@ class ShadowScores:
         """JSON-ready description, for a store column's attributes."""
         return {"method": self.method, "options": dict(self.options), "direction": DIRECTION,
                 "n_no_out": self.n_no_out, "n_in_borrowed": self.n_in_borrowed,
-                "fitted": {k: float(v) for k, v in self.fitted.items()}}
+                "fitted": {k: float(v) if np.isfinite(v) else None for k, v in self.fitted.items()}}
 
 
 def _check_inputs(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray

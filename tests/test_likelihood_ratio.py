@@ -2,6 +2,7 @@
 distributions, their fallbacks for images without IN or OUT shadows, and that LiRA beats the raw statistic."""
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -132,6 +133,14 @@ def test_lira_with_one_value_per_side_and_fixed_variance_falls_back_to_unit_sd()
     assert got.fitted["sd_out"] == 1.0
     out_value = np.log(shadow[in_shadow == 0])
     np.testing.assert_allclose(got.scores, [_norm_logcdf(z) for z in np.log(target) - out_value], rtol=1e-9)
+
+
+def test_lira_online_with_one_shadow_scores_nothing_and_its_record_says_why():
+    target, shadow, in_shadow, _ = synthetic(n=20, k=2, seed=13)
+    got = lira(target, shadow[:, :1], in_shadow[:, :1])  # no image has both an IN and an OUT value
+    assert np.isnan(got.scores).all() and got.n_no_out == in_shadow[:, 0].sum()
+    record = json.loads(json.dumps(got.record(), allow_nan=False))
+    assert record["fitted"]["in_out_shift"] is None and record["direction"] == "lower score = member"
 
 
 @pytest.mark.parametrize("online", [True, False])
