@@ -190,8 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.shadows:
         manifest = json.loads((Path(args.shadows) / "shadows.json").read_text())
         seconds = [s["seconds"] for s in manifest["shadows"] if s.get("seconds") is not None]
+        pair_epochs = manifest["population"]["n"] // 2 * manifest["recipe"]["epochs"]  # each shadow: half the ids
         training = {"recipe": manifest["recipe"], "seed": manifest["seed"], "population_n": manifest["population"]["n"],
-                    "seconds_per_shadow": seconds, "mean_seconds": float(np.mean(seconds)) if seconds else None}
+                    "seconds_per_shadow": seconds, "mean_seconds": float(np.mean(seconds)) if seconds else None,
+                    "ms_per_pair_epoch": 1000 * float(np.mean(seconds)) / pair_epochs if seconds else None}
     results["inputs"] = {"store": str(args.store), "store_lrec": store.fingerprint("lrec"), "victim": args.victim,
                          "data": args.data, "members_file": args.members, "n_members": int(member.sum()),
                          "n_nonmembers": int((~member).sum()), "k_max": int(store.column("in_shadow").shape[1]),

@@ -185,13 +185,18 @@ def test_a_folder_another_run_is_training_in_is_refused(dataset, tmp_path):
     assert not (tmp_path / "sh" / "shadows.json").exists()
 
 
-def test_the_shadows_experiment_runs_end_to_end_on_a_synthetic_store(tmp_path):
+def test_the_shadows_experiment_runs_end_to_end_on_a_synthetic_store(dataset, tmp_path, monkeypatch):
     from bench.shadows_experiment import k_values, main, shadow_blocks
+    monkeypatch.setattr(shadows, "train_pix2pix", lambda data, out, **options: out.write_bytes(b"weights"))
+    train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)  # for its manifest
     lrec, lrec_shadow, in_shadow = _store_with_shadow_columns(tmp_path / "s.zarr", n=300, k=6)
     member = ScoreStore.open(tmp_path / "s.zarr").column("member") == 1
     (tmp_path / "members.txt").write_text("".join(f"{i}\n" for i in np.flatnonzero(member)))
     results = main(["--store", str(tmp_path / "s.zarr"), "--members", str(tmp_path / "members.txt"),
-                    "--bootstrap", "20", "--out", str(tmp_path / "shadows.json"), "--plot", str(tmp_path / "k.png")])
+                    "--shadows", str(tmp_path / "sh"), "--bootstrap", "20", "--out", str(tmp_path / "shadows.json"),
+                    "--plot", str(tmp_path / "k.png")])
+    training = results["inputs"]["shadow_training"]
+    assert training["recipe"]["epochs"] == 1 and len(training["seconds_per_shadow"]) == 2
     assert k_values(6) == [1, 2, 4, 6] and shadow_blocks(2, 6) == [[0, 1], [2, 3], [4, 5]]
     written = json.loads((tmp_path / "shadows.json").read_text())
     assert written["inputs"]["n_members"] == member.sum() and written["inputs"]["n_nonmembers"] == (~member).sum()
