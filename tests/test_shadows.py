@@ -100,10 +100,17 @@ def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset,
     assert victim is not None
 
 
+def _placeholder_trainer(calls: list):
+    """A stand-in for train_pix2pix that records where it was asked to write and writes a placeholder there."""
+    def train(dataset_, out, **options):
+        calls.append(out)
+        out.write_bytes(b"not a trained model")
+    return train
+
+
 def test_a_changed_recipe_seed_k_or_population_is_refused(dataset, tmp_path, monkeypatch):
     trained = []
-    monkeypatch.setattr(shadows, "train_pix2pix", lambda data, out, **options: trained.append(out) or
-                        out.write_bytes(b"weights"))
+    monkeypatch.setattr(shadows, "train_pix2pix", _placeholder_trainer(trained))
     out = tmp_path / "sh"
     train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1)
     with pytest.raises(ShadowError, match=r"recipe: \{.*epochs=1.*\} -> \{.*epochs=5"):
@@ -187,7 +194,7 @@ def test_a_folder_another_run_is_training_in_is_refused(dataset, tmp_path):
 
 def test_the_shadows_experiment_runs_end_to_end_on_a_synthetic_store(dataset, tmp_path, monkeypatch):
     from bench.shadows_experiment import k_values, main, shadow_blocks
-    monkeypatch.setattr(shadows, "train_pix2pix", lambda data, out, **options: out.write_bytes(b"weights"))
+    monkeypatch.setattr(shadows, "train_pix2pix", _placeholder_trainer([]))
     train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)  # for its manifest
     lrec, lrec_shadow, in_shadow = _store_with_shadow_columns(tmp_path / "s.zarr", n=300, k=6)
     member = ScoreStore.open(tmp_path / "s.zarr").column("member") == 1
