@@ -1,0 +1,447 @@
+"""Per-image calibrated membership scores (`lcal`): from known non-members (the reference), learn what a
+NON-member's Lrec looks like for each image given its features, and score how far below that the image's
+Lrec falls. Lower `lcal` = more likely a member, as for every score of memscore.
+
+Why: Lmem subtracts one multiple of Ldiff from every image; asking per image "how unusual is this Lrec for
+THIS image if it were a non-member?" is what raises TPR at 1% and 0.1% FPR (difficulty calibration, Watson et
+al. 2022; quantile-regression attacks, Bertran et al. 2023). See ALGORITHM.md, "Beyond one global alpha".
+
+Both models describe a non-member's Lrec at x by a centre and a scale, and ``lcal = (Lrec - centre) / scale``:
+- `gaussian`: centre = mu(x), a ridge regression of Lrec; scale = sigma(x), a ridge regression of
+  log|residual| plus E log|Z| = -0.635 for Z ~ N(0, 1) (the standard correction). The residuals it learns
+  from are mu's exact leave-one-out residuals, i.e. the errors mu makes on images it did not see, which is
+  what it is applied to. ``lcal`` is then a z-score.
+- `quantile`: gradient-boosted quantile regressions (scikit-learn's HistGradientBoostingRegressor) of the
+  median q_0.5(x) and of q_level(x); centre = q_0.5(x), scale = (q_0.5(x) - q_level(x)) / -Phi^-1(level),
+  so that ``lcal = Phi^-1(level)`` exactly at Lrec = q_level(x): the two models' scores read alike.
+The inputs are the image's `features` (pooled backbone stage statistics) and Ldiff, standardised on each
+model's own training rows. Regularisation is chosen on the training rows only: the ridge penalty by exact
+leave-one-out (closed form, no randomness), the boosted model's size by a seeded inner K-fold CV.
+
+Cross-fitting (`FOLD_POLICY`): reference rows are split into K seeded folds and each is scored by the model
+fitted on the other K-1 folds; every other row by one model fitted on all reference rows. No row is ever
+scored by a model that saw it, so reference rows can be evaluated alongside the rest.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.special import ndtri
+
+from .data import read_id_list
+from .metrics import calibrate_threshold, float_vector
+from .store import ScoreStore, StoreError, column_digest
+
+MODELS = ("gaussian", "quantile")
+LCAL_COLUMN = "lcal"
+LCAL_DIRECTION = "lower lcal = member; an image is called a member iff lcal <= threshold"
+INPUT_COLUMNS = ("lrec", "ldiff", "features")
+"""The store columns `lcal` is computed from; their fingerprints are recorded with it."""
+DEFAULT_LEVEL = 0.05
+"""The quantile the `quantile` model fits besides the median (the 5% quantile regression of issue #16)."""
+MIN_REFERENCE = 20
+"""Fewest usable reference rows accepted: below this neither model can be fitted, let alone cross-fitted."""
+RIDGE_PENALTIES = np.logspace(-4, 4, 17)
+"""Ridge penalties tried, in units of the training-row count (the features are standardised, so the
+penalty's scale is the data's: trace(X'X) = rows x columns)."""
+LOG_ABS_NORMAL_MEAN = -(np.euler_gamma + np.log(2.0)) / 2.0
+"""E log|Z| for Z ~ N(0, 1) (-0.635): a ridge fit of log|residual| estimates log sigma + this."""
+QUANTILE_COMPONENTS = 32
+"""The boosted model's inputs when there are more feature columns than this: standardised Ldiff and this many
+leading principal components of the standardised design (trees need few, informative inputs at the hundreds
+to thousands of reference rows an audit has); with fewer columns, the standardised design itself."""
+QUANTILE_LEAVES = (4, 16)
+QUANTILE_ITERATIONS = (25, 50, 100, 200)
+QUANTILE_LEARNING_RATE = 0.1
+QUANTILE_MIN_LEAF = 20
+QUANTILE_INNER_FOLDS = 3
+SPREAD_FLOOR = 0.1
+"""The quantile model's spread q_0.5 - q_level is kept at least this fraction of its median over the training
+rows: where the two boosted quantiles cross, a near-zero spread would call any Lrec below the median a member."""
+FOLD_POLICY = ("reference rows: K seeded folds, each scored by the model fitted on the other K-1 folds; "
+               "other rows: one model fitted on all reference rows")
+SCORED_OUT_OF_FOLD_ALL = -1
+"""`PerImageScores.fold` of a non-reference row (scored by the all-reference model)."""
+NOT_SCORED = -2
+"""`PerImageScores.fold` of a row with a missing Lrec, Ldiff or feature (its lcal is NaN)."""
+
+
+# ---------------------------------------------------------------- fitted models
+
+
+class FittedModel(Protocol):
+    """A non-member model fitted on some rows: the centre and scale of a non-member's Lrec at new rows."""
+
+    hyperparameters: dict[str, Any]
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class _Standardiser:
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> _Standardiser:
+        std = x.std(axis=0)
+        return cls(x.mean(axis=0), np.where(std > 0, std, 1.0))  # a constant column stays 0 after centring
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std
+
+
+@dataclass(frozen=True)
+class _Ridge:
+    coef: np.ndarray
+    intercept: float
+    penalty: float
+    """Relative to the training-row count (see RIDGE_PENALTIES)."""
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        return z @ self.coef + self.intercept
+
+
+def _ridge_loo(u: np.ndarray, s: np.ndarray, vt: np.ndarray, y: np.ndarray) -> tuple[_Ridge, np.ndarray]:
+    """Ridge of y on the centred design U diag(s) Vt with an unpenalised intercept, its penalty chosen by
+    exact leave-one-out error over RIDGE_PENALTIES; also returns the leave-one-out residuals at that penalty."""
+    n = y.shape[0]
+    centre = float(y.mean())
+    uty = u.T @ (y - centre)
+    squared = s ** 2
+    best = None
+    for relative in RIDGE_PENALTIES:
+        shrink = squared / (squared + relative * n)
+        residual = (y - centre) - u @ (shrink * uty)
+        leverage = 1.0 / n + (u ** 2) @ shrink  # the intercept's 1/n: the design is centred
+        loo = residual / (1.0 - leverage)
+        error = float(np.mean(loo ** 2))
+        if best is None or error < best[0]:
+            best = (error, float(relative), loo)
+    _, relative, loo = best
+    coef = vt.T @ (s / (squared + relative * n) * uty)
+    return _Ridge(coef, centre, relative), loo
+
+
+@dataclass(frozen=True)
+class GaussianModel:
+    """mu(x) and sigma(x) of a non-member's Lrec (see the module docstring)."""
+
+    standardise: _Standardiser
+    mean: _Ridge
+    log_scale: _Ridge
+    hyperparameters: dict[str, Any]
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = self.standardise(x)
+        return self.mean(z), np.exp(self.log_scale(z) - LOG_ABS_NORMAL_MEAN)
+
+
+def fit_gaussian(x: np.ndarray, y: np.ndarray) -> GaussianModel:
+    """Ridge of Lrec on the standardised design, then ridge of log|leave-one-out residual| (one SVD for both)."""
+    standardise = _Standardiser.fit(x)
+    u, s, vt = np.linalg.svd(standardise(x), full_matrices=False)
+    mean, residual = _ridge_loo(u, s, vt, y)
+    magnitude = np.abs(residual)
+    floor = 1e-3 * float(np.median(magnitude)) or 1e-12  # log 0: an exact fit of one row is not a zero scale
+    log_scale, _ = _ridge_loo(u, s, vt, np.log(np.maximum(magnitude, floor)))
+    return GaussianModel(standardise, mean, log_scale,
+                         {"mean_penalty": mean.penalty, "log_scale_penalty": log_scale.penalty})
+
+
+def _pinball(y: np.ndarray, predicted: np.ndarray, quantile: float) -> float:
+    error = y - predicted
+    return float(np.mean(np.maximum(quantile * error, (quantile - 1.0) * error)))
+
+
+@dataclass(frozen=True)
+class _ShiftedQuantile:
+    """A boosted quantile regression plus the shift that makes its coverage right on rows it did not see."""
+
+    regressor: Any
+    shift: float
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        return self.regressor.predict(inputs) + self.shift
+
+
+def _boosted_quantile(inputs: np.ndarray, y: np.ndarray, quantile: float, seed: int) -> tuple[_ShiftedQuantile, dict]:
+    """A HistGradientBoostingRegressor of the `quantile` of y, its leaves and iterations chosen by a seeded
+    inner K-fold CV on these rows (pinball loss; every iteration count read off one fit by staged prediction).
+
+    Boosted quantiles fit their training rows too closely in the tails (measured: a 5% quantile covered 8% of
+    fresh rows), so the prediction is shifted by the `quantile` of the inner folds' held-out residuals at the
+    chosen size, the split-conformal correction of conformalized quantile regression (Romano et al. 2019),
+    computed on these training rows only.
+    """
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.model_selection import KFold
+    from threadpoolctl import threadpool_limits
+
+    def regressor(leaves: int, iterations: int) -> HistGradientBoostingRegressor:
+        return HistGradientBoostingRegressor(
+            loss="quantile", quantile=quantile, learning_rate=QUANTILE_LEARNING_RATE, max_iter=iterations,
+            max_leaf_nodes=leaves, min_samples_leaf=QUANTILE_MIN_LEAF, early_stopping=False, random_state=seed)
+
+    # One thread: at thousands of rows, OpenMP's per-iteration synchronisation costs more than it saves, and
+    # on a machine whose cores are busy its spin-waiting made these fits about 100 times slower.
+    with threadpool_limits(1, user_api="openmp"):
+        held_out_predictions = np.zeros((len(QUANTILE_LEAVES), len(QUANTILE_ITERATIONS), y.shape[0]))
+        for train, held_out in KFold(QUANTILE_INNER_FOLDS, shuffle=True, random_state=seed).split(inputs):
+            for row, leaves in enumerate(QUANTILE_LEAVES):
+                fitted = regressor(leaves, max(QUANTILE_ITERATIONS)).fit(inputs[train], y[train])
+                for iteration, predicted in enumerate(fitted.staged_predict(inputs[held_out]), start=1):
+                    if iteration in QUANTILE_ITERATIONS:
+                        held_out_predictions[row, QUANTILE_ITERATIONS.index(iteration), held_out] = predicted
+        losses = np.array([[_pinball(y, predicted, quantile) for predicted in by_size]
+                           for by_size in held_out_predictions])
+        row, column = np.unravel_index(int(np.argmin(losses)), losses.shape)
+        shift = float(np.quantile(y - held_out_predictions[row, column], quantile))
+        leaves, iterations = QUANTILE_LEAVES[row], QUANTILE_ITERATIONS[column]
+        chosen = {"leaves": leaves, "iterations": iterations, "inner_pinball": float(losses[row, column]),
+                  "conformal_shift": shift}
+        return _ShiftedQuantile(regressor(leaves, iterations).fit(inputs, y), shift), chosen
+
+
+def _quantile_inputs(z: np.ndarray, components: np.ndarray | None) -> np.ndarray:
+    """The boosted model's inputs from the standardised design (see QUANTILE_COMPONENTS)."""
+    return z if components is None else np.column_stack([z[:, -1], z @ components.T])
+
+
+@dataclass(frozen=True)
+class QuantileModel:
+    """q_0.5(x) and q_level(x) of a non-member's Lrec (see the module docstring)."""
+
+    standardise: _Standardiser
+    components: np.ndarray | None
+    """Rows: leading principal directions of the standardised design (None: the design itself is the input)."""
+    median: Any
+    low: Any
+    level: float
+    spread_floor: float
+    hyperparameters: dict[str, Any]
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inputs = _quantile_inputs(self.standardise(x), self.components)
+        median, low = self.median.predict(inputs), self.low.predict(inputs)
+        return median, np.maximum(median - low, self.spread_floor) / -ndtri(self.level)
+
+
+def fit_quantile(x: np.ndarray, y: np.ndarray, level: float, seed: int) -> QuantileModel:
+    """Boosted regressions of the median and the `level` quantile of Lrec, on the standardised design or its
+    leading principal components (QUANTILE_COMPONENTS); the spread floor is set on these training rows."""
+    standardise = _Standardiser.fit(x)
+    z = standardise(x)
+    components = np.linalg.svd(z, full_matrices=False)[2][:QUANTILE_COMPONENTS] \
+        if z.shape[1] > QUANTILE_COMPONENTS else None
+    inputs = _quantile_inputs(z, components)
+    median, median_choice = _boosted_quantile(inputs, y, 0.5, seed)
+    low, low_choice = _boosted_quantile(inputs, y, level, seed)
+    spread = float(np.median(median.predict(inputs) - low.predict(inputs)))
+    return QuantileModel(standardise, components, median, low, level, SPREAD_FLOOR * max(spread, 1e-12),
+                         {"median": median_choice, f"q{level:g}": low_choice})
+
+
+def _fit_model(model: str, x: np.ndarray, y: np.ndarray, level: float, seed: int) -> FittedModel:
+    """The one place a non-member model is fitted (so a test can watch which rows every fit saw)."""
+    return fit_gaussian(x, y) if model == "gaussian" else fit_quantile(x, y, level, seed)
+
+
+# ---------------------------------------------------------------- cross-fitted scores
+
+
+@dataclass(frozen=True)
+class PerImageScores:
+    """Cross-fitted per-image scores, one entry per input row.
+
+    ``lcal = (lrec - center) / scale`` (lower = member); NaN where the row could not be scored (`fold` ==
+    NOT_SCORED). `fold`: for a reference row, the fold whose model (fitted without it) scored it; for another
+    row, SCORED_OUT_OF_FOLD_ALL. `record`: how it was made (JSON-ready).
+    """
+
+    lcal: np.ndarray
+    center: np.ndarray
+    scale: np.ndarray
+    fold: np.ndarray
+    reference: np.ndarray
+    """The reference rows actually used (given, and scorable)."""
+    model: str
+    level: float
+    record: dict[str, Any]
+
+    def thresholds_at(self, fpr: float, rule: str = "model") -> np.ndarray:
+        """Per-image Lrec thresholds for a target FPR: call row i a member iff ``lrec[i] <= threshold[i]``.
+
+        rule `model`: the model's own `fpr` quantile of a non-member's Lrec at x: mu(x) + sigma(x) Phi^-1(fpr)
+        for `gaussian`; q_level(x) for `quantile`, which only knows the level it was fitted at (refit with
+        ``level=fpr`` for another). rule `reference`: centre + scale * t, with t the largest cut on the
+        reference rows' out-of-fold lcal that calls at most `fpr` of them members
+        (`engine.metrics.calibrate_threshold`), which corrects a misspecified tail at the price of needing
+        at least 1/fpr reference rows. NaN where the row was not scored.
+        """
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+        if rule == "model":
+            if self.model == "quantile" and not np.isclose(fpr, self.level, rtol=1e-9, atol=0.0):
+                raise ValueError(f"the quantile model was fitted at level {self.level:g}, not at FPR {fpr:g}: "
+                                 f"calibrate again with level={fpr:g} (--fpr), or use rule 'reference'")
+            cut = float(ndtri(fpr))
+        elif rule == "reference":
+            cut = calibrate_threshold(self.lcal[self.reference], fpr)
+        else:
+            raise ValueError(f"rule must be 'model' or 'reference', got {rule!r}")
+        return self.center + self.scale * cut
+
+
+def _check_options(model: str, folds: int, level: float) -> None:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be an integer >= 2 (cross-fitting needs a held-out fold), got {folds!r}")
+    if not 0.0 < level < 0.5:
+        raise ValueError(f"level must be in (0, 0.5) (a lower quantile of a non-member's Lrec), got {level}")
+
+
+def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "gaussian", folds: int = 5,
+                        seed: int = 0, level: float = DEFAULT_LEVEL) -> PerImageScores:
+    """Cross-fitted calibrated scores from plain arrays (no store): see the module docstring.
+
+    lrec, ldiff: [n]; features: [n, F] (any float dtype; a row with a NaN is not scored); reference_mask:
+    [n] bool, True for known non-members. `seed` decides the folds and the boosted model's inner CV; `level`
+    is the quantile the `quantile` model fits besides the median (ignored by `gaussian`).
+    """
+    _check_options(model, folds, level)
+    lrec = float_vector("lrec", lrec)
+    n = lrec.shape[0]
+    ldiff = float_vector("ldiff", ldiff, n, other="lrec")
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] != n:
+        raise ValueError(f"features must have shape [{n}, F] (one row per image), got {features.shape}")
+    reference_mask = np.asarray(reference_mask)
+    if reference_mask.dtype != bool or reference_mask.shape != (n,):
+        raise ValueError(f"reference_mask must be a bool array of shape ({n},), got {reference_mask.dtype} "
+                         f"{reference_mask.shape}")
+    x = np.column_stack([features, ldiff])
+    scorable = np.isfinite(lrec) & np.isfinite(x).all(axis=1)
+    reference = reference_mask & scorable
+    rows = np.flatnonzero(reference)
+    needed = max(MIN_REFERENCE, 2 * folds)
+    if rows.size < needed:
+        raise ValueError(f"{rows.size} usable reference rows ({int(reference_mask.sum())} given, "
+                         f"{int((reference_mask & ~scorable).sum())} with a missing lrec, ldiff or feature); "
+                         f"per-image calibration with {folds} folds needs at least {needed}: give more known "
+                         "non-members")
+
+    fold = np.full(n, NOT_SCORED, dtype=np.int64)
+    fold[scorable & ~reference] = SCORED_OUT_OF_FOLD_ALL
+    fold[rows[np.random.default_rng(seed).permutation(rows.size)]] = np.arange(rows.size) % folds
+    center, scale = np.full(n, np.nan), np.full(n, np.nan)
+    chosen = []
+
+    def score(train: np.ndarray, scored: np.ndarray, name: str) -> None:
+        fitted = _fit_model(model, x[train], lrec[train], level, seed)
+        center[scored], scale[scored] = fitted.predict(x[scored])
+        chosen.append({"model": name, "trained_on": int(train.size), "scored": int(scored.size),
+                       **fitted.hyperparameters})
+
+    for k in range(folds):
+        score(rows[fold[rows] != k], rows[fold[rows] == k], f"fold {k}")
+    others = np.flatnonzero(fold == SCORED_OUT_OF_FOLD_ALL)
+    if others.size:
+        score(rows, others, "all reference rows")
+    record = {
+        "method": "per-image", "model": model, "folds": int(folds), "seed": int(seed),
+        **({"level": float(level)} if model == "quantile" else {}),
+        "fold_policy": FOLD_POLICY, "n_reference": int(rows.size),
+        "n_reference_not_scorable": int((reference_mask & ~scorable).sum()),
+        "n_scored": int(scorable.sum()), "n_not_scored": int(n - scorable.sum()),
+        "inputs": f"{features.shape[1]} feature columns + ldiff, standardised on each model's training rows",
+        "fits": chosen, "direction": LCAL_DIRECTION,
+    }
+    return PerImageScores(lcal=(lrec - center) / scale, center=center, scale=scale, fold=fold, reference=reference,
+                          model=model, level=float(level), record=record)
+
+
+# ---------------------------------------------------------------- on a store
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def ids_digest(ids) -> str:
+    """sha256 of a set of ids (order and repeats ignored): what identifies a reference set."""
+    return hashlib.sha256("\n".join(sorted(set(ids))).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _require_features(store: ScoreStore) -> None:
+    if "features" not in set(store.group.array_keys()):
+        raise StoreError(f"{store.path} has no per-image features column (it was scored by a memscore that did "
+                         "not keep them): per-image calibration needs them; score it again with "
+                         "`memscore score ... --overwrite`")
+
+
+def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | os.PathLike, *,
+                      model: str = "gaussian", folds: int = 5, seed: int = 0,
+                      level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+    """Write column `lcal` of a finished store (cross-fitted, `calibrate_per_image`) and return its record.
+
+    The record, kept in the column's attributes as `calibration`, holds the method, model, folds, seed, the
+    reference ids file and the digest of its ids, and the fingerprints of the lrec, ldiff and features it was
+    computed from (`require_current_lcal` refuses the column once any of them changed). Reference ids must be
+    known non-members: one the store labels a member is refused. Options are checked before the store is opened.
+    """
+    _check_options(model, folds, level)
+    if not os.path.isfile(reference_ids_file):
+        raise ValueError(f"--reference {reference_ids_file}: no such file (one known non-member id per line)")
+    reference_ids = read_id_list(reference_ids_file)
+    store = ScoreStore.open(store_path, mode="r+")
+    with store.lock():
+        store.require_readable()
+        _require_features(store)
+        ids, status = store.column("id"), store.column("status")
+        given = np.isin(ids, list(reference_ids))
+        labelled_members = ids[given & (store.column("member") == 1)]
+        if labelled_members.size:
+            raise ValueError(f"{reference_ids_file}: {labelled_members.size} reference ids are labelled members in "
+                             f"{store_path} (e.g. {labelled_members[0]!r}); the reference must be known non-members")
+        if not given.any():
+            raise ValueError(f"none of the {len(reference_ids)} ids in {reference_ids_file} is in {store_path}")
+        inputs = {name: store.fingerprint(name) for name in INPUT_COLUMNS}
+        result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"),
+                                     given & (status == "ok"), model=model, folds=folds, seed=seed, level=level)
+        lcal = result.lcal.astype(np.float32)
+        record = {**result.record, "reference_ids_file": str(Path(reference_ids_file).resolve()),
+                  "reference_sha256": ids_digest(reference_ids), "n_reference_ids": len(reference_ids),
+                  "reference_ids_not_in_store": len(reference_ids) - int(given.sum()),
+                  "inputs_fingerprint": inputs, "lcal_sha256": column_digest(lcal, full=True), "created": _now()}
+        store.write_column(LCAL_COLUMN, lcal, float("nan"), {"calibration": record})
+    return record
+
+
+def require_current_lcal(store: ScoreStore) -> dict[str, Any]:
+    """The record of the store's `lcal`, once checked against the store as it is now: refused (StoreError) when
+    there is none, when lcal's values differ from those recorded, or when lrec, ldiff or features changed since
+    it was computed (a rescored shard, another store)."""
+    try:
+        record = store.column_attrs(LCAL_COLUMN).get("calibration")
+    except StoreError:
+        record = None
+    if not record:
+        raise StoreError(f"{store.path} has no per-image calibrated score yet: run "
+                         f"`memscore rescore {store.path} --method per-image --reference NONMEMBER_IDS`")
+    if column_digest(store.column(LCAL_COLUMN), full=True) != record["lcal_sha256"]:
+        raise StoreError(f"{store.path}: lcal differs from its calibration record (damaged); run "
+                         "`memscore rescore --method per-image` again")
+    changed = [name for name, fingerprint in record["inputs_fingerprint"].items()
+               if store.fingerprint(name) != fingerprint]
+    if changed:
+        raise StoreError(f"{store.path}: {', '.join(changed)} changed after lcal was computed "
+                         f"({record['created']}); run `memscore rescore --method per-image` again")
+    return record
