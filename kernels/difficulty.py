@@ -6,11 +6,15 @@ F F^T, and centring removes anything constant over pixels. So a stage with h*w <
 replaced by an (h*w - 1)-column factor of its Gram with the constant projected out (`_native_factor`),
 and every stage is interpolated straight into the gathered fit / held-out rows (1, 2 or 4 taps a row),
 never materialising the D_full-wide map. Reduced and dense agree up to rounding for any ridge, since
-lam = ridge * trace(centred Gram) / D_full keeps the original width.
+lam = ridge * trace(centred Gram) / D_full keeps the original width. The same structure makes the
+Gram cheaper: a coarse stage's rows of it are its native factor times the fit rows scattered back onto
+its few native positions (`_fit_gram`), a GEMM with inner size h*w instead of the fit-row count.
 
 Precision (Facades; tests/test_difficulty.py, bench/kernel.py):
-- fp32: native factors (QR), interpolation, centring, the Gram and its Cholesky factor. The Gram is
-  ~85% of the FLOPs; on this CPU fp64 GEMM runs at half the fp32 rate, fp64 Cholesky too.
+- fp32: native factors (QR), interpolation, centring, the Gram and its Cholesky factor, most of the
+  FLOPs; on this CPU fp64 GEMM runs at half the fp32 rate, fp64 Cholesky too. bf16 matrix units do
+  not pay here: torch's CPU matmul has no bf16-in/fp32-out form, and the three-term bf16 split
+  (through oneDNN's bf16 fp32-math mode) measured 42 ms per WRN Gram against 27 in fp32, 1 thread.
 - fp64: the right-hand side, every residual F^T (y - F beta) - lam beta and the held-out predictions,
   accumulated in fp64 from the fp32 features. The fp32 solution alone is off by up to 6e-5 relative
   in Ldiff on pretrained EfficientNet-Lite0 (1e-2 on random-init Wide-ResNet-50-2), so it is refined
@@ -53,6 +57,7 @@ GRAM_PANEL = 256  # row-panel width of the lower-triangle Gram
 REFINE_STEPS = 10
 REFINE_TOL = 1e-5  # refinement ends once the estimated remaining change of held-out predictions <= this * Ldiff
 REFINE_STALL = 0.8  # an image whose step is not below this times the previous one goes to the fp64 refit
+SCATTER_COST = 16  # GEMM multiply-adds as costly as one multiply-add of the row scatter (measured rates, CPU)
 _BLOCKS = 8  # fixed row blocks per image in numba reductions: summation order never depends on the batch
 
 
@@ -80,7 +85,8 @@ def predictability_error(stages: list[torch.Tensor], target: torch.Tensor, fit_m
     pixels = target.detach().to(torch.float64).reshape(batch, 3, height * width).transpose(1, 2)
     plan = [_StagePlan.build(s.shape[1], (s.shape[2], s.shape[3]), (height, width), resize) for s in stages]
     lam_per_trace = ridge / sum(stage.shape[1] for stage in stages)
-    step = max(1, MAX_CHUNK_BYTES // _bytes_per_image(plan, fit_rows.shape[1] + held_rows.shape[1], height * width))
+    most = max(1, MAX_CHUNK_BYTES // _bytes_per_image(plan, fit_rows.shape[1], held_rows.shape[1], height * width))
+    step = -(-batch // -(-batch // most))  # equal chunks: a small last chunk costs more per image
     work = _Workspace.for_device(target.device)
     errors = []
     for start in range(0, batch, step):
@@ -160,11 +166,13 @@ def _row_taps(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, np.nd
     return index, weight
 
 
-def _bytes_per_image(plan: list[_StagePlan], rows: int, pixels: int) -> int:
+def _bytes_per_image(plan: list[_StagePlan], fit_rows: int, held_rows: int, pixels: int) -> int:
     width = sum(stage.width for stage in plan)
     native = sum(stage.size[0] * stage.size[1] * stage.width for stage in plan)
     upsampled = max(pixels * stage.width for stage in plan)  # the torch path's per-stage temporary
-    return 4 * (rows * width + native + upsampled + 2 * width * width) + 8 * width * width
+    ends = np.cumsum([stage.width for stage in plan])
+    scattered = max(stage.size[0] * stage.size[1] * (end + stage.width) for stage, end in zip(plan, ends))
+    return 4 * ((fit_rows + held_rows) * width + native + upsampled + scattered + 2 * width * width) + 8 * width * width
 
 
 class _Workspace:
@@ -213,7 +221,7 @@ def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: to
     held_y = _take_rows(pixels, held_rows)
     everyone = torch.arange(len(fit), device=fit.device)
 
-    system = _lower_gram(fit, work.take("gram", (len(fit), width, width)))
+    system = _fit_gram(fit, factors, means, plan, fit_rows, work)
     lam = lam_per_trace * system.diagonal(dim1=1, dim2=2).to(torch.float64).sum(1)
     system.diagonal(dim1=1, dim2=2).add_(lam[:, None].to(system.dtype))
     factor = work.take("factor", (len(fit), width, width)).mT  # column-major: LAPACK writes it in place
@@ -333,6 +341,52 @@ def _take_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.where(rows[..., None] >= 0, picked, 0.0)
 
 
+def _fit_gram(fit: torch.Tensor, factors: list[torch.Tensor], means: list[torch.Tensor], plan: list[_StagePlan],
+              rows: torch.Tensor, work: _Workspace) -> torch.Tensor:
+    """The lower triangle of F^T F for the centred fit rows F `[b, n, D]`, by stage: stage i's rows are
+    F_i^T F[:, :, :end_i]. A stage with fewer native positions P_i than fit rows has F_i = A_i X_i, with
+    A_i the interpolate-and-gather operator (<= 4 taps a row, rows summing to 1) and X_i its factor
+    centred by the fit mean, so F_i^T F = X_i^T (A_i^T F): F's rows scattered onto P_i positions, then a
+    GEMM with inner size P_i instead of n, where that saves more than the scatter costs (SCATTER_COST).
+    Wide-ResNet-50-2 (the 28x28 and 14x14 stages, P = 784 and 196 against n = 2195): 43% of the lower
+    triangle's multiply-adds. Other stages: row panels of F^T F, as `_lower_gram`."""
+    batch, count, width = fit.shape
+    out = work.take("gram", (batch, width, width))
+    offset = 0
+    for factor, mean, stage in zip(factors, means, plan):
+        end = offset + stage.width
+        positions = factor.shape[1]
+        taps = stage.taps.shape[1]
+        if stage.width * (count - positions) > SCATTER_COST * taps * count:
+            scattered = _scatter_rows(fit, stage, rows, end, work.take("scattered", (batch, positions, end)))
+            centred = torch.sub(factor, mean[:, None].to(factor.dtype), out=work.take("centred", factor.shape))
+            torch.matmul(centred.mT, scattered, out=out[:, offset:end, :end])
+        else:
+            for start in range(offset, end, GRAM_PANEL):
+                stop = min(start + GRAM_PANEL, end)
+                torch.matmul(fit[:, :, start:stop].mT, fit[:, :, :stop], out=out[:, start:stop, :stop])
+                out[:, start:stop, stop:end] = 0.0
+        out[:, offset:end, end:] = 0.0
+        offset = end
+    return out
+
+
+def _scatter_rows(features: torch.Tensor, stage: _StagePlan, rows: torch.Tensor, end: int, out: torch.Tensor
+                  ) -> torch.Tensor:
+    """A^T F[:, :, :end] into `out` `[b, P, end]`: each valid row of F added, times its tap weights, to
+    the native positions it was interpolated from (A: the stage's interpolate-and-gather operator)."""
+    if _use_numba(features):
+        _scatter_kernel(features.numpy(), stage.taps.numpy(), stage.weights.numpy(), rows.numpy(), end, out.numpy())
+        return out
+    taps, weights = stage.taps.to(rows.device), stage.weights.to(rows.device, features.dtype)
+    index = taps[rows.clamp(min=0)]
+    mass = torch.where((rows >= 0)[..., None], weights[rows.clamp(min=0)], 0.0)
+    out.zero_()
+    for tap in range(index.shape[2]):
+        out.scatter_add_(1, index[..., tap, None].expand(-1, -1, end), mass[..., tap, None] * features[..., :end])
+    return out
+
+
 def _lower_gram(features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """F^T F, `[b, D, D]` in F's dtype (into `out` if given); only the lower triangle (all Cholesky and
     eigh read) is computed: row panel i times columns [0, end of panel i), ~60% of the full FLOPs."""
@@ -450,6 +504,26 @@ def _gather_kernel(factor, taps, weights, rows, mean, out, offset):  # pragma: n
             x = factor[image, taps[pixel, t]]
             for c in range(width):
                 dest[c] += weight * x[c]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _scatter_kernel(features, taps, weights, rows, end, out):  # pragma: no cover - compiled
+    """out[i, q, :] = sum over valid rows r, taps t with taps[p, t] == q of weights[p, t] * features[i, r, :end],
+    p = rows[i, r]; one image a job, rows in order (column blocks as jobs measured 4x slower: not vectorised)."""
+    batch, count = rows.shape
+    for image in numba.prange(batch):
+        acc = out[image]
+        acc[:] = 0.0
+        f = features[image]
+        for row in range(count):
+            pixel = rows[image, row]
+            if pixel < 0:
+                continue
+            for t in range(taps.shape[1]):
+                weight = weights[pixel, t]
+                q = taps[pixel, t]
+                for c in range(end):
+                    acc[q, c] += weight * f[row, c]
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)

@@ -245,3 +245,18 @@ def test_same_result_for_any_batch_size(lite0, monkeypatch) -> None:
         assert torch.equal(torch.cat(parts), whole), size
     monkeypatch.setattr(difficulty, "MAX_CHUNK_BYTES", 1)  # one image per chunk inside a single call
     assert torch.equal(predictability_error(stages, target, mask), whole)
+
+
+@pytest.mark.parametrize("resize", ["bilinear", "skimage"])
+def test_gram_through_native_positions_matches_dense(backend: str, resize: str, monkeypatch) -> None:
+    # SCATTER_COST 0: every stage with fewer native positions than fit rows takes the scatter-then-GEMM
+    # Gram (at the paper's geometry only the 28x28 and 14x14 stages pay for it); the answer is the same.
+    monkeypatch.setattr(difficulty, "SCATTER_COST", 0)
+    used = []
+    original = difficulty._scatter_rows
+    monkeypatch.setattr(difficulty, "_scatter_rows", lambda *a: used.append(a[1].size) or original(*a))
+    stages, target = random_problem(3, 16, GEOMETRY, seed=12)
+    mask = fixed_fraction_masks(3, 256, 0.7, seed=12)
+    ours = predictability_error(stages, target, mask, resize=resize)
+    assert used == [(8, 8), (4, 4), (2, 2)]
+    assert relative(ours, dense_reference(stages, target, mask, resize)).max() < 1e-5
