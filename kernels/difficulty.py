@@ -568,31 +568,36 @@ def _residual_kernel(features, targets, beta, images, partial):  # pragma: no co
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _held_out_kernel(features, pixels, rows, y_mean, beta, delta, images, partial):  # pragma: no cover - compiled
-    """partial[m, blk] = (sum |y_mean + F beta[m] - y|, sum |F delta[m]|) over the valid rows of block blk."""
+    """partial[m, blk] = (sum |y_mean + F beta[m] - y|, sum |F delta[m]|) over the valid rows of block blk;
+    four rows at a time, as `_residual_kernel` (padded rows and a group's repeats count zero)."""
     count, width = features.shape[1], features.shape[2]
     for job in numba.prange(len(images) * _BLOCKS):
         slot = job // _BLOCKS
         block = job - slot * _BLOCKS
         image = images[slot]
-        b0, b1, b2 = beta[slot, 0], beta[slot, 1], beta[slot, 2]
-        d0, d1, d2 = delta[slot, 0], delta[slot, 1], delta[slot, 2]
+        first, last = block * count // _BLOCKS, (block + 1) * count // _BLOCKS
         miss = 0.0
         moved = 0.0
-        for row in range(block * count // _BLOCKS, (block + 1) * count // _BLOCKS):
-            if rows[image, row] < 0:
-                continue
-            f = features[image, row]
-            p0, p1, p2 = y_mean[image, 0], y_mean[image, 1], y_mean[image, 2]
-            q0, q1, q2 = 0.0, 0.0, 0.0
-            for j in range(width):
-                fj = np.float64(f[j])
-                p0 += fj * b0[j]
-                p1 += fj * b1[j]
-                p2 += fj * b2[j]
-                q0 += fj * d0[j]
-                q1 += fj * d1[j]
-                q2 += fj * d2[j]
-            miss += abs(p0 - pixels[image, row, 0]) + abs(p1 - pixels[image, row, 1]) + abs(p2 - pixels[image, row, 2])
-            moved += abs(q0) + abs(q1) + abs(q2)
+        for start in range(first, last, 4):
+            r0, r1, r2, r3 = start, min(start + 1, last - 1), min(start + 2, last - 1), min(start + 3, last - 1)
+            f0, f1, f2, f3 = features[image, r0], features[image, r1], features[image, r2], features[image, r3]
+            for c in range(3):
+                b, d = beta[slot, c], delta[slot, c]
+                p0, p1, p2, p3 = 0.0, 0.0, 0.0, 0.0
+                q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
+                for j in range(width):
+                    x0, x1, x2, x3 = np.float64(f0[j]), np.float64(f1[j]), np.float64(f2[j]), np.float64(f3[j])
+                    p0 += x0 * b[j]
+                    p1 += x1 * b[j]
+                    p2 += x2 * b[j]
+                    p3 += x3 * b[j]
+                    q0 += x0 * d[j]
+                    q1 += x1 * d[j]
+                    q2 += x2 * d[j]
+                    q3 += x3 * d[j]
+                for k, (row, p, q) in enumerate(((r0, p0, q0), (r1, p1, q1), (r2, p2, q2), (r3, p3, q3))):
+                    if start + k < last and rows[image, row] >= 0:
+                        miss += abs(y_mean[image, c] + p - pixels[image, row, c])
+                        moved += abs(q)
         partial[slot, block, 0] = miss
         partial[slot, block, 1] = moved
