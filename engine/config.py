@@ -40,7 +40,7 @@ class ScoreConfig:
     precision: str = "fp32"
     """Of the backbone and the victim: `bf16` runs them under bfloat16 autocast (where the hardware has it natively:
     CUDA from Ampere on, CPUs with AMX-BF16 or AVX512-BF16; the kernel stays fp32/fp64), `auto` picks bf16 there and
-    fp32 elsewhere (`engine.precision`). A store records the precision resolved for the run, never `auto`."""
+    fp32 elsewhere, resolved per device when a run starts (`engine.precision`); the store records what each run used."""
     fit_fraction: float = 0.7
     ridge: float = 1e-6
     seed: int = 0
