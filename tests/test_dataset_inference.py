@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine.calibration import calibrate_per_image
-from engine.dataset_inference import dataset_test, default_sizes, p_value_by_size
-from test_calibration import synthetic
+from engine.calibration import calibrate_per_image, rescore_per_image
+from engine.dataset_inference import dataset_test, dataset_test_store, default_sizes, p_value_by_size
+from test_calibration import calibration_store, synthetic, write_ids
 
 
 def _skewed(rng: np.random.Generator, size: int, shift: float = 0.0) -> np.ndarray:
@@ -100,3 +100,31 @@ def test_default_sizes():
     assert default_sizes(400) == [2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 400]
     assert default_sizes(7) == [2, 3, 5, 7]
     assert default_sizes(1) == [1]
+
+
+def test_dataset_test_on_a_store(tmp_path):
+    data = synthetic(n=800, member_fraction=0.25, reference_fraction=0.6, seed=9)
+    store = calibration_store(tmp_path / "s.zarr", data)
+    rescore_per_image(store.path, write_ids(tmp_path / "reference.txt", data.reference))
+    members = write_ids(tmp_path / "members.txt", data.member)
+    result = dataset_test_store(store.path, members, n_boot=100, draws=20)
+    assert result["score"] == "lcal" and result["reference"].startswith("lcal's reference")
+    assert result["test"]["n_suspect"] == data.member.sum()
+    assert result["test"]["n_reference"] == data.reference.sum()
+    assert result["test"]["p_value"] < 1e-10 and result["by_size"]["smallest_size"] <= 30
+    assert result["calibration"]["model"] == "gaussian"
+    # Non-members outside the reference: no evidence.
+    fresh = write_ids(tmp_path / "fresh.txt", data.fresh_nonmembers)
+    assert dataset_test_store(store.path, fresh, n_boot=0, draws=5)["test"]["p_value"] > 0.01
+    # Suspects among the calibration's reference are left out of the default reference ...
+    some_reference = data.reference & (np.cumsum(data.reference) <= 50)
+    overlap = write_ids(tmp_path / "overlap.txt", some_reference)
+    assert dataset_test_store(store.path, overlap, n_boot=0, draws=5)["test"]["n_reference"] == data.reference.sum() - 50
+    # ... and refused when the reference is given explicitly.
+    with pytest.raises(ValueError, match="50 ids are both suspect .* and reference"):
+        dataset_test_store(store.path, overlap, tmp_path / "reference.txt")
+    # Other scores need an explicit reference.
+    with pytest.raises(ValueError, match="score lrec needs reference ids"):
+        dataset_test_store(store.path, members, score="lrec")
+    lrec = dataset_test_store(store.path, members, tmp_path / "reference.txt", score="lrec", n_boot=0, draws=5)
+    assert lrec["test"]["auc"] < result["test"]["auc"]  # calibration makes the members stand out more
