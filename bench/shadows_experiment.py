@@ -44,9 +44,11 @@ def _method(function: Callable[..., ShadowScores], **options) -> ShadowMethod:
     return lambda target, shadow, in_shadow: function(target, shadow, in_shadow, **options).scores
 
 
-SHADOW_METHODS: dict[str, ShadowMethod] = {**{name: _method(lira, **options) for name, options in LIRA_VARIANTS.items()},
-                                           "rmia_online": _method(rmia, online=True),
-                                           "rmia_offline": _method(rmia, online=False)}
+SHADOW_METHODS: dict[str, ShadowMethod] = {
+    **{name: _method(lira, **options) for name, options in LIRA_VARIANTS.items()},
+    "rmia_online": _method(rmia, online=True),
+    "rmia_offline": _method(rmia, online=False),
+}
 
 
 def k_values(k_max: int) -> list[int]:
@@ -72,7 +74,12 @@ def _auc_and_tpr_at_1pct(scores: np.ndarray, member: np.ndarray) -> dict:
     report = _report(scores, member, 0, 0)
     if "skipped" in report:
         return report
-    return {"auc": report["auc"], "tpr_at_1pct": next(p["tpr"] for p in report["tpr_at_fpr"] if p["target_fpr"] == 0.01)}
+    return {"auc": report["auc"], "tpr_at_1pct": _tpr_in(report, 0.01)}
+
+
+def _tpr_in(report: dict, fpr: float) -> float | None:
+    """The TPR a report dict gives at `fpr` (None when refused)."""
+    return next(point["tpr"] for point in report["tpr_at_fpr"] if point["target_fpr"] == fpr)
 
 
 def _tpr_at_1pct(scores: np.ndarray, member: np.ndarray) -> float | None:
@@ -120,6 +127,10 @@ def _cell(report: dict, fpr: float | None = None) -> str:
     return f"{value:.3f}" + (f" [{ci[0]:.2f},{ci[1]:.2f}]" if ci else "")
 
 
+def _number(value: float | None) -> str:
+    return "refused" if value is None else f"{value:.3f}"
+
+
 def table(results: dict) -> str:
     """The results as a fixed-width text table: one row per score and K."""
     rows = [("score", "K", "AUC", "TPR@10%", "TPR@1%", "TPR@0.1%")]
@@ -151,7 +162,7 @@ def plot(results: dict, path: Path) -> None:
         if ks:
             ax.errorbar(ks, tprs, yerr=[lows, highs], marker="o", capsize=3, label=name)
     for (name, report), style in zip(results["baselines"].items(), (":", "--", "-.", (0, (1, 4)))):
-        tpr = None if "skipped" in report else next(p["tpr"] for p in report["tpr_at_fpr"] if p["target_fpr"] == 0.01)
+        tpr = None if "skipped" in report else _tpr_in(report, 0.01)
         if tpr is not None:
             ax.axhline(tpr, ls=style, c="grey", label=name)
     ax.set_xscale("log", base=2)
@@ -201,8 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(results))
     print("\nnormality of per-image shadow statistics (KS of leave-one-out t CDF values from uniform; 0 = Gaussian):")
     for transform, found in results["normality"].items():
-        print(f"  {transform:6s} in {found['ks_in']:.4f}  out {found['ks_out']:.4f}  "
-              f"low-tail ratio in {found['low_tail_in']:.2f} out {found['low_tail_out']:.2f}")
+        print(f"  {transform:6s} in {found['ks_in']:.4f}  out {found['ks_out']:.4f}  low-tail ratio in "
+              f"{found['low_tail_in']:.2f} out {found['low_tail_out']:.2f}  spread vs level (Spearman) in "
+              f"{found['spread_vs_level_in']:+.2f} out {found['spread_vs_level_out']:+.2f}")
+    for transform, per_method in results.get("transforms_at_k_max", {}).items():
+        cells = "  ".join(f"{name} {found['auc']:.3f}/{_number(found['tpr_at_1pct'])}"
+                          for name, found in per_method.items() if "skipped" not in found)
+        print(f"  K={results['inputs']['k_max']} {transform:6s} AUC/TPR@1%: {cells}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     plot(results, Path(args.plot))

@@ -214,6 +214,8 @@ def test_normality_is_near_zero_for_the_transform_that_makes_the_data_gaussian()
     assert measured["log"]["ks_out"] < 0.02 and measured["log"]["ks_in"] < 0.02
     assert measured["none"]["ks_out"] > 2 * measured["log"]["ks_out"]
     assert abs(measured["log"]["low_tail_out"] - 1) < 0.1
+    assert abs(measured["log"]["spread_vs_level_out"]) < 0.1  # the sd does not depend on the level in log space...
+    assert measured["none"]["spread_vs_level_out"] > 0.3  # ...but grows with it in raw Lrec
 
 
 def test_transforms_and_refusals():
