@@ -231,8 +231,9 @@ def in_shadow_matrix(ids: Sequence[str], shadow_set: ShadowSet) -> np.ndarray:
     """int8 [len(ids), K]: 1 where the shadow was trained on the id, 0 where not (ids outside the population
     are 0 for every shadow: never trained on, usable as OUT by every shadow)."""
     matrix = np.zeros((len(ids), len(shadow_set.shadows)), dtype=np.int8)
+    ids = np.asarray(ids, dtype=str)
     for column, shadow in enumerate(shadow_set.shadows):
-        matrix[:, column] = [image_id in shadow.members for image_id in ids]
+        matrix[:, column] = np.isin(ids, sorted(shadow.members))
     return matrix
 
 
