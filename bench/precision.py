@@ -13,6 +13,7 @@ pairs decoded, scored, written) into a fresh store. Writes bench/results/precisi
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def main() -> None:
     data = facades_subset(work / "pairs", pairs)
     resolved_auto = resolve_precision("auto", torch.device("cpu"))
     results: dict = {"pairs": pairs, "rounds": rounds, "threads": torch.get_num_threads(),
-                     "auto_resolves_to": resolved_auto, "geometries": {}}
+                     "auto_resolves_to": resolved_auto, "load_average_before": os.getloadavg(), "geometries": {}}
     rows, stage_rows, accuracy_rows = [], [], []
     for name, base in geometries(work).items():
         runs: dict[str, list[dict]] = {precision: [] for precision in PRECISIONS}
@@ -116,6 +117,7 @@ def main() -> None:
                 "lrec": agreement(runs["fp32"][0]["lrec"], done[0]["lrec"]),
                 "ldiff": agreement(runs["fp32"][0]["ldiff"], done[0]["ldiff"])}
         results["geometries"][name] = summary
+        results["load_average_after"] = os.getloadavg()  # other processes on the cores skew every figure
         for precision, entry in summary.items():
             speedup = entry["images_per_s"] / summary["fp32"]["images_per_s"]
             rows.append([name, precision, entry["recorded_precision"], entry["images_per_s"], f"{speedup:.2f}x"])
@@ -126,7 +128,8 @@ def main() -> None:
                                       f"{entry['ldiff']['spearman']:.5f}", f"{entry['lrec']['spearman']:.5f}"])
         path = write_results("precision_quick" if args.quick else "precision", results)
     print(f"{pairs} Facades pairs, best of {rounds} interleaved run(s) each, {torch.get_num_threads()} threads; "
-          f"auto resolves to {resolved_auto} here\n")
+          f"auto resolves to {resolved_auto} here; load average {results['load_average_before'][0]:.1f} before, "
+          f"{results['load_average_after'][0]:.1f} after\n")
     print(markdown_table(["geometry", "asked", "store records", "images/s", "vs fp32"], rows))
     print("\nms per image by stage (best run)")
     print(markdown_table(["geometry", "precision", *STAGES], stage_rows))
