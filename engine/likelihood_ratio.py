@@ -54,13 +54,15 @@ from .metrics import auc
 Transform = Literal["log", "logit", "none"]
 TRANSFORMS: tuple[str, ...] = ("log", "logit", "none")
 DEFAULT_TRANSFORM: Transform = "log"
-"""The transform whose per-image shadow distributions are closest to Gaussian, measured on 12 real pix2pix shadows
-(unet_64, ngf 8, 64 px, jitter, 80 epochs; complementary halves of 64 `engine.synthetic` pairs, 6 IN and 6 OUT
-values per image). `normality` KS distance IN / OUT (0 = Gaussian): log 0.079 / 0.064, logit 0.082 / 0.065,
-none 0.092 / 0.074. Lrec's shadow-to-shadow spread grows with its level (Spearman correlation of an image's OUT
-mean and OUT sd: none +0.29, logit +0.11, log +0.06), and LiRA's fixed variance assumes it does not. LiRA AUC with
-each shadow in turn playing the victim: online 0.677 (log) vs 0.667 (none), offline 0.724 vs 0.721. The
-differences are small at this size; bench/shadows_experiment.py measures `normality` again on Facades shadows."""
+"""The transform whose per-image shadow distributions are closest to Gaussian, measured on real pix2pix shadows
+(unet_64, ngf 8, 64 px, jitter) trained on complementary halves of `engine.synthetic` pairs: A = 64 pairs,
+12 shadows, 80 epochs (6 IN + 6 OUT values per image); B = 128 pairs, 8 shadows, 60 epochs (4 + 4).
+`normality` KS distance IN / OUT (0 = Gaussian), A then B: log 0.079 / 0.064, 0.032 / 0.019; logit 0.082 / 0.065,
+0.035 / 0.019; none 0.092 / 0.074, 0.042 / 0.028. Lrec's shadow-to-shadow spread grows with its level, which
+fixed-variance LiRA assumes away (Spearman of an image's OUT mean and sd, A, B): log +0.06, +0.26; logit +0.11,
++0.30; none +0.29, +0.48. LiRA AUC with each shadow in turn playing the victim, online / offline: A log 0.677 /
+0.724, none 0.667 / 0.721; B log 0.653 / 0.707, none 0.643 / 0.702 (logit between). Small but consistent
+differences; bench/shadows_experiment.py measures them again on Facades shadows."""
 LREC_FLOOR = 1e-6
 """Lrec is clipped to [LREC_FLOOR, 1 - LREC_FLOOR] before log / logit (a perfect reconstruction has Lrec 0)."""
 A_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
