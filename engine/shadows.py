@@ -158,10 +158,13 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
         jobs = []
         for entry in manifest["shadows"]:
             members_path, checkpoint = out / entry["members"], out / entry["checkpoint"]
+            planned = "".join(f"{i}\n" for i, keep in zip(ids, membership[:, entry["index"]]) if keep)
             if not members_path.is_file():
                 members_path.parent.mkdir(parents=True, exist_ok=True)
-                chosen = [i for i, keep in zip(ids, membership[:, entry["index"]]) if keep]
-                _write_text_atomically(members_path, "".join(f"{i}\n" for i in chosen))
+                _write_text_atomically(members_path, planned)
+            elif members_path.read_text(encoding="utf-8") != planned:
+                raise ShadowError(f"{members_path} is not the member list shadow {entry['index']} gets from this "
+                                  "seed and population (it was edited); restore it, or start over with --fresh")
             if not entry["done"] and checkpoint.is_file():  # renamed in, killed before being marked done
                 entry.update(done=True, seconds=None)
                 _write_manifest(out, manifest)
@@ -298,8 +301,9 @@ def _prepare(out: Path, wanted: dict[str, Any], data: str, fresh: bool) -> dict[
         changed = [f"{key}: {_describe(existing.get(key))} -> {_describe(value)}"
                    for key, value in wanted.items() if existing.get(key) != value and key != "population"]
         if existing["population"]["sha256"] != wanted["population"]["sha256"]:
-            changed.append(f"population: {existing['population']['n']} ids ({existing['population']['sha256'][:12]}) -> "
-                           f"{wanted['population']['n']} ids ({wanted['population']['sha256'][:12]})")
+            before, after = existing["population"], wanted["population"]
+            changed.append(f"population: {before['n']} ids ({before['sha256'][:12]}) -> {after['n']} ids "
+                           f"({after['sha256'][:12]})")
         if changed:
             raise ShadowError(f"{out} holds shadows made differently ({'; '.join(changed)}); use another folder, or "
                               "start over with --fresh (deletes its shadows)")

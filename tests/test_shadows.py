@@ -133,14 +133,35 @@ def test_a_changed_recipe_seed_k_or_population_is_refused(dataset, tmp_path, mon
         train_shadows(dataset / "data", missing, 2, tmp_path / "other", RECIPE, seed=1)
 
 
-def test_shadows_train_on_real_dask_processes(dataset, tmp_path):
-    finished = train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=2,
-                             plan=ClusterPlan(workers=2), device="cpu")
-    assert [s.index for s in finished.shadows] == [0, 1]
+def test_shadows_train_on_real_dask_processes_and_a_failing_one_is_named(tmp_path):
+    """Two shadows on two worker processes; one image is unreadable, so the shadow whose only member it is fails
+    on every try: it is named, the other is done, and a rerun once the image is fixed trains only the failed one."""
+    write_aligned_dataset(tmp_path / "data", 2, size=64)
+    (tmp_path / "population.txt").write_text("0\n1\n")
+    good_png = (tmp_path / "data" / "1.png").read_bytes()
+    (tmp_path / "data" / "1.png").write_bytes(good_png[:40])  # truncated: the trainer skips it
+    ids, plan = membership_plan(["0", "1"], 2, seed=2)
+    failing = int(np.flatnonzero(plan[ids.index("1")])[0])
+    with pytest.raises(ShadowError, match=rf"1 of 2 shadows failed \(shadow {failing}: ValueError: no usable member"):
+        train_shadows(tmp_path / "data", tmp_path / "population.txt", 2, tmp_path / "sh", RECIPE, seed=2,
+                      plan=ClusterPlan(workers=2), device="cpu")
     manifest = json.loads((tmp_path / "sh" / "shadows.json").read_text())
-    assert all(s["done"] and s["seconds"] is not None for s in manifest["shadows"])
+    assert [s["done"] for s in manifest["shadows"]] == [index != failing for index in range(2)]
+    trained_on_dask = tmp_path / "sh" / f"shadow_{1 - failing:02d}" / "generator.pth"
+    before = _checkpoint_state(trained_on_dask)
+    (tmp_path / "data" / "1.png").write_bytes(good_png)
+    finished = train_shadows(tmp_path / "data", tmp_path / "population.txt", 2, tmp_path / "sh", RECIPE, seed=2)
+    assert [s.index for s in finished.shadows] == [0, 1] and _checkpoint_state(trained_on_dask) == before
     for shadow in finished.shadows:
         assert open_victim(shadow.victim_spec) is not None
+
+
+def test_an_edited_member_list_is_refused(dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(shadows, "train_pix2pix", _placeholder_trainer([]))
+    train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)
+    (tmp_path / "sh" / "shadow_01" / "members.txt").write_text("0\n1\n2\n3\n4\n5\n")
+    with pytest.raises(ShadowError, match="shadow_01/members.txt is not the member list shadow 1 gets"):
+        train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)
 
 
 def _store_with_shadow_columns(path, n=80, k=4, seed=0):
