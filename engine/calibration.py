@@ -66,8 +66,10 @@ SPREAD_FLOOR = 0.1
 rows: where the two boosted quantiles cross, a near-zero spread would call any Lrec below the median a member."""
 FOLD_POLICY = ("reference rows: K seeded folds, each scored by the model fitted on the other K-1 folds; "
                "other rows: one model fitted on all reference rows")
-SCORED_OUT_OF_FOLD_ALL = -1
+ALL_REFERENCE_MODEL = -1
 """`PerImageScores.fold` of a non-reference row (scored by the all-reference model)."""
+PREDICT_CHUNK = 65_536
+"""Rows widened to float64 at a time when scoring: a million images' features stay float16 in memory."""
 NOT_SCORED = -2
 """`PerImageScores.fold` of a row with a missing Lrec, Ldiff or feature (its lcal is NaN)."""
 
@@ -262,7 +264,7 @@ class PerImageScores:
 
     ``lcal = (lrec - center) / scale`` (lower = member); NaN where the row could not be scored (`fold` ==
     NOT_SCORED). `fold`: for a reference row, the fold whose model (fitted without it) scored it; for another
-    row, SCORED_OUT_OF_FOLD_ALL. `record`: how it was made (JSON-ready).
+    row, ALL_REFERENCE_MODEL. `record`: how it was made (JSON-ready).
     """
 
     lcal: np.ndarray
@@ -320,15 +322,22 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
     lrec = float_vector("lrec", lrec)
     n = lrec.shape[0]
     ldiff = float_vector("ldiff", ldiff, n, other="lrec")
-    features = np.asarray(features, dtype=np.float64)
+    features = np.asarray(features)  # kept in its dtype (float16 in a store): rows are widened as they are used
+    if features.dtype.kind != "f":
+        features = features.astype(np.float64)
     if features.ndim != 2 or features.shape[0] != n:
         raise ValueError(f"features must have shape [{n}, F] (one row per image), got {features.shape}")
     reference_mask = np.asarray(reference_mask)
     if reference_mask.dtype != bool or reference_mask.shape != (n,):
         raise ValueError(f"reference_mask must be a bool array of shape ({n},), got {reference_mask.dtype} "
                          f"{reference_mask.shape}")
-    x = np.column_stack([features, ldiff])
-    scorable = np.isfinite(lrec) & np.isfinite(x).all(axis=1)
+
+    def design(at: np.ndarray) -> np.ndarray:
+        return np.column_stack([features[at].astype(np.float64), ldiff[at]])
+
+    scorable = np.isfinite(lrec) & np.isfinite(ldiff)
+    for start in range(0, n, PREDICT_CHUNK):
+        scorable[start:start + PREDICT_CHUNK] &= np.isfinite(features[start:start + PREDICT_CHUNK]).all(axis=1)
     reference = reference_mask & scorable
     rows = np.flatnonzero(reference)
     needed = max(MIN_REFERENCE, 2 * folds)
@@ -339,20 +348,22 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
                          "non-members")
 
     fold = np.full(n, NOT_SCORED, dtype=np.int64)
-    fold[scorable & ~reference] = SCORED_OUT_OF_FOLD_ALL
+    fold[scorable & ~reference] = ALL_REFERENCE_MODEL
     fold[rows[np.random.default_rng(seed).permutation(rows.size)]] = np.arange(rows.size) % folds
     center, scale = np.full(n, np.nan), np.full(n, np.nan)
     chosen = []
 
     def score(train: np.ndarray, scored: np.ndarray, name: str) -> None:
-        fitted = _fit_model(model, x[train], lrec[train], level, seed)
-        center[scored], scale[scored] = fitted.predict(x[scored])
+        fitted = _fit_model(model, design(train), lrec[train], level, seed)
+        for start in range(0, scored.size, PREDICT_CHUNK):
+            chunk = scored[start:start + PREDICT_CHUNK]
+            center[chunk], scale[chunk] = fitted.predict(design(chunk))
         chosen.append({"model": name, "trained_on": int(train.size), "scored": int(scored.size),
                        **fitted.hyperparameters})
 
     for k in range(folds):
         score(rows[fold[rows] != k], rows[fold[rows] == k], f"fold {k}")
-    others = np.flatnonzero(fold == SCORED_OUT_OF_FOLD_ALL)
+    others = np.flatnonzero(fold == ALL_REFERENCE_MODEL)
     if others.size:
         score(rows, others, "all reference rows")
     record = {

@@ -167,12 +167,13 @@ def dataset_test_store(store: str | os.PathLike | ScoreStore, suspect_ids_file: 
                              f"({reference_ids_file}), e.g. {sorted(both)[0]!r}; the two sets must be disjoint")
         reference_source = str(reference_ids_file)
     elif calibration is not None:
-        reference_ids = read_id_list(calibration["reference_ids_file"])
-        if ids_digest(reference_ids) != calibration["reference_sha256"]:
-            raise ValueError(f"{calibration['reference_ids_file']} changed since lcal was computed from it; pass "
-                             "--reference IDS (held-out non-members)")
+        recorded = calibration["reference_ids_file"]
+        if not os.path.isfile(recorded) or ids_digest(read_id_list(recorded)) != calibration["reference_sha256"]:
+            raise ValueError(f"{recorded}, lcal's reference, is gone or changed since lcal was computed from it; "
+                             "pass --reference IDS (held-out non-members)")
+        reference_ids = read_id_list(recorded)
         reference_ids -= suspects
-        reference_source = f"lcal's reference ({calibration['reference_ids_file']}), suspects excluded"
+        reference_source = f"lcal's reference ({recorded}), suspects excluded"
     else:
         raise ValueError(f"score {score} needs reference ids (--reference FILE of held-out non-members); only lcal "
                          "can default to its calibration's reference")

@@ -11,7 +11,7 @@ import pytest
 from scipy.special import ndtri
 
 from engine import calibration
-from engine.calibration import (NOT_SCORED, SCORED_OUT_OF_FOLD_ALL, calibrate_per_image, ids_digest,
+from engine.calibration import (ALL_REFERENCE_MODEL, NOT_SCORED, calibrate_per_image, ids_digest,
                                 require_current_lcal, rescore_per_image)
 from engine.config import ScoreConfig
 from engine.metrics import evaluate_scores, tpr_at_fpr
@@ -164,7 +164,7 @@ def test_no_row_is_scored_by_a_model_that_saw_it(monkeypatch):
     for row in reference:
         assert scored_by[row] == result.fold[row] < 4
         assert len(fits[scored_by[row]].trained_on) == reference.size - np.sum(result.fold[reference] == result.fold[row])
-    assert np.all(result.fold[~data.reference] == SCORED_OUT_OF_FOLD_ALL)
+    assert np.all(result.fold[~data.reference] == ALL_REFERENCE_MODEL)
 
 
 def test_folds_are_seeded_and_balanced():

@@ -128,3 +128,15 @@ def test_dataset_test_on_a_store(tmp_path):
         dataset_test_store(store.path, members, score="lrec")
     lrec = dataset_test_store(store.path, members, tmp_path / "reference.txt", score="lrec", n_boot=0, draws=5)
     assert lrec["test"]["auc"] < result["test"]["auc"]  # calibration makes the members stand out more
+
+
+def test_default_reference_refused_once_its_file_changed(tmp_path):
+    data = synthetic(n=300, seed=10)
+    store = calibration_store(tmp_path / "s.zarr", data)
+    reference = write_ids(tmp_path / "reference.txt", data.reference)
+    rescore_per_image(store.path, reference)
+    suspects = write_ids(tmp_path / "members.txt", data.member)
+    assert dataset_test_store(store.path, suspects, n_boot=0, draws=2)["test"]["n_reference"] == data.reference.sum()
+    reference.write_text("0\n")
+    with pytest.raises(ValueError, match="lcal's reference, is gone or changed .* pass --reference"):
+        dataset_test_store(store.path, suspects)
