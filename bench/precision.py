@@ -94,6 +94,7 @@ def main() -> None:
     pairs, rounds = (8, 1) if args.quick else (args.pairs, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="memscore-precision-"))
     data = facades_subset(work / "pairs", pairs)
+    warm_up = facades_subset(work / "warm_up", 4)
     resolved_auto = resolve_precision("auto", torch.device("cpu"))
     results: dict = {"pairs": pairs, "rounds": rounds, "threads": torch.get_num_threads(),
                      "auto_resolves_to": resolved_auto, "load_average_before": os.getloadavg(), "geometries": {}}
@@ -101,7 +102,7 @@ def main() -> None:
     for name, base in geometries(work).items():
         runs: dict[str, list[dict]] = {precision: [] for precision in PRECISIONS}
         for precision in PRECISIONS:  # warm-up: compilation, oneDNN kernel selection, file caches
-            one_run(ScoreConfig.from_dict({**base.to_dict(), "precision": precision}), data, work / "warm.zarr",
+            one_run(ScoreConfig.from_dict({**base.to_dict(), "precision": precision}), warm_up, work / "warm.zarr",
                     args.batch_size)
         for _ in range(rounds):
             for precision in PRECISIONS:
