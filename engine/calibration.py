@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 from scipy.special import ndtri
 
+from .attack import SCORE_MARK
 from .data import read_id_list
 from .metrics import calibrate_threshold, float_vector
 from .store import ScoreStore, StoreError, column_digest
@@ -432,7 +433,7 @@ def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | o
                   "reference_sha256": ids_digest(reference_ids), "n_reference_ids": len(reference_ids),
                   "reference_ids_not_in_store": len(reference_ids) - int(given.sum()),
                   "inputs_fingerprint": inputs, "lcal_sha256": column_digest(lcal, full=True), "created": _now()}
-        store.write_column(LCAL_COLUMN, lcal, float("nan"), {"calibration": record})
+        store.write_column(LCAL_COLUMN, lcal, float("nan"), {"calibration": record, SCORE_MARK: True})
     return record
 
 
@@ -456,3 +457,41 @@ def require_current_lcal(store: ScoreStore) -> dict[str, Any]:
         raise StoreError(f"{store.path}: {', '.join(changed)} changed after lcal was computed "
                          f"({record['created']}); run `memscore rescore --method per-image` again")
     return record
+
+
+@dataclass(frozen=True)
+class PerImageThresholds:
+    """Per-image Lrec thresholds at a target FPR for a store's `lcal`: call image i a member iff
+    ``lrec[i] <= lrec_threshold[i]`` (NaN where it was not scored)."""
+
+    ids: np.ndarray
+    lrec_threshold: np.ndarray
+    fpr: float
+    rule: str
+    calibration: dict[str, Any]
+    """The record of the lcal the thresholds belong to."""
+
+
+def per_image_thresholds(store: str | os.PathLike | ScoreStore, fpr: float, *,
+                         rule: str = "model") -> PerImageThresholds:
+    """`PerImageScores.thresholds_at(fpr, rule)` for a store's current `lcal`: the calibration is fitted again
+    from its record (same reference ids, model, folds, seed, level; deterministic) and refused unless it
+    reproduces the stored lcal exactly. With the quantile model and rule `model`, `fpr` must be the level it
+    was fitted at (`rescore_per_image(..., model="quantile", level=fpr)`)."""
+    store = store if isinstance(store, ScoreStore) else ScoreStore.open(store, mode="r")
+    store.require_readable()
+    record = require_current_lcal(store)
+    reference_file = record["reference_ids_file"]
+    if not os.path.isfile(reference_file) or ids_digest(read_id_list(reference_file)) != record["reference_sha256"]:
+        raise ValueError(f"{reference_file}, the reference lcal was computed from, is gone or changed; run "
+                         "`memscore rescore --method per-image` again with the reference you hold")
+    ids = store.column("id")
+    reference = np.isin(ids, list(read_id_list(reference_file))) & (store.column("status") == "ok")
+    result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"), reference,
+                                 model=record["model"], folds=record["folds"], seed=record["seed"],
+                                 level=record.get("level", DEFAULT_LEVEL))
+    if column_digest(result.lcal.astype(np.float32), full=True) != record["lcal_sha256"]:
+        raise StoreError(f"{store.path}: fitting the calibration again did not reproduce the stored lcal (another "
+                         "memscore or scikit-learn version?); run `memscore rescore --method per-image` again")
+    return PerImageThresholds(ids=ids, lrec_threshold=result.thresholds_at(fpr, rule), fpr=float(fpr), rule=rule,
+                              calibration=record)

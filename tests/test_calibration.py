@@ -12,7 +12,7 @@ from scipy.special import ndtri
 
 from engine import calibration
 from engine.calibration import (ALL_REFERENCE_MODEL, NOT_SCORED, calibrate_per_image, ids_digest,
-                                require_current_lcal, rescore_per_image)
+                                per_image_thresholds, require_current_lcal, rescore_per_image)
 from engine.config import ScoreConfig
 from engine.metrics import evaluate_scores, tpr_at_fpr
 from engine.rescore import alpha_pass
@@ -163,7 +163,8 @@ def test_no_row_is_scored_by_a_model_that_saw_it(monkeypatch):
     assert fits[-1].trained_on == set(reference.tolist())  # the non-reference rows' model saw every reference row
     for row in reference:
         assert scored_by[row] == result.fold[row] < 4
-        assert len(fits[scored_by[row]].trained_on) == reference.size - np.sum(result.fold[reference] == result.fold[row])
+        same_fold = np.sum(result.fold[reference] == result.fold[row])
+        assert len(fits[scored_by[row]].trained_on) == reference.size - same_fold
     assert np.all(result.fold[~data.reference] == ALL_REFERENCE_MODEL)
 
 
@@ -295,3 +296,19 @@ def test_rescore_per_image_refusals(tmp_path, small):
     old = synthetic_store(tmp_path / "old.zarr")  # a store without features
     with pytest.raises(StoreError, match="has no per-image features column"):
         rescore_per_image(old.path, write_ids(tmp_path / "r.txt", old.column("member") == 0))
+
+
+def test_per_image_thresholds_of_a_store_reproduce_its_calibration(tmp_path, small):
+    store = calibration_store(tmp_path / "s.zarr", small)
+    reference_file = write_ids(tmp_path / "reference.txt", small.reference)
+    rescore_per_image(store.path, reference_file, folds=3, seed=2)
+    found = per_image_thresholds(store.path, 0.1)
+    expected = calibrate_per_image(small.lrec.astype(np.float32), small.ldiff.astype(np.float32), small.features,
+                                   small.reference, folds=3, seed=2).thresholds_at(0.1)
+    np.testing.assert_array_equal(found.lrec_threshold, expected)
+    assert found.ids.tolist() == [str(i) for i in range(small.lrec.size)] and found.calibration["seed"] == 2
+    fresh = small.fresh_nonmembers
+    assert abs(np.mean(small.lrec[fresh] <= found.lrec_threshold[fresh]) - 0.1) < 0.05
+    reference_file.write_text("1\n")
+    with pytest.raises(ValueError, match="the reference lcal was computed from, is gone or changed"):
+        per_image_thresholds(store.path, 0.1)
