@@ -23,8 +23,11 @@ from .metrics import DIRECTION, calibrate_threshold, evaluate_scores, predict_me
 from .seeding import image_seed
 from .store import ScoreStore, StatusCounts, StoreError
 
-SCORE_COLUMNS = ("lmem", "lrec")
-"""The columns a threshold can be set on: lower means more likely a member."""
+SCORE_COLUMNS = ("lrec", "lmem")
+"""The scores every finished store has: lower means more likely a member."""
+SCORE_MARK = "membership_score"
+"""Attribute that marks a derived column as a membership score (lower = member): `lcal` (per-image
+calibration), `lira*` and `rmia*` (shadow victims). Their writers set it; readers list them with `score_names`."""
 DECISION_COLUMN = "predicted_member"
 DECISION_RULE = "member if score <= tau"
 
@@ -63,9 +66,17 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
-def _check_column(column: str) -> None:
-    if column not in SCORE_COLUMNS:
-        raise ValueError(f"column must be one of {SCORE_COLUMNS}, got {column!r}")
+def score_names(store: ScoreStore) -> list[str]:
+    """The membership scores a store holds: lrec, lmem, then the derived ones (`SCORE_MARK`), by name."""
+    derived = [name for name in store.derived_columns() if store.column_attrs(name).get(SCORE_MARK)]
+    return list(SCORE_COLUMNS) + derived
+
+
+def _check_column(store: ScoreStore, column: str) -> None:
+    available = score_names(store)
+    if column not in available:
+        raise ValueError(f"{store.path} has no score {column!r}; it has {', '.join(available)} (lcal comes from "
+                         "`memscore rescore --method per-image`, lira/rmia from `--method lira|rmia`)")
 
 
 def _reference_rows(store: ScoreStore, spec: str) -> np.ndarray | None:
@@ -101,8 +112,10 @@ def _require_lmem(store: ScoreStore) -> None:
 
 
 def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = None, *, n_boot: int = 0,
-             alpha: str | None = None, calibration_fraction: float = 0.5, partial: bool = False) -> dict[str, Any]:
-    """Attack metrics of `lrec` and `lmem` (lower score = member), JSON-ready.
+             alpha: str | None = None, calibration_fraction: float = 0.5, partial: bool = False,
+             scores: list[str] | None = None) -> dict[str, Any]:
+    """Attack metrics of `lrec`, `lmem` and every derived score the store holds, or of `scores` (lower score =
+    member), JSON-ready: one entry per score under its name, and `scores` listing them in order.
 
     Labels: `members_file` (one member id per line), else the store's `member` column; unlabelled rows are
     left out and counted. `alpha`: evaluate lmem at another alpha than the store's (a number, fit,
@@ -140,10 +153,17 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
         if auto:
             alpha_record.update(calibration_rows=int(calibration.sum()), evaluated_on="rows not used to choose alpha")
         known = known & ~calibration
+    wanted = score_names(store) if scores is None else list(scores)
+    for name in wanted:
+        _check_column(store, name)
+    values = {"lrec": lrec, "lmem": lmem}
     result = {"store": str(store.path), **completeness(counts), "alpha": alpha_record, "direction": DIRECTION,
-              "n_unlabelled_excluded": unlabelled}
-    for column, scores in (("lrec", lrec), ("lmem", lmem)):
-        result[column] = evaluate_scores(scores[known], labels[known] == 1, n_boot=n_boot).to_dict()
+              "n_unlabelled_excluded": unlabelled, "scores": wanted}
+    for name in wanted:
+        column = values[name] if name in values else store.column(name).astype(np.float64)
+        result[name] = evaluate_scores(column[known], labels[known] == 1, n_boot=n_boot).to_dict()
+        if name not in values:
+            result[name]["made_by"] = store.column_attrs(name)
     return result
 
 
@@ -208,8 +228,8 @@ def calibrate(store: StorePath | ScoreStore, nonmembers_file: StorePath, *, fpr:
     """The threshold tau a label-free attacker sets from images it knows are NOT members: the largest tau
     calling at most `fpr` of them members (`engine.metrics.calibrate_threshold`) on `column`."""
     _check_fraction("fpr", fpr)
-    _check_column(column)
     store, counts = readable_store(store, partial)
+    _check_column(store, column)
     if column == "lmem":
         _require_lmem(store)
     nonmembers = read_id_list(nonmembers_file)
@@ -260,12 +280,12 @@ def predict(store: StorePath, *, tau: float | None = None, calibration: Calibrat
         calibration = Calibration.load(calibration)
     if calibration is not None:
         column, tau = calibration.column, float(calibration.tau)
-    _check_column(column)
     if not np.isfinite(tau):
         raise ValueError(f"tau must be a finite number, got {tau}")
     store = ScoreStore.open(store, mode="r+")
     with store.lock():
         counts = store.require_readable(partial=partial)
+        _check_column(store, column)
         if column == "lmem":
             _require_lmem(store)
         scores, fingerprint = _fingerprinted_column(store, column)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .alpha import parse_alpha
-from .attack import DECISION_COLUMN, SCORE_COLUMNS, calibrate, evaluate, predict, readable_store
+from .attack import DECISION_COLUMN, calibrate, evaluate, predict, readable_store, score_names
 from .backbones import backbone_names
 from .config import DIFFICULTY_SOURCES, PRECISIONS, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
@@ -115,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         backbone=args.backbone, backbone_weights=args.weights, preset=args.preset,
         difficulty_source=args.difficulty_source, fit_fraction=args.fit_fraction, ridge=args.ridge,
         seed=args.seed, alpha=args.alpha, reference_ids=args.reference, augment=args.augment,
-        defense_noise=args.defense_noise, precision=args.precision,
+        defense_noise=args.defense_noise, precision=args.precision, shadows=args.shadows,
     )
 
 
@@ -155,19 +155,19 @@ def _state_pending(store: str, pending: int) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.store, args.members, n_boot=args.bootstrap, alpha=args.alpha,
-                      calibration_fraction=args.calibration_fraction, partial=args.partial)
+                      calibration_fraction=args.calibration_fraction, partial=args.partial, scores=args.score)
     _state_pending(args.store, result["pending"])
-    lrec, alpha = result["lrec"], result["alpha"]
-    print(f"{args.store}: {lrec['n_members']} members, {lrec['n_nonmembers']} non-members; "
-          f"{lrec['n_excluded_nan']} labelled rows without a score excluded ({result['failed']} failed, "
+    first, alpha = result[result["scores"][0]], result["alpha"]
+    print(f"{args.store}: {first['n_members']} members, {first['n_nonmembers']} non-members; "
+          f"{first['n_excluded_nan']} labelled rows without a score excluded ({result['failed']} failed, "
           f"{result['pending']} pending), {result['n_unlabelled_excluded']} unlabelled excluded; lower score = member")
     if alpha.get("calibration_rows"):
         chosen = f", chosen on {alpha['calibration_rows']} calibration rows; metrics on the others"
     else:
         chosen = f", fitted on {alpha['fitted_on']}" if alpha.get("fitted_on") else ""
     print(f"alpha = {alpha['value']:.4g} ({alpha['spec']}{chosen})")
-    for column in ("lrec", "lmem"):
-        print(format_metrics(column, result[column]))
+    for name in result["scores"]:
+        print(format_metrics(name, result[name]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"metrics written to {args.json}")
@@ -175,9 +175,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    record = rescore(args.store, args.alpha, args.reference)
-    print(f"{args.store}: lmem rewritten with alpha = {record.value:.4g} ({record.spec}); "
-          "earlier choices kept in its alpha history")
+    if args.method == "alpha":
+        if args.alpha is None:
+            raise ValueError("--method alpha (the default) needs --alpha NUMBER | fit | fit:robust | fit:reference")
+        record = rescore(args.store, args.alpha, args.reference)
+        print(f"{args.store}: lmem rewritten with alpha = {record.value:.4g} ({record.spec}); "
+              "earlier choices kept in its alpha history")
+    elif args.method == "per-image":
+        from .calibration import LCAL_COLUMN, rescore_per_image
+        if not args.reference:
+            raise ValueError("--method per-image needs --reference FILE (ids of known non-members)")
+        record = rescore_per_image(args.store, args.reference, model=args.model, folds=args.folds, seed=args.seed)
+        print(f"{args.store}: {LCAL_COLUMN} written ({record['model']} model, {record['folds']} folds, reference "
+              f"{args.reference}: {record['n_reference_ids'] - record['reference_ids_not_in_store']} ids; reference rows "
+              "scored out of fold)")
+    else:
+        from .shadows import rescore_with_shadows
+        record = rescore_with_shadows(args.store, args.method, online=not args.offline,
+                                      fixed_variance=args.fixed_variance, reference=args.reference)
+        print(f"{args.store}: {record['column']} written ({args.method}, {'offline' if args.offline else 'online'}, "
+              f"{record['k']} shadows)")
     return 0
 
 
@@ -214,13 +231,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.data or args.inputs:
         dataset = DatasetSpec(args.data, args.inputs, args.targets, args.direction).open()
     index = write_report(args.store, Path(args.out), members_file=args.members, dataset=dataset,
-                         n_boot=args.bootstrap, partial=args.partial)
+                         n_boot=args.bootstrap, partial=args.partial, scores=args.score)
     print(f"report written to {index} (open it in a browser; no server needed)")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    calibration = calibrate(args.store, args.nonmembers, fpr=args.fpr, column=args.column, partial=args.partial)
+    calibration = calibrate(args.store, args.nonmembers, fpr=args.fpr, column=args.score, partial=args.partial)
     _state_pending(args.store, calibration.pending)
     calibration.save(args.out)
     unknown = f" ({calibration.ids_not_in_store} ids of the file are not in the store)" \
@@ -231,7 +248,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    prediction = predict(args.store, tau=args.tau, calibration=args.calibration, column=args.column,
+    prediction = predict(args.store, tau=args.tau, calibration=args.calibration, column=args.score,
                          partial=args.partial)
     _state_pending(args.store, prediction.pending)
     print(f"{prediction.members} predicted members, {prediction.nonmembers} non-members, "
@@ -243,6 +260,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     store, counts = readable_store(args.store, partial=args.partial)
     _state_pending(args.store, counts.pending)
     frame = store.to_frame()
+    if args.score:
+        for name in args.score:
+            if name not in score_names(store):
+                raise ValueError(f"{args.store} has no score {name!r}; it has {', '.join(score_names(store))}")
+        frame = frame.drop(columns=[name for name in score_names(store) if name not in args.score])
     out = Path(args.out or Path(args.store).with_suffix(f".{args.format}"))
     if args.format == "parquet":
         frame.to_parquet(out, index=False)
@@ -266,6 +288,34 @@ def cmd_train_victim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shadows_train(args: argparse.Namespace) -> int:
+    from .shadows import ShadowRecipe, train_shadows
+    recipe = ShadowRecipe(netG=args.netG, size=args.size, ngf=args.ngf, norm=args.norm, use_dropout=args.dropout,
+                          use_jitter=not args.no_jitter, epochs=args.epochs, batch_size=args.batch_size)
+    shadow_set = train_shadows(args.data, args.population, args.k, args.out, recipe, seed=args.seed,
+                               plan=ClusterPlan(args.workers, args.scheduler), direction=args.direction,
+                               device=args.device, fresh=args.fresh)
+    print(f"{len(shadow_set.shadows)} shadows in {args.out}; score with --shadows {args.out}")
+    return 0
+
+
+def cmd_dataset_test(args: argparse.Namespace) -> int:
+    from .dataset_inference import dataset_test_store
+    result = dataset_test_store(args.store, args.suspect, args.reference, score=args.score, n_boot=args.bootstrap)
+    test, by_size = result["test"], result["by_size"]
+    print(f"{args.store}: {test['n_suspect']} suspect vs {test['n_reference']} reference images on {args.score} "
+          f"({result['reference']}); H1: the suspects' scores are lower (members)")
+    print(f"p-value {test['p_value']:.3g} ({test['statistic']}); effect size AUC {test['auc']:.3f}"
+          + (f" [{test['auc_ci'][0]:.3f}, {test['auc_ci'][1]:.3f}]" if test.get("auc_ci") else ""))
+    smallest = by_size["smallest_size"]
+    print("suspect images needed for p < 0.01 (median over random subsets): "
+          + (str(smallest) if smallest is not None else "not reached with this many"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"result written to {args.json}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(Path(args.out), quick=args.quick)
@@ -279,6 +329,25 @@ def _add_dataset_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
     p.add_argument("--targets", help="folder of ground-truth images (with --inputs)")
     p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"),
                    help="aligned files: which half is the input x (Facades label->photo: BtoA)")
+
+
+def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """How a pix2pix victim is trained (`train-victim`, and every shadow of `shadows train`)."""
+    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
+    p.add_argument("--netG", default="unet_128", choices=("unet_64", "unet_128", "unet_256"))
+    p.add_argument("--size", type=POSITIVE, default=128)
+    p.add_argument("--ngf", type=POSITIVE, default=16)
+    p.add_argument("--norm", default="instance", choices=("batch", "instance", "none"))
+    p.add_argument("--dropout", action="store_true")
+    p.add_argument("--no-jitter", action="store_true", help="no random resize-crop and flip (the public default has them)")
+    p.add_argument("--epochs", type=POSITIVE, default=20)
+    p.add_argument("--batch-size", type=POSITIVE, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def _add_score_argument(p: argparse.ArgumentParser, meaning: str) -> None:
+    p.add_argument("--score", action="append", metavar="NAME", help=meaning)
 
 
 def _add_partial_argument(p: argparse.ArgumentParser) -> None:
@@ -323,6 +392,8 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
                    help="score on a local Dask cluster of N worker processes (one per GPU where there are GPUs)")
     p.add_argument("--scheduler", help="score on an existing Dask cluster, e.g. tcp://HOST:8786 (the store path "
                                        "must be reachable from every worker)")
+    p.add_argument("--shadows", help="folder of shadow victims (`memscore shadows train`): every image is also "
+                                     "reconstructed by each shadow, for `memscore rescore --method lira|rmia`")
     p.add_argument("--overwrite", action="store_true", help="start a fresh store instead of resuming")
     p.add_argument("--no-progress", action="store_true")
 
@@ -342,19 +413,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate lmem at this alpha instead of the store's: NUMBER | fit | fit:robust | "
                         "auto (chosen with labels on a calibration split, reported on the rest)")
     p.add_argument("--calibration-fraction", type=_fraction, default=0.5, help="share of labelled rows for --alpha auto")
+    _add_score_argument(p, "evaluate only this score (repeatable; default: every score the store holds)")
     _add_partial_argument(p)
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("rescore", help="recompute lmem with another alpha, from the stored lrec and ldiff")
+    p = sub.add_parser("rescore", help="rewrite lmem at another alpha, or add a calibrated score (lcal, lira, rmia) "
+                                       "from what the store holds; no image is read again")
     p.add_argument("store")
-    p.add_argument("--alpha", required=True, type=_alpha(labelled=False),
-                   help="NUMBER | fit | fit:robust | fit:reference")
-    p.add_argument("--reference", help="ids of known non-members, for --alpha fit:reference")
+    p.add_argument("--method", default="alpha", choices=("alpha", "per-image", "lira", "rmia"),
+                   help="alpha: lmem at --alpha; per-image: lcal from known non-members (--reference); lira, rmia: "
+                        "from the store's shadow victims (`score --shadows`)")
+    p.add_argument("--alpha", type=_alpha(labelled=False), help="NUMBER | fit | fit:robust | fit:reference")
+    p.add_argument("--reference", help="ids of known non-members: for --alpha fit:reference and --method "
+                                       "per-image; for rmia, the population samples (default: every image)")
+    p.add_argument("--model", default="gaussian", choices=("gaussian", "quantile"),
+                   help="per-image: the model of a non-member's Lrec given the image")
+    p.add_argument("--folds", type=_whole_number(2), default=5,
+                   help="per-image: reference rows are scored out of fold by models fitted on the other folds")
+    p.add_argument("--seed", type=int, default=0, help="per-image: folds and model seeds")
+    p.add_argument("--offline", action="store_true", help="lira, rmia: use only the shadows that never saw each image")
+    p.add_argument("--fixed-variance", action="store_true", help="lira: one pooled variance instead of per image")
     p.set_defaults(func=cmd_rescore)
+    p = sub.add_parser("dataset-test", help="was this set of images, as a whole, in the victim's training data? "
+                                            "(one-sided test against held-out non-members, with a p-value)")
+    p.add_argument("store")
+    p.add_argument("--suspect", required=True, help="file of the suspect ids")
+    p.add_argument("--reference", help="file of held-out non-member ids (default for lcal: its own reference ids)")
+    p.add_argument("--score", default="lcal", help="the score to test (lower = member): lcal, lira..., lmem, lrec")
+    p.add_argument("--bootstrap", type=COUNT, default=1000, help="bootstrap resamples for the effect size's interval")
+    p.add_argument("--json", help="write the result here")
+    p.set_defaults(func=cmd_dataset_test)
     p = sub.add_parser("report", help="a self-contained HTML report with plots")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for index.html and its PNGs")
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
     p.add_argument("--bootstrap", type=COUNT, default=200)
+    _add_score_argument(p, "show only this score in the metrics and ROC (repeatable; default: every score)")
     _add_dataset_arguments(p, "the scored dataset, for thumbnails of the easiest and hardest images")
     _add_partial_argument(p)
     p.set_defaults(func=cmd_report)
@@ -362,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--nonmembers", required=True, help="file of ids known not to be members")
     p.add_argument("--fpr", type=_fraction, default=0.01)
-    p.add_argument("--column", default="lmem", choices=SCORE_COLUMNS)
+    p.add_argument("--score", default="lmem", help="the score to threshold: lrec | lmem | lcal | lira... (lower = "
+                                                   "member; `memscore evaluate` lists a store's scores)")
     p.add_argument("--out", default="calibration.json")
     _add_partial_argument(p)
     p.set_defaults(func=cmd_calibrate)
@@ -370,13 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store")
     p.add_argument("--tau", type=float)
     p.add_argument("--calibration", help="a file written by `memscore calibrate` (refused if the score changed since)")
-    p.add_argument("--column", default="lmem", choices=SCORE_COLUMNS, help="the score --tau applies to")
+    p.add_argument("--score", default="lmem", help="the score --tau applies to (a calibration names its own)")
     _add_partial_argument(p)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="the per-image table as Parquet or CSV")
     p.add_argument("store")
     p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
     p.add_argument("--out")
+    _add_score_argument(p, "export only this score column (repeatable; default: every score)")
     _add_partial_argument(p)
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("failures", help="list the ids that failed and why (and how many rows are pending)")
@@ -389,20 +484,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--members", help="file of member ids (default: every pair)")
     p.add_argument("--out", required=True)
-    p.add_argument("--direction", default="AtoB", choices=("AtoB", "BtoA"))
-    p.add_argument("--arch", default="pix2pix", choices=("pix2pix",))
-    p.add_argument("--netG", default="unet_128", choices=("unet_64", "unet_128", "unet_256"))
-    p.add_argument("--size", type=POSITIVE, default=128)
-    p.add_argument("--ngf", type=POSITIVE, default=16)
-    p.add_argument("--norm", default="instance", choices=("batch", "instance", "none"))
-    p.add_argument("--dropout", action="store_true")
-    p.add_argument("--no-jitter", action="store_true", help="no random resize-crop and flip (the public default has them)")
-    p.add_argument("--epochs", type=POSITIVE, default=20)
-    p.add_argument("--batch-size", type=POSITIVE, default=4)
+    _add_recipe_arguments(p)
     p.add_argument("--checkpoint-every", type=_whole_number(0, " (0: only the final checkpoint)"), default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train_victim)
+    p = sub.add_parser("shadows", help="shadow victims for LiRA and RMIA")
+    shadows = p.add_subparsers(dest="shadows_command", required=True)
+    p = shadows.add_parser("train", help="train K shadow victims, each on a seeded random half of a population, "
+                                         "with the victim's recipe (resumable; one task per shadow)")
+    p.add_argument("data")
+    p.add_argument("--population", required=True, help="file of the ids the shadows' halves are drawn from")
+    p.add_argument("--k", type=POSITIVE, required=True, help="number of shadows (even: every id is in exactly half)")
+    p.add_argument("--out", required=True, help="folder for the shadows and their manifest (shadows.json)")
+    _add_recipe_arguments(p)
+    p.add_argument("--workers", type=_whole_number(0, " (0: train in this process)"), default=0,
+                   help="train on a local Dask cluster of N worker processes (one per GPU where there are GPUs)")
+    p.add_argument("--scheduler", help="train on an existing Dask cluster, e.g. tcp://HOST:8786")
+    p.add_argument("--fresh", action="store_true", help="delete the folder's shadows and start over")
+    p.set_defaults(func=cmd_shadows_train)
     p = sub.add_parser("demo", help="the whole job on a generated dataset: train a victim, score, evaluate")
     p.add_argument("--out", default="memscore-demo")
     p.add_argument("--quick", action="store_true", help="smaller and faster (for tests)")

@@ -24,8 +24,11 @@ from .images import ImageError, load_rgb
 from .store import ScoreStore
 
 SCORES = ("lrec", "lmem")
-SCORE_NAMES = {"lrec": "Lrec (reconstruction error)", "lmem": "Lmem = Lrec - alpha * Ldiff"}
-SCORE_COLOURS = {"lrec": "#E69F00", "lmem": "#009E73"}
+"""The two scores the histograms and the scatter show; the metric table and the ROC show every score."""
+SCORE_NAMES = {"lrec": "Lrec (reconstruction error)", "lmem": "Lmem = Lrec - alpha * Ldiff",
+               "lcal": "lcal (per-image calibrated)"}
+PALETTE = ("#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#0072B2", "#D55E00", "#000000")
+"""Okabe-Ito colours, one per score in the order the store lists them."""
 # (label value, legend name, colour): Okabe-Ito colours, distinguishable with colour-blindness.
 GROUPS = ((0, "non-members", "#0072B2"), (1, "members", "#D55E00"), (-1, "unlabelled", "#555555"))
 SCATTER_MAX_POINTS = 20_000  # beyond this the scatter shows a fixed-seed random sample
@@ -54,9 +57,9 @@ def _roc_figure(curves: dict[str, Any], aucs: dict[str, float], fprs: list[float
     ax = figure.add_subplot()
     n_nonmembers = curves["lrec"].n_nonmembers
     floor = 1.0 / n_nonmembers
-    for column, curve in curves.items():
-        ax.plot(curve.fpr[1:], curve.tpr[1:], color=SCORE_COLOURS[column], lw=2,
-                label=f"{SCORE_NAMES[column]}, AUC {aucs[column]:.4f}")
+    for colour, (column, curve) in zip(PALETTE * 2, curves.items()):
+        ax.plot(curve.fpr[1:], curve.tpr[1:], color=colour, lw=2,
+                label=f"{SCORE_NAMES.get(column, column)}, AUC {aucs[column]:.4f}")
     ax.plot([floor, 1], [floor, 1], color="black", ls=":", lw=1, label="chance (TPR = FPR)")
     for target in fprs:
         if target >= floor:
@@ -234,21 +237,21 @@ def _tpr_cell(point: dict) -> str:
 
 
 def _metric_table(metrics: dict[str, dict]) -> str:
-    """Rows: AUC, balanced accuracy, TPR at each FPR; columns: lrec, lmem. Cells carry ids such as
-    `lmem-auc`, `lrec-ba`, `lmem-tpr-0.01`."""
-    lrec = metrics["lrec"]
-    rows = [["ROC-AUC"] + [f"{metrics[c]['auc']:.4f}{_ci(metrics[c]['auc_ci'])}" for c in SCORES],
+    """Rows: AUC, balanced accuracy, TPR at each FPR; a column per score (lrec, lmem, then derived ones). Cells
+    carry ids such as `lmem-auc`, `lrec-ba`, `lcal-tpr-0.01`."""
+    lrec, names = metrics["lrec"], metrics["scores"]
+    rows = [["ROC-AUC"] + [f"{metrics[c]['auc']:.4f}{_ci(metrics[c]['auc_ci'])}" for c in names],
             ["balanced accuracy (best threshold)"]
             + [f"{metrics[c]['balanced_accuracy']:.4f}{_ci(metrics[c]['balanced_accuracy_ci'])}<br><small>threshold "
-               f"{_threshold(metrics[c]['balanced_accuracy_threshold'])}</small>" for c in SCORES]]
-    ids = [[""] + [f"{c}-auc" for c in SCORES], [""] + [f"{c}-ba" for c in SCORES]]
+               f"{_threshold(metrics[c]['balanced_accuracy_threshold'])}</small>" for c in names]]
+    ids = [[""] + [f"{c}-auc" for c in names], [""] + [f"{c}-ba" for c in names]]
     for i, point in enumerate(lrec["tpr_at_fpr"]):
         target = point["target_fpr"]
-        rows.append([f"TPR at FPR {target * 100:g}%"] + [_tpr_cell(metrics[c]["tpr_at_fpr"][i]) for c in SCORES])
-        ids.append([""] + [f"{c}-tpr-{target:g}" for c in SCORES])
+        rows.append([f"TPR at FPR {target * 100:g}%"] + [_tpr_cell(metrics[c]["tpr_at_fpr"][i]) for c in names])
+        ids.append([""] + [f"{c}-tpr-{target:g}" for c in names])
     ci = (f"Brackets: {lrec['ci_level'] * 100:g}% stratified bootstrap intervals, {lrec['n_boot']} resamples "
           f"(seed {lrec['seed']})." if lrec["n_boot"] else "No bootstrap intervals (n_boot = 0).")
-    return (_table(["metric", SCORE_NAMES["lrec"], SCORE_NAMES["lmem"]], rows, ids)
+    return (_table(["metric", *[SCORE_NAMES.get(c, c) for c in names]], rows, ids)
             + f"<p><small>{_esc(ci)} {lrec['n_members']} members and {lrec['n_nonmembers']} non-members; "
               f"{lrec['n_excluded_nan']} labelled rows without a score (failed or pending) excluded.</small></p>")
 
@@ -265,6 +268,21 @@ def _failed_shards_table(store: ScoreStore, failed: dict[int, str]) -> str:
             + _table(["shard", "rows", "error"], rows, ids))
 
 
+def _derived_scores_table(metrics: dict[str, Any], names: list[str]) -> str:
+    """Per derived score: its method and the reference ids it was calibrated on (cells `NAME-made-by`)."""
+    rows, ids = [], []
+    for name in names:
+        made_by = dict(metrics[name].get("made_by", {}))
+        record = made_by.get("calibration", made_by)
+        reference = record.get("reference_ids_file") or record.get("reference_file") or "none (shadow victims)"
+        method = record.get("method", name)
+        details = {k: record[k] for k in ("model", "folds", "k", "online", "transform", "fixed_variance")
+                   if k in record}
+        rows.append([_esc(name), _esc(method), _esc(reference), _esc(details)])
+        ids.append(["", "", f"{name}-reference", ""])
+    return _table(["score", "method", "reference ids (known non-members)", "settings"], rows, ids)
+
+
 def _key_value_table(mapping: dict[str, Any]) -> str:
     return _table(["key", "value"], [[_esc(k), _esc(v)] for k, v in mapping.items()])
 
@@ -274,13 +292,14 @@ def _key_value_table(mapping: dict[str, Any]) -> str:
 
 def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, members_file: str | None = None,
                  dataset: Dataset | None = None, n_boot: int = 200, thumbnails: int = 8,
-                 partial: bool = False) -> Path:
+                 partial: bool = False, scores: list[str] | None = None) -> Path:
     """Write `out_dir/index.html` and its PNGs for the store at `store_path`; returns the HTML path.
 
     Labels: `members_file` (one member id per line) if given, else the store's `member` column; a
     store without labels still gets its histograms and scatter, and a note instead of metrics.
     `dataset` (the one that was scored) supplies the easiest/hardest images by Ldiff, `thumbnails`
-    of each; without it that section is a note. `n_boot` bootstrap resamples give the intervals.
+    of each; without it that section is a note. `n_boot` bootstrap resamples give the intervals. `scores`: the
+    derived scores (lcal, lira, ...) to show beside lrec and lmem (default: every one the store holds).
     The page links the PNGs by relative path: open it from disk, no server needed. A damaged store is
     refused, an unfinished one too unless `partial` (then the page says how many rows are pending, and
     which shards failed in the last run).
@@ -300,7 +319,8 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
     metrics_problem = NO_LABELS
     if (labels >= 0).any():
         try:
-            metrics = evaluate(store, members_file, n_boot=n_boot, partial=partial)
+            metrics = evaluate(store, members_file, n_boot=n_boot, partial=partial,
+                               scores=None if scores is None else ["lrec", "lmem", *[c for c in scores if c not in SCORES]])
         except ValueError as error:  # e.g. every labelled row is a member
             metrics_problem = f"No metrics: {_esc(str(error))}."
 
@@ -341,15 +361,20 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
                                  "rows only. Rerun the same <code>memscore score</code> command to finish it."))
     if failed_shards:
         sections.insert(-1, "<h2>Failed shards</h2>" + _failed_shards_table(store, failed_shards))
+    derived = [c for c in (metrics["scores"] if metrics else []) if c not in SCORES]
+    if derived:
+        sections.append("<h2>How the calibrated scores were made</h2>" + _derived_scores_table(metrics, derived))
 
     thresholds = {c: metrics[c]["balanced_accuracy_threshold"] if metrics else None for c in SCORES}
     known = labels >= 0
     if metrics:
-        curves = {c: roc(values[known], labels[known] == 1) for c, values in (("lrec", lrec), ("lmem", lmem))}
+        values_of = {"lrec": lrec, "lmem": lmem}
+        curves = {c: roc(values_of.get(c, store.column(c).astype(np.float64))[known], labels[known] == 1)
+                  for c in metrics["scores"]}
         fprs = [p["target_fpr"] for p in metrics["lrec"]["tpr_at_fpr"]]
-        name = _roc_figure(curves, {c: metrics[c]["auc"] for c in SCORES}, fprs, out / "roc.png")
+        name = _roc_figure(curves, {c: metrics[c]["auc"] for c in metrics["scores"]}, fprs, out / "roc.png")
         sections.append("<h2>ROC curve</h2>" + _figure(
-            name, "Log-log ROC of Lrec and Lmem: TPR against FPR, each point a threshold (member iff score ≤ "
+            name, "Log-log ROC of every score: TPR against FPR, each point a threshold (member iff score ≤ "
                   "threshold). The FPR axis starts at 1/(number of non-members), the smallest FPR this data "
                   "resolves; dashed: the FPR targets of the table it resolves; dotted: chance."))
     else:

@@ -116,7 +116,7 @@ def wide_columns(config: ScoreConfig) -> dict[str, int]:
     widths = {"features": feature_width(config.backbone)}
     if config.shadows:
         from .shadows import read_shadow_set
-        widths["lrec_shadow"] = widths["in_shadow"] = len(read_shadow_set(config.shadows).checkpoints)
+        widths["lrec_shadow"] = widths["in_shadow"] = len(read_shadow_set(config.shadows).shadows)
     return widths
 
 

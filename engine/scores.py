@@ -117,10 +117,10 @@ class Scorer:
         if self.config.shadows:
             from .shadows import read_shadow_set
             shadow_set = read_shadow_set(self.config.shadows)
-            self.shadow_victims = [open_victim(f"pix2pix:{checkpoint}", device=self.device,
+            self.shadow_victims = [open_victim(shadow.victim_spec, device=self.device,
                                                value_range=self.config.victim_range, seed=self.config.seed)
-                                   for checkpoint in shadow_set.checkpoints]
-            self.shadow_members = shadow_set.members
+                                   for shadow in shadow_set.shadows]
+            self.shadow_members = [shadow.members for shadow in shadow_set.shadows]
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
         self.precision = resolve_precision(self.config.precision, self.device)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .attack import SCORE_MARK
 from .data import open_dataset, read_id_list
 from .devices import resolve_device, use_threads
 from .likelihood_ratio import DEFAULT_TRANSFORM, PRIOR_DOF, Transform, lira, rmia
@@ -288,7 +289,7 @@ def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *,
         record = {**found.record(), "column": name, "k": int(lrec_shadow.shape[1]),
                   "reference_file": None if reference is None else str(reference),
                   "uses": {c: store.fingerprint(c) for c in ("lrec", "lrec_shadow", "in_shadow")}}
-        store.write_column(name, found.scores, np.nan, record)
+        store.write_column(name, found.scores, np.nan, {**record, SCORE_MARK: True})
     return record
 
 

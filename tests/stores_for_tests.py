@@ -13,17 +13,24 @@ from engine.store import ScoreStore
 
 def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: bool = True,
                     failed: tuple[int, ...] = (), pending_shards: tuple[int, ...] = (), alpha: str | None = "fit",
-                    seed: int = 1) -> ScoreStore:
+                    seed: int = 1, features: int = 0) -> ScoreStore:
     """A store of `n` rows with ids "0".."n-1"; rows in `failed` failed; shards in `pending_shards` never
-    written (an interrupted run); `alpha` None: no alpha pass (as an interrupted run leaves it)."""
+    written (an interrupted run); `alpha` None: no alpha pass (as an interrupted run leaves it). `features` > 0:
+    a `features` column that width, whose first value sets the spread of a non-member's Lrec (so a per-image
+    model of it beats one global threshold)."""
     rng = np.random.default_rng(seed)
     member = (rng.random(n) < 0.55).astype(np.int8)
     ldiff = rng.uniform(0.05, 0.30, n)
     lrec = 0.02 + 3.0 * ldiff + rng.normal(0, 0.04, n) - 0.1 * member
+    feature_values = rng.normal(0, 1, (n, max(features, 1))).astype(np.float16)
+    if features:
+        spread = np.exp(feature_values[:, 0].astype(np.float64))  # images whose non-member Lrec varies more
+        lrec = 0.5 + 3.0 * ldiff + 0.02 * spread * rng.normal(0, 1, n) - 0.03 * member
     status = np.array(["ok"] * n, dtype=object)
     status[list(failed)] = "failed"
     lrec[list(failed)] = ldiff[list(failed)] = np.nan
-    store = ScoreStore.create(path, n, shard_size, ScoreConfig(victim="recon:synthetic", alpha=alpha or "fit"))
+    store = ScoreStore.create(path, n, shard_size, ScoreConfig(victim="recon:synthetic", alpha=alpha or "fit"),
+                              wide_columns={"features": features} if features else None)
     for index in range(store.n_shards):
         if index in pending_shards:
             continue
@@ -33,7 +40,8 @@ def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: 
             "id": [str(i) for i in range(rows.start, rows.stop)], "lrec": lrec[rows], "ldiff": ldiff[rows],
             "status": list(status[rows]), "reason": ["broken file" if s == "failed" else "" for s in status[rows]],
             "member": member[rows] if labelled else np.full(size, -1, np.int8),
-            "out_height": np.full(size, 32, np.int32), "out_width": np.full(size, 32, np.int32)})
+            "out_height": np.full(size, 32, np.int32), "out_width": np.full(size, 32, np.int32),
+            **({"features": feature_values[rows]} if features else {})})
     if alpha is not None:
         alpha_pass(store, alpha)
     return ScoreStore.open(path, mode="r")

@@ -200,8 +200,8 @@ def test_user_errors_are_one_line_and_exit_code_2(argv, message, scored, tmp_pat
 
 def test_readers_refuse_an_interrupted_store_unless_partial_and_then_say_so(interrupted, tmp_path, capsys):
     for argv in (["evaluate"], ["export", "--out", str(tmp_path / "x.csv"), "--format", "csv"],
-                 ["report", "--out", str(tmp_path / "r")], ["calibrate", "--nonmembers", "x", "--column", "lrec"],
-                 ["predict", "--tau", "0.5", "--column", "lrec"]):
+                 ["report", "--out", str(tmp_path / "r")], ["calibrate", "--nonmembers", "x", "--score", "lrec"],
+                 ["predict", "--tau", "0.5", "--score", "lrec"]):
         assert main([argv[0], str(interrupted), *argv[1:]]) == 2, argv
         assert "25 of 60 rows are still pending" in _error_line(capsys, argv[0])
     assert main(["evaluate", str(interrupted), "--partial", "--json", str(tmp_path / "m.json")]) == 0
