@@ -9,6 +9,7 @@ pairs decoded, scored, written) into a fresh store. Writes bench/results/precisi
 
     python bench/precision.py --quick     # 8 pairs, one round: a smoke run
     python bench/precision.py             # 48 pairs, 3 rounds (minutes on 2 cores)
+    python bench/precision.py --threads 1 # when other processes share the cores
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from scipy.stats import spearmanr
 
 from common import markdown_table, pix2pix_victim, timed, write_results
 from engine import DatasetSpec, ScoreConfig, open_store, score
+from engine.devices import use_threads
 from engine.precision import resolve_precision
 
 FACADES_VAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "facades" / "val"
@@ -90,7 +92,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each precision, interleaved")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's choice); 1 when other "
+                        "processes keep the cores busy: two threads then stall at every parallel region")
     args = parser.parse_args()
+    if args.threads:
+        use_threads(args.threads)
     pairs, rounds = (8, 1) if args.quick else (args.pairs, args.rounds)
     work = Path(tempfile.mkdtemp(prefix="memscore-precision-"))
     data = facades_subset(work / "pairs", pairs)
