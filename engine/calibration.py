@@ -19,8 +19,14 @@ model's own training rows. Regularisation is chosen on the training rows only: t
 leave-one-out (closed form, no randomness), the boosted model's size by a seeded inner K-fold CV.
 
 Cross-fitting (`FOLD_POLICY`): reference rows are split into K seeded folds and each is scored by the model
-fitted on the other K-1 folds; every other row by one model fitted on all reference rows. No row is ever
-scored by a model that saw it, so reference rows can be evaluated alongside the rest.
+fitted on the other K-1 folds. Every other row is assigned to a seeded fold too and scored by that fold's
+model, not by one model fitted on all reference rows: then a suspect image and the reference rows of its fold
+are scored by the same model, which saw neither, so under the null (the suspect is a non-member) their scores
+are exchangeable and the dataset test stays calibrated. With one all-reference model, that model's own error
+shifts every suspect alike but no reference row: measured with the quantile model on synthetic non-members
+(500 suspects against 500 reference rows), the suspects' AUC varied over null draws with a standard deviation
+of 0.033 (one draw of 7 gave p = 0.0002) against 0.018 expected; with fold models, 0.020 over 10 draws. No row
+is ever scored by a model that saw it, so reference rows can be evaluated alongside the rest.
 """
 from __future__ import annotations
 
@@ -66,9 +72,7 @@ SPREAD_FLOOR = 0.1
 """The quantile model's spread q_0.5 - q_level is kept at least this fraction of its median over the training
 rows: where the two boosted quantiles cross, a near-zero spread would call any Lrec below the median a member."""
 FOLD_POLICY = ("reference rows: K seeded folds, each scored by the model fitted on the other K-1 folds; "
-               "other rows: one model fitted on all reference rows")
-ALL_REFERENCE_MODEL = -1
-"""`PerImageScores.fold` of a non-reference row (scored by the all-reference model)."""
+               "other rows: each assigned a seeded fold and scored by that fold's model")
 PREDICT_CHUNK = 65_536
 """Rows widened to float64 at a time when scoring: a million images' features stay float16 in memory."""
 NOT_SCORED = -2
@@ -264,8 +268,8 @@ class PerImageScores:
     """Cross-fitted per-image scores, one entry per input row.
 
     ``lcal = (lrec - center) / scale`` (lower = member); NaN where the row could not be scored (`fold` ==
-    NOT_SCORED). `fold`: for a reference row, the fold whose model (fitted without it) scored it; for another
-    row, ALL_REFERENCE_MODEL. `record`: how it was made (JSON-ready).
+    NOT_SCORED). `fold`: the fold k whose model (fitted on the reference rows outside fold k) scored the row;
+    a reference row is in its fold, another row only assigned to it. `record`: how it was made (JSON-ready).
     """
 
     lcal: np.ndarray
@@ -349,24 +353,20 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
                          "non-members")
 
     fold = np.full(n, NOT_SCORED, dtype=np.int64)
-    fold[scorable & ~reference] = ALL_REFERENCE_MODEL
-    fold[rows[np.random.default_rng(seed).permutation(rows.size)]] = np.arange(rows.size) % folds
+    generator = np.random.default_rng(seed)
+    for group in (rows, np.flatnonzero(scorable & ~reference)):  # balanced folds within each group
+        fold[group[generator.permutation(group.size)]] = np.arange(group.size) % folds
     center, scale = np.full(n, np.nan), np.full(n, np.nan)
     chosen = []
 
-    def score(train: np.ndarray, scored: np.ndarray, name: str) -> None:
+    for k in range(folds):
+        train, scored = rows[fold[rows] != k], np.flatnonzero(fold == k)
         fitted = _fit_model(model, design(train), lrec[train], level, seed)
         for start in range(0, scored.size, PREDICT_CHUNK):
             chunk = scored[start:start + PREDICT_CHUNK]
             center[chunk], scale[chunk] = fitted.predict(design(chunk))
-        chosen.append({"model": name, "trained_on": int(train.size), "scored": int(scored.size),
+        chosen.append({"fold": k, "trained_on": int(train.size), "scored": int(scored.size),
                        **fitted.hyperparameters})
-
-    for k in range(folds):
-        score(rows[fold[rows] != k], rows[fold[rows] == k], f"fold {k}")
-    others = np.flatnonzero(fold == ALL_REFERENCE_MODEL)
-    if others.size:
-        score(rows, others, "all reference rows")
     record = {
         "method": "per-image", "model": model, "folds": int(folds), "seed": int(seed),
         **({"level": float(level)} if model == "quantile" else {}),

@@ -9,8 +9,10 @@ approximately calibrated at the tens of suspects an audit has. Its power against
 the AUC of calling suspects members, P(suspect score < reference score) + ties / 2 = U / (n_suspect n_reference),
 the common-language effect size, with a stratified bootstrap CI (`engine.metrics.bootstrap_ci`).
 
-Scores: any score where lower = member (`lrec`, `lmem`, `lcal`). With `lcal`, the reference rows are best the
-calibration's own reference rows (scored out of fold); suspects must not be among them.
+Scores: any score where lower = member (`lrec`, `lmem`, `lcal`). With `lcal`, the reference can be the
+calibration's own reference rows: each was scored by a model that did not see it, and each suspect by one of
+the same fold models (`engine.calibration.FOLD_POLICY`), so under the null the two sets are exchangeable.
+Suspects must not be among the reference rows.
 """
 from __future__ import annotations
 

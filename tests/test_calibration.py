@@ -11,8 +11,8 @@ import pytest
 from scipy.special import ndtri
 
 from engine import calibration
-from engine.calibration import (ALL_REFERENCE_MODEL, NOT_SCORED, calibrate_per_image, ids_digest,
-                                per_image_thresholds, require_current_lcal, rescore_per_image)
+from engine.calibration import (NOT_SCORED, calibrate_per_image, ids_digest, per_image_thresholds,
+                                require_current_lcal, rescore_per_image)
 from engine.config import ScoreConfig
 from engine.metrics import evaluate_scores, tpr_at_fpr
 from engine.rescore import alpha_pass
@@ -150,7 +150,7 @@ def test_no_row_is_scored_by_a_model_that_saw_it(monkeypatch):
 
     monkeypatch.setattr(calibration, "_fit_model", watched_fit)
     result = calibrate_per_image(data.lrec, data.ldiff, features, data.reference, folds=4, seed=7)
-    assert len(fits) == 5  # four fold models and the all-reference one
+    assert len(fits) == 4  # one model per fold
     scored_by = {}
     for index, fit in enumerate(fits):
         for rows in fit.predicted:
@@ -160,12 +160,9 @@ def test_no_row_is_scored_by_a_model_that_saw_it(monkeypatch):
                 scored_by[row] = index
     assert sorted(scored_by) == list(range(n))  # every row scored exactly once
     reference = np.flatnonzero(data.reference)
-    assert fits[-1].trained_on == set(reference.tolist())  # the non-reference rows' model saw every reference row
-    for row in reference:
-        assert scored_by[row] == result.fold[row] < 4
-        same_fold = np.sum(result.fold[reference] == result.fold[row])
-        assert len(fits[scored_by[row]].trained_on) == reference.size - same_fold
-    assert np.all(result.fold[~data.reference] == ALL_REFERENCE_MODEL)
+    for row in range(n):  # each row is scored by the model of its fold: the reference rows outside that fold
+        assert scored_by[row] == result.fold[row]
+        assert fits[scored_by[row]].trained_on == set(reference[result.fold[reference] != result.fold[row]].tolist())
 
 
 def test_folds_are_seeded_and_balanced():
@@ -176,9 +173,10 @@ def test_folds_are_seeded_and_balanced():
     np.testing.assert_array_equal(first.fold, again.fold)
     np.testing.assert_array_equal(first.lcal, again.lcal)
     assert not np.array_equal(first.fold, other.fold)
-    counts = np.bincount(first.fold[small.reference], minlength=5)
-    assert counts.max() - counts.min() <= 1
-    assert first.record["folds"] == 5 and first.record["seed"] == 1 and len(first.record["fits"]) == 6
+    for group in (small.reference, ~small.reference):  # reference and other rows: balanced over the folds
+        counts = np.bincount(first.fold[group], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    assert first.record["folds"] == 5 and first.record["seed"] == 1 and len(first.record["fits"]) == 5
 
 
 def test_rows_with_a_missing_input_are_not_scored_nor_used():
