@@ -134,3 +134,37 @@ def test_a_full_disk_is_a_clear_error_and_a_rerun_recovers(dataset, tmp_path, ca
         assert ScoreStore.open(out).require_readable().ok == N
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_every_hostile_input_in_one_dataset_fails_or_is_reported_alone_and_the_rest_is_scored(tmp_path, capsys):
+    from PIL import Image
+
+    from images_for_tests import write_declared_png, write_frames
+    data = write_aligned_dataset(tmp_path / "data", 6, size=32)           # good pairs 0..5
+    linked = write_aligned_dataset(tmp_path / "elsewhere", 2, size=32)    # reached through a folder link
+    (data / "linked").symlink_to(linked, target_is_directory=True)
+    (data / "loop").symlink_to(data, target_is_directory=True)           # a link to an ancestor: no endless walk
+    write_declared_png(data / "bomb.png", 30000, 30000)                   # decompression bomb
+    write_frames(data / "frames.tif", 3, size=(64, 32))                   # multi-frame TIFF
+    Image.new("RGB", (2, 1)).save(data / "tiny.png")                      # 1x1 halves
+    (data / "truncated.png").write_bytes((data / "0.png").read_bytes()[:80])
+    Image.new("RGB", (64, 32)).save(data / "animation.gif")              # a type memscore does not read
+    (data / os.fsdecode(b"bad-\xff-name.png")).write_bytes((data / "1.png").read_bytes())  # not UTF-8
+    code = main(["score", str(data), "--victim", "python:victims_for_tests:blur", "--out", str(tmp_path / "s.zarr"),
+                 "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    store = ScoreStore.open(tmp_path / "s.zarr")
+    status = dict(zip(store.column("id"), store.column("status")))
+    reason = dict(zip(store.column("id"), store.column("reason")))
+    good = [str(i) for i in range(6)] + ["linked/0", "linked/1"]
+    assert all(status[i] == "ok" for i in good), status
+    assert all(status[i] == "failed" for i in ("bomb", "frames", "tiny", "truncated"))
+    assert "bomb.png: over memscore's limit of 67108864 pixels" in reason["bomb"]
+    assert "frames.tif: has 3 frames" in reason["frames"]
+    assert "tiny.png: too small to score" in reason["tiny"]
+    assert "truncated.png: cannot decode" in reason["truncated"]
+    assert set(status) == set(good) | {"bomb", "frames", "tiny", "truncated"}  # skipped files are not rows
+    notes = [line for line in printed.splitlines() if line.startswith("note: skipped")]
+    assert any("animation.gif" in line for line in notes) and any("UTF-8" in line for line in notes), notes
+    assert store.require_readable().ok == len(good)
