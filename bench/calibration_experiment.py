@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calibration import MODELS, calibrate_per_image
+from engine.calibration import MODELS, STATISTICS, calibrate_per_image
 from engine.dataset_inference import dataset_test, p_value_by_size
 from engine.metrics import evaluate_scores
 from engine.store import ScoreStore
@@ -45,14 +45,14 @@ def tpr(report: dict, target: float) -> float | None:
 def targets(metrics: dict[str, dict]) -> dict[str, dict]:
     """The issue's targets for each lcal model against lmem and lrec (None where a TPR was refused)."""
     found = {}
-    for model in MODELS:
-        lcal, lmem, lrec = metrics[f"lcal_{model}"], metrics["lmem"], metrics["lrec"]
+    for name in [name for name in metrics if name.startswith("lcal")]:
+        lcal, lmem, lrec = metrics[name], metrics["lmem"], metrics["lrec"]
         checks = {"auc_not_below_lmem": lcal["auc"] >= lmem["auc"]}
         if None not in (tpr(lcal, 0.01), tpr(lmem, 0.01)):
             checks["tpr1_at_least_1.25x_lmem"] = tpr(lcal, 0.01) >= TARGET_TPR1_RATIO * tpr(lmem, 0.01)
         if None not in (tpr(lcal, 0.001), tpr(lrec, 0.001)):
             checks["tpr01_not_below_lrec"] = tpr(lcal, 0.001) >= tpr(lrec, 0.001)
-        found[model] = checks
+        found[name] = checks
     return found
 
 
@@ -69,17 +69,22 @@ def experiment(path: str, fraction: float, folds: int, seed: int, n_boot: int, d
     scores = {"lrec": lrec, "lmem": store.column("lmem").astype(np.float64)}
     calibrations = {}
     for model in MODELS:
-        started = time.perf_counter()
-        result = calibrate_per_image(lrec, ldiff, store.column("features"), reference, model=model, folds=folds,
-                                     seed=seed)
-        scores[f"lcal_{model}"] = result.lcal
-        calibrations[model] = {**result.record, "seconds": round(time.perf_counter() - started, 2)}
-    row_sets = {"all": member >= 0, "held_out": (member == 1) | ((member == 0) & ~reference)}
+        for statistic in STATISTICS:  # lcal_MODEL describes lmem (the default), lcal_MODEL_lrec plain Lrec
+            name = f"lcal_{model}" + ("" if statistic == "lmem" else f"_{statistic}")
+            started = time.perf_counter()
+            result = calibrate_per_image(lrec, ldiff, store.column("features"), reference, model=model, folds=folds,
+                                         seed=seed, alpha=store.alpha.value if statistic == "lmem" else 0.0)
+            scores[name] = result.lcal
+            calibrations[name] = {**result.record, "seconds": round(time.perf_counter() - started, 2)}
+    held_out = (member == 0) & ~reference
+    row_sets = {"all": member >= 0}  # reference rows are scored out of fold, so they count as non-members
+    if held_out.any():
+        row_sets["held_out"] = (member == 1) | held_out
     metrics = {rows: {name: evaluate_scores(values[keep], member[keep] == 1, fprs=FPRS, n_boot=n_boot,
                                             seed=seed).to_dict()
                       for name, values in scores.items()}
                for rows, keep in row_sets.items()}
-    suspects = {"members": member == 1, "held_out_nonmembers": (member == 0) & ~reference}
+    suspects = {"members": member == 1, **({"held_out_nonmembers": held_out} if held_out.any() else {})}
     dataset = {group: {name: {"test": dataset_test(values[rows], values[reference], n_boot=n_boot,
                                                    seed=seed).to_dict(),
                               "by_size": p_value_by_size(values[rows], values[reference], draws=draws,
@@ -104,18 +109,18 @@ def table(result: dict) -> str:
              f"{result['n_reference']} of them the reference ({result['folds']} folds, seed {result['seed']})"]
     for rows, by_score in result["metrics"].items():
         lines.append(f"  rows: {rows}")
-        lines.append(f"    {'score':<16}{'AUC':<24}" + "".join(f"{'TPR@' + format(f, 'g'):<24}" for f in FPRS))
+        lines.append(f"    {'score':<22}{'AUC':<24}" + "".join(f"{'TPR@' + format(f, 'g'):<24}" for f in FPRS))
         for name, report in by_score.items():
             cells = [_interval(report["auc"], report["auc_ci"])]
             cells += [_interval(point["tpr"], point["ci"]) for point in report["tpr_at_fpr"]]
-            lines.append(f"    {name:<16}" + "".join(f"{cell:<24}" for cell in cells))
+            lines.append(f"    {name:<22}" + "".join(f"{cell:<24}" for cell in cells))
         lines.append(f"    targets: {json.dumps(result['targets'][rows])}")
     for group, by_score in result["dataset_test"].items():
         lines.append(f"  dataset test, suspects = {group} (median p-value by suspect-set size)")
         for name, found in by_score.items():
             curve = found["by_size"]
             shown = ", ".join(f"{size}: {p:.2g}" for size, p in zip(curve["sizes"], curve["median_p"]))
-            lines.append(f"    {name:<16}p {found['test']['p_value']:.3g}, AUC {found['test']['auc']:.3f}; "
+            lines.append(f"    {name:<22}p {found['test']['p_value']:.3g}, AUC {found['test']['auc']:.3f}; "
                          f"smallest n with p < 0.01: {curve['smallest_size']}; {shown}")
     return "\n".join(lines)
 
@@ -124,15 +129,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stores", nargs="+", help="finished stores with member labels and a features column")
     parser.add_argument("--reference-fraction", type=float, default=0.5,
-                        help="fraction of the labelled non-members used as the known-non-member reference")
+                        help="fraction of the labelled non-members used as the known-non-member reference (1: all "
+                             "of them, each scored out of fold)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     parser.add_argument("--draws", type=int, default=100, help="random suspect subsets per size for the p-value curve")
     parser.add_argument("--out", type=Path, default=RESULTS / "calibration.json")
     args = parser.parse_args()
-    if not 0.0 < args.reference_fraction < 1.0:
-        parser.error(f"--reference-fraction must be in (0, 1), got {args.reference_fraction}")
+    if not 0.0 < args.reference_fraction <= 1.0:
+        parser.error(f"--reference-fraction must be in (0, 1], got {args.reference_fraction}")
     results = []
     for path in args.stores:
         result = experiment(path, args.reference_fraction, args.folds, args.seed, args.n_boot, args.draws)

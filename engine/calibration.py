@@ -46,6 +46,9 @@ from .metrics import calibrate_threshold, float_vector
 from .store import ScoreStore, StoreError, column_digest
 
 MODELS = ("gaussian", "quantile")
+STATISTICS = ("lmem", "lrec")
+"""What the models describe: `lmem` (Lrec less the store's alpha times Ldiff; the default, measured better on a
+real victim: bench/results/calibration.json) or plain `lrec`."""
 LCAL_COLUMN = "lcal"
 LCAL_DIRECTION = "lower lcal = member; an image is called a member iff lcal <= threshold"
 INPUT_COLUMNS = ("lrec", "ldiff", "features")
@@ -316,17 +319,23 @@ def _check_options(model: str, folds: int, level: float) -> None:
 
 
 def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "gaussian", folds: int = 5,
-                        seed: int = 0, level: float = DEFAULT_LEVEL) -> PerImageScores:
+                        seed: int = 0, level: float = DEFAULT_LEVEL, alpha: float = 0.0) -> PerImageScores:
     """Cross-fitted calibrated scores from plain arrays (no store): see the module docstring.
 
     lrec, ldiff: [n]; features: [n, F] (any float dtype; a row with a NaN is not scored); reference_mask:
     [n] bool, True for known non-members. `seed` decides the folds and the boosted model's inner CV; `level`
-    is the quantile the `quantile` model fits besides the median (ignored by `gaussian`).
+    is the quantile the `quantile` model fits besides the median (ignored by `gaussian`). `alpha`: the models
+    describe a non-member's ``lrec - alpha * ldiff`` (`alpha` = the store's alpha: its Lmem) instead of Lrec,
+    so the difficulty trend that Lmem already removes is not shrunk with the other inputs; `center` and the
+    thresholds stay on the Lrec scale.
     """
     _check_options(model, folds, level)
     lrec = float_vector("lrec", lrec)
     n = lrec.shape[0]
     ldiff = float_vector("ldiff", ldiff, n, other="lrec")
+    if not np.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha}")
+    statistic = lrec - alpha * ldiff
     features = np.asarray(features)  # kept in its dtype (float16 in a store): rows are widened as they are used
     if features.dtype.kind != "f":
         features = features.astype(np.float64)
@@ -361,14 +370,15 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
 
     for k in range(folds):
         train, scored = rows[fold[rows] != k], np.flatnonzero(fold == k)
-        fitted = _fit_model(model, design(train), lrec[train], level, seed)
+        fitted = _fit_model(model, design(train), statistic[train], level, seed)
         for start in range(0, scored.size, PREDICT_CHUNK):
             chunk = scored[start:start + PREDICT_CHUNK]
             center[chunk], scale[chunk] = fitted.predict(design(chunk))
         chosen.append({"fold": k, "trained_on": int(train.size), "scored": int(scored.size),
                        **fitted.hyperparameters})
     record = {
-        "method": "per-image", "model": model, "folds": int(folds), "seed": int(seed),
+        "method": "per-image", "model": model, "folds": int(folds), "seed": int(seed), "alpha": float(alpha),
+        "statistic": "lrec" if alpha == 0.0 else f"lrec - {alpha:.6g} * ldiff (lmem)",
         **({"level": float(level)} if model == "quantile" else {}),
         "fold_policy": FOLD_POLICY, "n_reference": int(rows.size),
         "n_reference_not_scorable": int((reference_mask & ~scorable).sum()),
@@ -376,6 +386,7 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
         "inputs": f"{features.shape[1]} feature columns + ldiff, standardised on each model's training rows",
         "fits": chosen, "direction": LCAL_DIRECTION,
     }
+    center = center + alpha * ldiff  # on the Lrec scale: lrec - center = statistic - its predicted centre
     return PerImageScores(lcal=(lrec - center) / scale, center=center, scale=scale, fold=fold, reference=reference,
                           model=model, level=float(level), record=record)
 
@@ -401,8 +412,9 @@ def _require_features(store: ScoreStore) -> None:
 
 def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | os.PathLike, *,
                       model: str = "gaussian", folds: int = 5, seed: int = 0,
-                      level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+                      level: float = DEFAULT_LEVEL, statistic: str = "lmem") -> dict[str, Any]:
     """Write column `lcal` of a finished store (cross-fitted, `calibrate_per_image`) and return its record.
+    `statistic` (`STATISTICS`): `lmem` models a non-member's Lrec - alpha * Ldiff at the store's alpha.
 
     The record, kept in the column's attributes as `calibration`, holds the method, model, folds, seed, the
     reference ids file and the digest of its ids, and the fingerprints of the lrec, ldiff and features it was
@@ -410,6 +422,8 @@ def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | o
     known non-members: one the store labels a member is refused. Options are checked before the store is opened.
     """
     _check_options(model, folds, level)
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     if not os.path.isfile(reference_ids_file):
         raise ValueError(f"--reference {reference_ids_file}: no such file (one known non-member id per line)")
     reference_ids = read_id_list(reference_ids_file)
@@ -425,9 +439,12 @@ def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | o
                              f"{store_path} (e.g. {labelled_members[0]!r}); the reference must be known non-members")
         if not given.any():
             raise ValueError(f"none of the {len(reference_ids)} ids in {reference_ids_file} is in {store_path}")
-        inputs = {name: store.fingerprint(name) for name in INPUT_COLUMNS}
+        uses = INPUT_COLUMNS + (("lmem",) if statistic == "lmem" else ())
+        inputs = {name: store.fingerprint(name) for name in uses}
+        alpha = store.alpha.value if statistic == "lmem" else 0.0
         result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"),
-                                     given & (status == "ok"), model=model, folds=folds, seed=seed, level=level)
+                                     given & (status == "ok"), model=model, folds=folds, seed=seed, level=level,
+                                     alpha=alpha)
         lcal = result.lcal.astype(np.float32)
         record = {**result.record, "reference_ids_file": str(Path(reference_ids_file).resolve()),
                   "reference_sha256": ids_digest(reference_ids), "n_reference_ids": len(reference_ids),
@@ -489,7 +506,7 @@ def per_image_thresholds(store: str | os.PathLike | ScoreStore, fpr: float, *,
     reference = np.isin(ids, list(read_id_list(reference_file))) & (store.column("status") == "ok")
     result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"), reference,
                                  model=record["model"], folds=record["folds"], seed=record["seed"],
-                                 level=record.get("level", DEFAULT_LEVEL))
+                                 level=record.get("level", DEFAULT_LEVEL), alpha=record.get("alpha", 0.0))
     if column_digest(result.lcal.astype(np.float32), full=True) != record["lcal_sha256"]:
         raise StoreError(f"{store.path}: fitting the calibration again did not reproduce the stored lcal (another "
                          "memscore or scikit-learn version?); run `memscore rescore --method per-image` again")

@@ -185,8 +185,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         from .calibration import LCAL_COLUMN, rescore_per_image
         if not args.reference:
             raise ValueError("--method per-image needs --reference FILE (ids of known non-members)")
-        record = rescore_per_image(args.store, args.reference, model=args.model, folds=args.folds, seed=args.seed)
-        print(f"{args.store}: {LCAL_COLUMN} written ({record['model']} model, {record['folds']} folds, reference "
+        record = rescore_per_image(args.store, args.reference, model=args.model, folds=args.folds, seed=args.seed,
+                                   statistic=args.statistic)
+        print(f"{args.store}: {LCAL_COLUMN} written ({record['model']} model of {args.statistic}, {record['folds']} folds, reference "
               f"{args.reference}: {record['n_reference_ids'] - record['reference_ids_not_in_store']} ids; reference rows "
               "scored out of fold)")
     else:
@@ -427,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "per-image; for rmia, the population samples (default: every image)")
     p.add_argument("--model", default="gaussian", choices=("gaussian", "quantile"),
                    help="per-image: the model of a non-member's Lrec given the image")
+    p.add_argument("--statistic", default="lmem", choices=("lmem", "lrec"),
+                   help="per-image: what the model describes for a non-member: lmem (Lrec less the store's alpha "
+                        "times Ldiff) or lrec")
     p.add_argument("--folds", type=_whole_number(2), default=5,
                    help="per-image: reference rows are scored out of fold by models fitted on the other folds")
     p.add_argument("--seed", type=int, default=0, help="per-image: folds and model seeds")

@@ -21,7 +21,7 @@ def test_per_image_calibration_dataset_test_report_and_export(tmp_path, capsys):
     (tmp_path / "suspects.txt").write_text("\n".join(members[:40]) + "\n")
     (tmp_path / "innocent.txt").write_text("\n".join(nonmembers[len(nonmembers) // 2:][:40]) + "\n")
     assert main(["rescore", str(store), "--method", "per-image", "--reference", str(tmp_path / "reference.txt")]) == 0
-    assert "lcal written (gaussian model, 5 folds" in capsys.readouterr().out
+    assert "lcal written (gaussian model of lmem, 5 folds" in capsys.readouterr().out
     assert main(["evaluate", str(store), "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["scores"] == ["lrec", "lmem", "lcal"]

@@ -252,7 +252,7 @@ def small() -> Synthetic:
 def test_rescore_per_image_writes_lcal_and_its_record(tmp_path, small):
     store = calibration_store(tmp_path / "s.zarr", small)
     reference_file = write_ids(tmp_path / "reference.txt", small.reference)
-    record = rescore_per_image(store.path, reference_file, model="gaussian", folds=4, seed=3)
+    record = rescore_per_image(store.path, reference_file, model="gaussian", folds=4, seed=3, statistic="lrec")
     expected = calibrate_per_image(small.lrec.astype(np.float32), small.ldiff.astype(np.float32), small.features,
                                    small.reference, folds=4, seed=3)
     store = ScoreStore.open(store.path)
@@ -265,6 +265,27 @@ def test_rescore_per_image_writes_lcal_and_its_record(tmp_path, small):
     assert set(record["inputs_fingerprint"]) == {"lrec", "ldiff", "features"}
     assert record["inputs_fingerprint"]["features"] == store.fingerprint("features")
     assert "lcal" in store.derived_columns() and store.verify() == []
+
+
+def test_the_lmem_statistic_models_lrec_less_alpha_ldiff_and_follows_the_stores_alpha(tmp_path, small, data):
+    shifted = calibrate_per_image(data.lrec - 2.0 * data.ldiff, data.ldiff, data.features, data.reference)
+    with_alpha = calibrate_per_image(data.lrec, data.ldiff, data.features, data.reference, alpha=2.0)
+    np.testing.assert_allclose(with_alpha.lcal, shifted.lcal, rtol=1e-9, atol=1e-12)  # the same model of lmem
+    np.testing.assert_allclose(with_alpha.center, shifted.center + 2.0 * data.ldiff, rtol=1e-9)  # on Lrec's scale
+    assert with_alpha.record["alpha"] == 2.0 and "lmem" in with_alpha.record["statistic"]
+    store = calibration_store(tmp_path / "s.zarr", small)
+    reference_file = write_ids(tmp_path / "reference.txt", small.reference)
+    record = rescore_per_image(store.path, reference_file, folds=4, seed=3)  # the default statistic: lmem
+    store = ScoreStore.open(store.path)
+    expected = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"),
+                                   small.reference, folds=4, seed=3, alpha=store.alpha.value)
+    np.testing.assert_array_equal(store.column("lcal"), expected.lcal.astype(np.float32))
+    assert record["alpha"] == store.alpha.value and set(record["inputs_fingerprint"]) == {"lrec", "ldiff", "features",
+                                                                                          "lmem"}
+    from engine.rescore import rescore
+    rescore(store.path, "0.5")
+    with pytest.raises(StoreError, match="lmem changed after lcal was computed"):
+        require_current_lcal(ScoreStore.open(store.path))
 
 
 def test_lcal_is_refused_once_the_store_changed_after_it(tmp_path, small):
@@ -302,7 +323,8 @@ def test_per_image_thresholds_of_a_store_reproduce_its_calibration(tmp_path, sma
     rescore_per_image(store.path, reference_file, folds=3, seed=2)
     found = per_image_thresholds(store.path, 0.1)
     expected = calibrate_per_image(small.lrec.astype(np.float32), small.ldiff.astype(np.float32), small.features,
-                                   small.reference, folds=3, seed=2).thresholds_at(0.1)
+                                   small.reference, folds=3, seed=2,
+                                   alpha=ScoreStore.open(store.path).alpha.value).thresholds_at(0.1)
     np.testing.assert_array_equal(found.lrec_threshold, expected)
     assert found.ids.tolist() == [str(i) for i in range(small.lrec.size)] and found.calibration["seed"] == 2
     fresh = small.fresh_nonmembers
