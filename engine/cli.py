@@ -44,26 +44,21 @@ def _whole_number(minimum: int, meaning: str = "") -> Callable[[str], int]:
     return parse
 
 
-def _fraction(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {text}")
-    return value
+def _number(accepts: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+    """An argparse type: a number that `accepts` takes; `rule` says which numbers those are."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
 
 
-def _non_negative(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+_fraction = _number(lambda value: 0.0 < value < 1.0, "strictly between 0 and 1")
+_non_negative = _number(lambda value: 0.0 <= value < float("inf"), "a finite number >= 0")
 
 
 def _alpha(labelled: bool) -> Callable[[str], str]:

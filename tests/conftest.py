@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Facades folder (skipped with a reason when absent), thread limits."""
+"""Shared fixtures: the real Facades folder (skipped with a reason when absent), thread limits, the environment
+of subprocesses and Dask workers."""
 from __future__ import annotations
 
 import os
@@ -17,3 +18,11 @@ def facades() -> Path:
     if not (FACADES / "train").is_dir():
         pytest.skip(f"real Facades data not found at {FACADES} (set MEMSCORE_FACADES to its folder)")
     return FACADES
+
+
+@pytest.fixture
+def env(monkeypatch) -> dict[str, str]:
+    """The environment for subprocesses and Dask workers, which import the test victims from tests/."""
+    tests = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    return dict(os.environ)

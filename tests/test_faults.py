@@ -20,7 +20,6 @@ from engine.rescore import rescore
 from engine.store import ScoreStore
 from engine.synthetic import write_aligned_dataset
 
-TESTS = Path(__file__).resolve().parent
 N = 12
 KILLS = 6
 
@@ -28,13 +27,6 @@ KILLS = 6
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_aligned_dataset(tmp_path_factory.mktemp("data"), N, size=32)
-
-
-@pytest.fixture
-def env(monkeypatch):
-    """Subprocesses import the test victims from tests/."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-    return dict(os.environ)
 
 
 def _score_args(dataset, out, victim="slow_blur"):

@@ -19,20 +19,12 @@ from engine.cli import main
 from engine.store import ScoreStore
 from engine.synthetic import write_aligned_dataset
 
-TESTS = Path(__file__).resolve().parent
 N = 12
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return write_aligned_dataset(tmp_path_factory.mktemp("data"), N, size=32)
-
-
-@pytest.fixture
-def env(monkeypatch):
-    """Workers and subprocesses import the test victims from tests/."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-    return os.environ
 
 
 def _score_args(dataset, out, victim="blur", *extra):
