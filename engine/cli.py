@@ -373,8 +373,10 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
                    help="average Lrec over K copies: the pair, then seeded flips and crops (paper's Ours-Aug)")
     p.add_argument("--defense-noise", type=_non_negative, default=0.0, metavar="SIGMA",
                    help="add Gaussian noise of this std to victim outputs (measures a noise defence)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: backbone and victim under bfloat16 autocast")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="network arithmetic: auto = bf16 where the hardware runs it natively (CUDA from Ampere on, "
+                        "CPUs with AMX-BF16 or AVX512-BF16), else fp32; bf16 is refused where it would be emulated; "
+                        "the store records what was used (default: auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fit-fraction", type=_fraction, default=0.7)
     p.add_argument("--ridge", type=_non_negative, default=1e-6, help="relative ridge of the difficulty fit")

@@ -40,7 +40,9 @@ class ScoreConfig:
     precision: str = "fp32"
     """Of the backbone and the victim: `bf16` runs them under bfloat16 autocast (where the hardware has it natively:
     CUDA from Ampere on, CPUs with AMX-BF16 or AVX512-BF16; the kernel stays fp32/fp64), `auto` picks bf16 there and
-    fp32 elsewhere, resolved per device when a run starts (`engine.precision`); the store records what each run used."""
+    fp32 elsewhere. A run resolves `auto` once, before anything is written, and the store records the result, so
+    workers and resumes use one precision. The `memscore` command defaults to `auto`; this API to `fp32`, the exact
+    reference values."""
     fit_fraction: float = 0.7
     ridge: float = 1e-6
     seed: int = 0

@@ -7,6 +7,7 @@ shards are skipped on a rerun, damaged ones are scored again, and a changed conf
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -183,7 +184,9 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batc
     started = time.perf_counter()
     check_run_options(batch_size, shard_size)
     check_alpha_options(config.alpha, config.reference_ids)
-    resolve_precision(config.precision, resolve_device(device))  # bf16 where it would be emulated is refused here
+    # `auto` is resolved here, once, and recorded: workers and resumes use what the store says, so one store never
+    # mixes fp32 and bf16 scores (and bf16 where it would be emulated is refused before anything is touched)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, resolve_device(device)))
     dataset = dataset_spec.open()
     members_sha256 = members_digest(dataset_spec.members_file)
     if out.exists() and not overwrite:  # a changed configuration is refused before weights are looked for
@@ -225,8 +228,7 @@ def _score_shards(store: ScoreStore, job: ShardJob, cluster: ClusterPlan, progre
     done = store.done_shards()
     todo = [Shard(i, *store.shard_range(i)) for i in range(store.n_shards) if not done[i]]
     skipped = store.n_images - sum(shard.stop - shard.start for shard in todo)
-    precision = resolve_precision(job.config.precision, resolve_device(job.device))  # what the networks run in
-    store.update_record(layouts=store.record.layouts + (process_layout(job.device, cluster, precision),))
+    store.update_record(layouts=store.record.layouts + (process_layout(job.device, cluster, job.config.precision),))
     bar = Progress(store.n_images, skipped, progress)
     task = functools.partial(score_shard_task, job=job, on_batch=None if cluster.distributed else bar.batch)
     summary = RunSummary(str(store.path), 0, 0, skipped, 0.0)
