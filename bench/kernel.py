@@ -30,7 +30,7 @@ from sklearn.linear_model import LinearRegression  # noqa: E402
 
 import kernels.difficulty as difficulty  # noqa: E402
 from engine.samples import aligned_photo_batch  # noqa: E402
-from engine.schedule import use_threads  # noqa: E402
+from engine.devices import use_threads  # noqa: E402
 from bench.common import gemm_rate, markdown_table, memory_mib, reset_peak_memory, timed, write_results  # noqa: E402
 from kernels.interp import upsample  # noqa: E402
 
