@@ -46,6 +46,7 @@ from PIL import Image
 
 from .batch import Batch, Failure, Prepared, View
 from .data import Half, Pair
+from .devices import resolve_device
 from .images import ImageError, check_header, require_min_side
 from .pillow_reader import prepare
 from .preprocess import CNN_CROP, cnn_geometry
@@ -82,24 +83,6 @@ def dali_importable() -> bool:
     except Exception:  # ImportError, or a broken native library
         return False
     return True
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """`auto` -> the current CUDA device when torch sees one, else CPU; `cpu`, `gpu`, `cuda[:N]` as asked."""
-    name = "auto" if device is None else str(device)
-    if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    if name == "gpu":
-        name = "cuda"
-    resolved = torch.device(name)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"DALI reader: device {device!r} asked for, but torch sees no CUDA device; use 'cpu'")
-        if resolved.index is None:
-            resolved = torch.device("cuda", torch.cuda.current_device())
-    elif resolved.type != "cpu":
-        raise ValueError(f"DALI reader: device must be auto, cpu, gpu or cuda[:N], got {device!r}")
-    return resolved
 
 
 # ----------------------------------------------------------------------------------------------
