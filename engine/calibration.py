@@ -404,7 +404,7 @@ def ids_digest(ids) -> str:
 
 
 def _require_features(store: ScoreStore) -> None:
-    if "features" not in set(store.group.array_keys()):
+    if "features" not in store.record.wide_columns:
         raise StoreError(f"{store.path} has no per-image features column (it was scored by a memscore that did "
                          "not keep them): per-image calibration needs them; score it again with "
                          "`memscore score ... --overwrite`")

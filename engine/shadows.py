@@ -269,12 +269,7 @@ def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *,
     name = column or default_name
     store = ScoreStore.open(store_path, mode="r+")
     with store.lock():
-        if not store.done_shards().all():
-            raise StoreError(f"{store_path} is not fully scored yet; rerun `memscore score` to finish it first")
-        problems = store.verify()
-        if problems:
-            raise StoreError(f"{store_path} is damaged ({problems[0]}); `memscore verify` lists every problem and "
-                             "rerunning `memscore score` rescores the damaged shards")
+        store.require_readable()  # refuses an unfinished or damaged store, saying how to mend it
         lrec, lrec_shadow, in_shadow = (store.column(c) for c in ("lrec", "lrec_shadow", "in_shadow"))
         if lrec_shadow.ndim != 2 or lrec_shadow.shape != in_shadow.shape or lrec_shadow.shape[0] != lrec.shape[0]:
             raise StoreError(f"{store_path}: lrec_shadow {lrec_shadow.shape} and in_shadow {in_shadow.shape} must both "
