@@ -1,12 +1,12 @@
 """Per-image calibration against one global alpha, on finished stores with member labels and features (#16).
 
 For each store: a seeded fraction of the labelled non-members becomes the reference (known non-members); lcal
-is cross-fitted with each model (`engine.calibration.calibrate_per_image`; the store is only read). Reported,
-with stratified bootstrap CIs (`engine.metrics.evaluate_scores`), for lrec, lmem (the store's own alpha), lcal
+is cross-fitted with each model (`memscore.calibration.calibrate_per_image`; the store is only read). Reported,
+with stratified bootstrap CIs (`memscore.metrics.evaluate_scores`), for lrec, lmem (the store's own alpha), lcal
 gaussian and lcal quantile: AUC and TPR at 10/1/0.1% FPR, on two row sets: `all` (every labelled row; reference
 rows scored out of fold) and `held_out` (members and the non-members outside the reference). Then the dataset
 test's median p-value against suspect-set size, members as suspects and held-out non-members as suspects, each
-against the reference rows (`engine.dataset_inference`), and the issue's targets (lcal TPR@1% >= 1.25 x lmem,
+against the reference rows (`memscore.dataset_inference`), and the issue's targets (lcal TPR@1% >= 1.25 x lmem,
 TPR@0.1% >= lrec, AUC >= lmem). Prints a table; writes bench/results/calibration.json.
 
     python bench/calibration_experiment.py runs/victim128.zarr runs/demo.zarr --reference-fraction 0.5
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.calibration import MODELS, STATISTICS, calibrate_per_image
-from engine.dataset_inference import dataset_test, p_value_by_size
-from engine.metrics import evaluate_scores
-from engine.store import ScoreStore
+from memscore.calibration import MODELS, STATISTICS, calibrate_per_image
+from memscore.dataset_inference import dataset_test, p_value_by_size
+from memscore.metrics import evaluate_scores
+from memscore.store import ScoreStore
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FPRS = (0.1, 0.01, 0.001)

@@ -15,8 +15,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def pix2pix_victim(path: Path, size: int = 64, ngf: int = 16) -> str:
     """A randomly initialised pix2pix U-Net saved as a memscore checkpoint (it carries its architecture); returns its
     victim spec."""
-    from engine.train import VictimArch, _save
-    from engine.victims.pix2pix import build_generator
+    from memscore.train import VictimArch, _save
+    from memscore.victims.pix2pix import build_generator
     arch = VictimArch(netG={64: "unet_64", 128: "unet_128", 256: "unet_256"}[size], ngf=ngf, norm="instance", size=size)
     if not path.exists():
         torch.manual_seed(0)

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.alpha import fit_alpha, membership_error
-from engine.config import ScoreConfig
-from engine.data import AlignedFolder
-from engine.metrics import alpha_sweep, evaluate_scores
-from engine.run import run_scoring
-from engine.work import DatasetSpec
-from engine.store import ScoreStore
-from engine.train import VictimArch, read_arch, train_pix2pix
+from memscore.alpha import fit_alpha, membership_error
+from memscore.config import ScoreConfig
+from memscore.data import AlignedFolder
+from memscore.metrics import alpha_sweep, evaluate_scores
+from memscore.run import run_scoring
+from memscore.work import DatasetSpec
+from memscore.store import ScoreStore
+from memscore.train import VictimArch, read_arch, train_pix2pix
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "facades"
 ALPHA_GRID = np.round(np.arange(0.0, 10.0001, 0.05), 4)
@@ -175,7 +175,7 @@ def _random_init_wrn_control(entry: dict, data: Path, members: Path, checkpoint:
     """Without ImageNet weights for Wide-ResNet-50-2 (not downloadable here), score with a randomly
     initialised one as a control: it shows what the pretrained features contribute."""
     import torch
-    from engine.backbones import torch_hub_checkpoints
+    from memscore.backbones import torch_hub_checkpoints
     from torchvision.models import wide_resnet50_2
     weights = work / "wide_resnet50_2_random_init.pth"
     if not any((torch_hub_checkpoints() / f).is_file() for f in ("wide_resnet50_2-95faca4d.pth",)):

@@ -41,10 +41,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     batch, n_e2e, victim_size = (4, 32, 64) if args.small else (256, 20000, 256)
-    from engine.backbones import create_backbone
-    from engine.seeding import fit_mask
-    from engine.victims import load
-    from kernels.difficulty import predictability_error
+    from memscore.backbones import create_backbone
+    from memscore.seeding import fit_mask
+    from memscore.victims import load
+    from memscore.kernels.difficulty import predictability_error
     results: dict = {"machine": machine(), "device": str(device), "batch": batch}
 
     backbone = create_backbone("wide_resnet50_2", pretrained=False).to(device).to(memory_format=torch.channels_last)
@@ -65,10 +65,10 @@ def main() -> None:
     with torch.no_grad(), autocast:
         results["victim_pix2pix_images_per_s"] = rate(lambda: victim(v_in), batch, device)
 
-    from engine.config import ScoreConfig
-    from engine.run import run_scoring
-    from engine.work import DatasetSpec
-    from engine.synthetic import write_manifest_dataset
+    from memscore.config import ScoreConfig
+    from memscore.run import run_scoring
+    from memscore.work import DatasetSpec
+    from memscore.synthetic import write_manifest_dataset
     manifest = write_manifest_dataset(work / "data", n_e2e, distinct=256, size=256)
     weights = work / "wrn.pth"
     torch.save(_torchvision_wrn_state(), weights)

@@ -2,7 +2,7 @@
 
 Prints Markdown tables and writes bench/results/io.json: decode alone, the full reader (decode, cut
 the A|B halves, resize x to the victim size, CNN view, difficulty grid target) at batch 32, and the
-reader's share of a scoring run (`engine.run.run_scoring`, `recon:` victim). `--quick` for a short run.
+reader's share of a scoring run (`memscore.run.run_scoring`, `recon:` victim). `--quick` for a short run.
 """
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine import dali_reader  # noqa: E402
-from engine.data import AlignedFolder, Pair  # noqa: E402
-from engine.batch import Prepared, View  # noqa: E402
-from engine.pipeline import batches  # noqa: E402
-from engine.preprocess import difficulty_target, normalise, resize, resize_shorter_center_crop  # noqa: E402
+from memscore import dali_reader  # noqa: E402
+from memscore.data import AlignedFolder, Pair  # noqa: E402
+from memscore.batch import Prepared, View  # noqa: E402
+from memscore.pipeline import batches  # noqa: E402
+from memscore.preprocess import difficulty_target, normalise, resize, resize_shorter_center_crop  # noqa: E402
 
 FACADES = Path(os.environ.get("MEMSCORE_FACADES", ROOT.parent / "shared" / "datasets" / "facades"))
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -92,7 +92,7 @@ def decoders(paths: list[str], threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def torchvision_prepare(pair: Pair, view: View) -> Prepared:
-    """`engine.pillow_reader.prepare` with torchvision.io's decode_jpeg in place of Pillow (aligned files)."""
+    """`memscore.pillow_reader.prepare` with torchvision.io's decode_jpeg in place of Pillow (aligned files)."""
     import torchvision.io as tvio
     whole = tvio.decode_jpeg(tvio.read_file(pair.input_path), mode=tvio.ImageReadMode.RGB).float().div_(255.0)
     middle = whole.shape[-1] // 2
@@ -141,12 +141,12 @@ def race(methods: dict, n: int, repeats: int) -> dict:
 
 def scoring_breakdown(n: int, reader: str, work: Path) -> dict:
     """Wall time of `run_scoring` split into: waiting for the reader, victim, difficulty, the rest."""
-    import engine.run as run
-    import engine.work as unit_of_work
-    from engine.config import ScoreConfig
-    from engine.pipeline import batches as real_batches
-    from engine.scores import Scorer
-    from engine.victims import ReconFolder
+    import memscore.run as run
+    import memscore.work as unit_of_work
+    from memscore.config import ScoreConfig
+    from memscore.pipeline import batches as real_batches
+    from memscore.scores import Scorer
+    from memscore.victims import ReconFolder
 
     subset, recon = work / f"train-{n}", work / f"recon-{n}"
     if not subset.exists():  # the first n Facades pairs, and "victim outputs": the photos at 128 px

@@ -28,11 +28,11 @@ import torch  # noqa: E402
 from skimage.transform import resize as sk_resize  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
-import kernels.difficulty as difficulty  # noqa: E402
-from engine.samples import aligned_photo_batch  # noqa: E402
-from engine.devices import use_threads  # noqa: E402
+import memscore.kernels.difficulty as difficulty  # noqa: E402
+from memscore.samples import aligned_photo_batch  # noqa: E402
+from memscore.devices import use_threads  # noqa: E402
 from bench.common import gemm_rate, markdown_table, memory_mib, reset_peak_memory, timed, write_results  # noqa: E402
-from kernels.interp import upsample  # noqa: E402
+from memscore.kernels.interp import upsample  # noqa: E402
 
 RESIZE = "skimage"  # the authors' operator, so all three methods solve the same problem
 RIDGE = 1e-6
@@ -194,13 +194,13 @@ def worker(method: str, inputs: Path, count: int, repeats: int) -> dict:
 
 
 def facade_inputs(folder: Path, count: int, name: str, pretrained: bool) -> dict:
-    from engine.backbones import create_backbone
+    from memscore.backbones import create_backbone
 
     images, target = aligned_photo_batch(folder / "train", count)
     torch.manual_seed(0)
     model = create_backbone(name, pretrained=pretrained)
     mean, std = torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
-    with torch.no_grad():  # channels-last, as engine.scores runs the backbone
+    with torch.no_grad():  # channels-last, as memscore.scores runs the backbone
         model = model.to(memory_format=torch.channels_last)
         stages = model(((images - mean) / std).contiguous(memory_format=torch.channels_last))
     generator = torch.Generator().manual_seed(0)

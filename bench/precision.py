@@ -24,9 +24,9 @@ from PIL import Image, ImageFilter
 from scipy.stats import spearmanr
 
 from common import markdown_table, pix2pix_victim, timed, write_results
-from engine import DatasetSpec, ScoreConfig, open_store, score
-from engine.devices import use_threads
-from engine.precision import resolve_precision
+from memscore import DatasetSpec, ScoreConfig, open_store, score
+from memscore.devices import use_threads
+from memscore.precision import resolve_precision
 
 FACADES_VAL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "facades" / "val"
 PRECISIONS = ("fp32", "bf16", "auto")

@@ -40,15 +40,15 @@ def measure_shard_peaks(peaks: list[float]) -> None:
     is the largest of its shards' peaks, which vary by tens of MB with timing and fragmentation, so it
     creeps up with the number of shards even when nothing accumulates; the shards' peaks against
     their order show whether anything does."""
-    import engine.work
-    score_shard = engine.work.score_shard
+    import memscore.work
+    score_shard = memscore.work.score_shard
 
     def measured(*args, **kwargs):
         peaks.append(memory_mib("VmHWM"))  # setup before the first shard, then each previous shard
         reset_peak_memory()
         return score_shard(*args, **kwargs)
 
-    engine.work.score_shard = measured
+    memscore.work.score_shard = measured
 
 
 def run_one(spec: dict) -> dict:
@@ -58,13 +58,13 @@ def run_one(spec: dict) -> dict:
     reader running (victim, backbone and kernel each timed by the scorer's stage clocks); the store
     write has nothing beside it in a run, so its in-run rate is its standalone one.
     """
-    from engine.config import ScoreConfig
-    from engine.pipeline import batches
-    from engine.devices import reader_threads
-    from engine.run import run_scoring
-    from engine.work import DatasetSpec
-    from engine.scores import Scorer
-    from engine.timing import StageTimes
+    from memscore.config import ScoreConfig
+    from memscore.pipeline import batches
+    from memscore.devices import reader_threads
+    from memscore.run import run_scoring
+    from memscore.work import DatasetSpec
+    from memscore.scores import Scorer
+    from memscore.timing import StageTimes
     config = ScoreConfig(**{**spec["config"], "victim_options": tuple(tuple(p) for p in spec["config"]["victim_options"])})
     dataset_spec = DatasetSpec(**spec["dataset"])
     batch_size = spec.get("batch_size", 32)
@@ -100,12 +100,12 @@ def in_subprocess(spec: dict) -> dict:
 
 def flops_per_image(config: dict, victim_size: int) -> dict[str, float]:
     """FLOPs of one image through the victim and the backbone (torch's counter) and the fused kernel
-    (its Gram, Cholesky, right-hand side and held-out predictions; the reduced width of kernels.difficulty)."""
+    (its Gram, Cholesky, right-hand side and held-out predictions; the reduced width of memscore.kernels.difficulty)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.backbones import create_backbone
-    from engine.victims import load
-    from kernels.difficulty import reduced_width
+    from memscore.backbones import create_backbone
+    from memscore.victims import load
+    from memscore.kernels.difficulty import reduced_width
     counts = {}
     backbone = create_backbone(config["backbone"], pretrained=False)
     victim = load(config["victim"], **dict(config["victim_options"]))
@@ -128,7 +128,7 @@ def end_to_end(work: Path, base: dict, victim_size: int, quick: bool) -> tuple[d
     and after (a shared machine's rate drifts; the faster reading is the machine's). "Stages in
     series" is the rate of running every stage alone one after the other (1 / the sum of their
     standalone costs): the ceiling wherever the stages share the same cores, as on a CPU."""
-    from engine.synthetic import write_manifest_dataset
+    from memscore.synthetic import write_manifest_dataset
     gemm_runs = [gemm_rate()["wall"]]
     n_synthetic = {"efficientnet_lite0": 64 if quick else 1024, "wide_resnet50_2": 256}
     backbones = ["efficientnet_lite0"] + ([] if quick else ["wide_resnet50_2"])
@@ -170,7 +170,7 @@ def growth(work: Path, base: dict, runs: list[dict], n: int) -> dict:
     """`runs` plus one more at N = n (tiny images, a manifest over 16 distinct pairs, shards of 1024),
     the slope of the runs' peak RSS from the first to this one, and within this run the least-squares
     slope of each shard's own peak against the images scored before it."""
-    from engine.synthetic import write_manifest_dataset
+    from memscore.synthetic import write_manifest_dataset
     manifest = write_manifest_dataset(work / f"grow{n}", n, distinct=16, size=16)
     result = in_subprocess({"config": {**base, "backbone": "efficientnet_lite0"}, "dataset": {"data": str(manifest)},
                             "out": str(work / "grow.zarr"), "batch_size": 64, "shard_size": GROWTH_SHARD})

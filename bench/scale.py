@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, pix2pix_victim, write_results  # noqa: E402
 
-from engine.config import ScoreConfig  # noqa: E402
-from engine.run import run_scoring  # noqa: E402
-from engine.work import DatasetSpec  # noqa: E402
-from engine.schedule import ClusterPlan  # noqa: E402
-from engine.synthetic import write_manifest_dataset  # noqa: E402
+from memscore.config import ScoreConfig  # noqa: E402
+from memscore.run import run_scoring  # noqa: E402
+from memscore.work import DatasetSpec  # noqa: E402
+from memscore.schedule import ClusterPlan  # noqa: E402
+from memscore.synthetic import write_manifest_dataset  # noqa: E402
 
 
 def main() -> None:

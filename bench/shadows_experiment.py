@@ -5,7 +5,7 @@ members file (non-members for evaluation: every other id of the store, never in 
 and the shadows folder (training time per shadow). For K = 1, 2, 4, ... up to the shadows available, the
 first K shadows are used (whole complementary pairs, so every id keeps K/2 IN and K/2 OUT), and the other
 disjoint blocks of K shadows give the spread across shadow draws. Reports AUC and TPR at 10/1/0.1% FPR with
-stratified bootstrap CIs (engine.metrics.evaluate_scores) for lrec, lmem (fitted alpha), any extra store
+stratified bootstrap CIs (memscore.metrics.evaluate_scores) for lrec, lmem (fitted alpha), any extra store
 column, LiRA online/offline with per-image and fixed variance, and RMIA online/offline; also how Gaussian
 the per-image shadow statistics are under each transform, and LiRA under each transform at the largest K.
 Writes a table to stdout, `bench/results/shadows.json` and `bench/results/shadows_tpr_vs_k.png`.
@@ -26,11 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.alpha import fit_alpha, membership_error  # noqa: E402
-from engine.data import read_id_list  # noqa: E402
-from engine.likelihood_ratio import TRANSFORMS, ShadowScores, lira, normality, rmia  # noqa: E402
-from engine.metrics import evaluate_scores, tpr_at_fpr  # noqa: E402
-from engine.store import ScoreStore  # noqa: E402
+from memscore.alpha import fit_alpha, membership_error  # noqa: E402
+from memscore.data import read_id_list  # noqa: E402
+from memscore.likelihood_ratio import TRANSFORMS, ShadowScores, lira, normality, rmia  # noqa: E402
+from memscore.metrics import evaluate_scores, tpr_at_fpr  # noqa: E402
+from memscore.store import ScoreStore  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FPRS = (0.1, 0.01, 0.001)

@@ -1,8 +1,8 @@
 """memscore: membership-inference scores (Lrec, Ldiff, Lmem) for conditional image generators.
 
-The handful of names a notebook needs; the `memscore` command (engine.cli) calls the same functions:
+The handful of names a notebook needs; the `memscore` command (memscore.cli) calls the same functions:
 `score` (memscore score), `rescore_store` (rescore), `evaluate`, `calibrate`, `predict`, `open_store`.
-No name here may equal a submodule's (it would hide the module: `engine.rescore` is the module that
+No name here may equal a submodule's (it would hide the module: `memscore.rescore` is the module that
 holds `rescore_store`'s code).
 """
 from __future__ import annotations

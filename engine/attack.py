@@ -4,7 +4,7 @@ bound to the exact score it was set on) and `predict` (a member decision per ima
 
 Every function here reads a store that `verify` finds intact, and refuses an unfinished one unless asked
 with `partial=True`; then the result says how many rows were still pending. The metrics themselves are
-`engine.metrics`, pure functions of (scores, labels).
+`memscore.metrics`, pure functions of (scores, labels).
 """
 from __future__ import annotations
 
@@ -226,7 +226,7 @@ def _fingerprinted_column(store: ScoreStore, column: str) -> tuple[np.ndarray, d
 def calibrate(store: StorePath | ScoreStore, nonmembers_file: StorePath, *, fpr: float = 0.01, column: str = "lmem",
               partial: bool = False) -> Calibration:
     """The threshold tau a label-free attacker sets from images it knows are NOT members: the largest tau
-    calling at most `fpr` of them members (`engine.metrics.calibrate_threshold`) on `column`."""
+    calling at most `fpr` of them members (`memscore.metrics.calibrate_threshold`) on `column`."""
     _check_fraction("fpr", fpr)
     store, counts = readable_store(store, partial)
     _check_column(store, column)

@@ -1,5 +1,5 @@
 """The readers' data contract: how to prepare a pair (`View`), what a pair becomes (`Prepared` or
-`Failure`), and a `Batch` of them. Both readers (`engine.pillow_reader`, `engine.dali_reader`) build
+`Failure`), and a `Batch` of them. Both readers (`memscore.pillow_reader`, `memscore.dali_reader`) build
 batches with `Batch.from_results`; the scorer and the victims read them.
 """
 from __future__ import annotations

@@ -292,7 +292,7 @@ class PerImageScores:
         for `gaussian`; q_level(x) for `quantile`, which only knows the level it was fitted at (refit with
         ``level=fpr`` for another). rule `reference`: centre + scale * t, with t the largest cut on the
         reference rows' out-of-fold lcal that calls at most `fpr` of them members
-        (`engine.metrics.calibrate_threshold`), which corrects a misspecified tail at the price of needing
+        (`memscore.metrics.calibrate_threshold`), which corrects a misspecified tail at the price of needing
         at least 1/fpr reference rows. NaN where the row was not scored.
         """
         if not 0.0 < fpr < 1.0:

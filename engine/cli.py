@@ -62,7 +62,7 @@ _non_negative = _number(lambda value: 0.0 <= value < float("inf"), "a finite num
 
 
 def _alpha(labelled: bool) -> Callable[[str], str]:
-    """An argparse type: an alpha spec (`engine.alpha.parse_alpha`), kept as written; `auto` needs labels,
+    """An argparse type: an alpha spec (`memscore.alpha.parse_alpha`), kept as written; `auto` needs labels,
     so only `labelled` commands (evaluate) take it."""
     def parse(text: str) -> str:
         try:

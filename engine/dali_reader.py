@@ -3,16 +3,16 @@
 With CUDA, JPEGs decode on the GPU (nvJPEG, `mixed`) and every resize runs there, so tensors reach
 torch on the GPU with no host copy; without CUDA the same pipeline runs on the CPU (`device_id=None`).
 
-What goes through DALI and what does not (the Pillow reader `engine.pillow_reader.prepare` stays the
+What goes through DALI and what does not (the Pillow reader `memscore.pillow_reader.prepare` stays the
 reference; everything here matches it within the tolerances stated in `TOLERANCE`):
 - File bytes are read on the host and fed with `fn.external_source`, so a shard is any list of
   pairs in any order, every id exactly once, and a short last batch is just a smaller batch.
 - A cheap host check (`_inspect`) reads each file's header (Pillow, no decoding) and sends to DALI
-  only what DALI decodes exactly like `engine.images.load_rgb`: JPEG (RGB or grayscale), PNG with
+  only what DALI decodes exactly like `memscore.images.load_rgb`: JPEG (RGB or grayscale), PNG with
   at most 8 bits per channel, BMP and WebP, without alpha or a transparency key. Everything else
   goes to `prepare` in a thread pool, which either decodes it or reports the `Failure`: missing,
   empty, unreadable or truncated files (JPEG without its end marker, PNG without IEND), files that
-  `engine.images.check_header` refuses (over `MAX_IMAGE_PIXELS`, more than one frame) or halves
+  `memscore.images.check_header` refuses (over `MAX_IMAGE_PIXELS`, more than one frame) or halves
   under `MIN_SIDE` (`require_min_side`), and by
   measurement on DALI 2.4 (`tests/test_pipeline.py`):
   * 16-bit PNGs: DALI converts 16-bit RGB to 8 bits by rounding, Pillow (hence `load_rgb`) keeps
@@ -86,7 +86,7 @@ def dali_importable() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Host side: read bytes, check headers, plan the geometry (the same arithmetic as engine.preprocess)
+# Host side: read bytes, check headers, plan the geometry (the same arithmetic as memscore.preprocess)
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ class _Spec:
 
 
 def _graph(spec: _Spec, inputs: list[str]):
-    """The DALI graph of `engine.pillow_reader.prepare`: outputs x, y, cnn_view, grid_target (CHW float).
+    """The DALI graph of `memscore.pillow_reader.prepare`: outputs x, y, cnn_view, grid_target (CHW float).
 
     Appends the names of the external sources it reads to `inputs`.
 
@@ -343,7 +343,7 @@ def _build(spec: _Spec, batch_size: int, threads: int, device: torch.device):
     from nvidia.dali import pipeline_def
 
     inputs: list[str] = []
-    # prefetch_queue_depth=1: one batch in flight inside DALI; reading ahead (on GPU runs) is engine.pipeline's
+    # prefetch_queue_depth=1: one batch in flight inside DALI; reading ahead (on GPU runs) is memscore.pipeline's
     pipe = pipeline_def(_graph, batch_size=batch_size, num_threads=threads, prefetch_queue_depth=1,
                         device_id=device.index if spec.gpu else None)(spec, inputs)
     pipe.build()

@@ -7,11 +7,11 @@ matters because Lrec and even calibrated z-scores are skewed and heavy-tailed, s
 approximately calibrated at the tens of suspects an audit has. Its power against a downward shift is at least
 0.864 of the t-test's for any distribution (0.955 at the normal) and higher under heavy tails. The effect size is
 the AUC of calling suspects members, P(suspect score < reference score) + ties / 2 = U / (n_suspect n_reference),
-the common-language effect size, with a stratified bootstrap CI (`engine.metrics.bootstrap_ci`).
+the common-language effect size, with a stratified bootstrap CI (`memscore.metrics.bootstrap_ci`).
 
 Scores: any score where lower = member (`lrec`, `lmem`, `lcal`). With `lcal`, the reference can be the
 calibration's own reference rows: each was scored by a model that did not see it, and each suspect by one of
-the same fold models (`engine.calibration.FOLD_POLICY`), so under the null the two sets are exchangeable.
+the same fold models (`memscore.calibration.FOLD_POLICY`), so under the null the two sets are exchangeable.
 Suspects must not be among the reference rows.
 """
 from __future__ import annotations
@@ -153,7 +153,7 @@ def dataset_test_store(store: str | os.PathLike | ScoreStore, suspect_ids_file: 
     Suspects: the ids in `suspect_ids_file`. Reference: the ids in `reference_ids_file`; without one (score
     `lcal` only), the calibration's own reference ids, which it scored out of fold, less any suspect. A
     suspect id given as reference too is refused; `lcal` is refused once its inputs changed
-    (`engine.calibration.require_current_lcal`).
+    (`memscore.calibration.require_current_lcal`).
     """
     if score not in STORE_SCORES:
         raise ValueError(f"score must be one of {STORE_SCORES}, got {score!r}")

@@ -57,7 +57,7 @@ def check_header(path: str, image: Image.Image) -> None:
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageError(path, f"declares {width}x{height} = {width * height} pixels, over memscore's limit of "
-                               f"{MAX_IMAGE_PIXELS} (engine.images.MAX_IMAGE_PIXELS); refused before decoding: "
+                               f"{MAX_IMAGE_PIXELS} (memscore.images.MAX_IMAGE_PIXELS); refused before decoding: "
                                "downscale the image, or check the file is not a decompression bomb")
     frames = getattr(image, "n_frames", 1)
     if frames > 1 and image.format != "MPO":
@@ -70,7 +70,7 @@ def require_min_side(path: str, width: int, height: int, half: Half = None) -> N
     if min(width, height) < MIN_SIDE:
         what = f"its {half} half is" if half else "it is"
         raise ImageError(path, f"too small to score: {what} {width}x{height} pixels, memscore needs at least "
-                               f"{MIN_SIDE} on each side (engine.images.MIN_SIDE)")
+                               f"{MIN_SIDE} on each side (memscore.images.MIN_SIDE)")
 
 
 def _decode(path: str, convert: Callable[[Image.Image], np.ndarray], what: str = "") -> np.ndarray:
@@ -90,7 +90,7 @@ def _decode(path: str, convert: Callable[[Image.Image], np.ndarray], what: str =
         raise ImageError(path, "file not found") from None
     except Image.DecompressionBombError as error:  # Pillow refused it in `open`, before `check_header` could
         raise ImageError(path, f"over memscore's limit of {MAX_IMAGE_PIXELS} pixels "
-                               f"(engine.images.MAX_IMAGE_PIXELS), refused before decoding ({error})") from None
+                               f"(memscore.images.MAX_IMAGE_PIXELS), refused before decoding ({error})") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -3,7 +3,7 @@
 Inputs, for n images and K shadow victims trained like the victim on random halves of a population:
 `target` [n], the victim's Lrec of each image; `shadow` [n, K], each shadow's Lrec of each image (NaN:
 missing, left out); `in_shadow` [n, K], 1 where the image was in that shadow's training data, 0 where not.
-`engine.shadows.rescore_with_shadows` reads these from a store and writes the scores back.
+`memscore.shadows.rescore_with_shadows` reads these from a store and writes the scores back.
 
 Orientation, as everywhere in memscore: a LOWER score means "more likely a member". LiRA online returns
 the negated log likelihood ratio, RMIA the negated fraction of population samples dominated; LiRA offline
@@ -55,7 +55,7 @@ Transform = Literal["log", "logit", "none"]
 TRANSFORMS: tuple[str, ...] = ("log", "logit", "none")
 DEFAULT_TRANSFORM: Transform = "log"
 """The transform whose per-image shadow distributions are closest to Gaussian, measured on real pix2pix shadows
-(unet_64, ngf 8, 64 px, jitter) trained on complementary halves of `engine.synthetic` pairs: A = 64 pairs,
+(unet_64, ngf 8, 64 px, jitter) trained on complementary halves of `memscore.synthetic` pairs: A = 64 pairs,
 12 shadows, 80 epochs (6 IN + 6 OUT values per image); B = 128 pairs, 8 shadows, 60 epochs (4 + 4).
 `normality` KS distance IN / OUT (0 = Gaussian), A then B: log 0.079 / 0.064, 0.032 / 0.019; logit 0.082 / 0.065,
 0.035 / 0.019; none 0.092 / 0.074, 0.042 / 0.028. Lrec's shadow-to-shadow spread grows with its level, which

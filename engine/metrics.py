@@ -1,6 +1,6 @@
 """Membership-inference metrics as pure functions of (scores, labels): ROC, AUC, TPR at low FPR,
 balanced accuracy, bootstrap CIs, alpha sweeps, label-free threshold calibration, and the plain-text
-rendering of a metric report. No I/O: `engine.attack` applies these to a store.
+rendering of a metric report. No I/O: `memscore.attack` applies these to a store.
 
 Direction, everywhere in this module: a LOWER score means "more likely a member", and a threshold
 ``tau`` calls an image a member iff ``score <= tau``. Rows whose score is NaN are excluded and

@@ -1,6 +1,6 @@
 """The Pillow reader: one pair -> its prepared tensors (`prepare`), on every machine.
 
-It is the reference: the DALI reader (`engine.dali_reader`) matches it within stated tolerances and
+It is the reference: the DALI reader (`memscore.dali_reader`) matches it within stated tolerances and
 hands it every file it cannot decode exactly alike. Each pair is prepared on its own terms, so one
 bad file becomes one `Failure` with its reason and never stops the batch.
 """

@@ -1,7 +1,7 @@
 """Pairs -> batches of tensors ready for scoring, decoded in background threads.
 
-Two readers give the same `Batch`es (`engine.batch`): DALI (`engine.dali_reader`; nvJPEG and GPU
-resizes when CUDA is there, a CPU pipeline otherwise) and Pillow (`engine.pillow_reader`, the
+Two readers give the same `Batch`es (`memscore.batch`): DALI (`memscore.dali_reader`; nvJPEG and GPU
+resizes when CUDA is there, a CPU pipeline otherwise) and Pillow (`memscore.pillow_reader`, the
 reference, on every machine). This module chooses one (`reader="auto"` uses DALI when it imports)
 and reads ahead of the caller.
 """

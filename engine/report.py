@@ -1,7 +1,7 @@
 """The attack report of a finished score store: one HTML page and the PNG figures beside it.
 
-Metrics come from `engine.attack.evaluate` (so the page and `memscore evaluate` agree) and alpha fits
-from engine.alpha; this module only draws (matplotlib's Agg canvas) and writes.
+Metrics come from `memscore.attack.evaluate` (so the page and `memscore evaluate` agree) and alpha fits
+from memscore.alpha; this module only draws (matplotlib's Agg canvas) and writes.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Lmem from the stored Lrec and Ldiff: the alpha pass at the end of a run, and `rescore` afterwards.
 
 Alpha may be fitted over the whole store, so Lmem is written once every shard is done, as one whole
-column together with the record of how alpha was chosen (`engine.store.AlphaRecord`); a reader sees the
+column together with the record of how alpha was chosen (`memscore.store.AlphaRecord`); a reader sees the
 old column and record or the new ones, never a mix. Every option is checked before the store is touched.
 """
 from __future__ import annotations

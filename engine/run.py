@@ -2,7 +2,7 @@
 
 `run_scoring` checks everything it can before the store is touched, takes the store's lock before
 creating, replacing or resuming it, then drives one loop over the shards (in this process or on Dask,
-through `engine.schedule.execute`) and writes Lmem once every shard is done and verified. Completed
+through `memscore.schedule.execute`) and writes Lmem once every shard is done and verified. Completed
 shards are skipped on a rerun, damaged ones are scored again, and a changed configuration is refused.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `Scorer` holds the loaded backbone and victim (load once, reuse for every shard) and turns a
 prepared `Batch` into rows: `lrec`, `ldiff`, status and reason. Lmem needs alpha, which may be
-fitted over the whole store, so it is written by the alpha pass (`engine.run`).
+fitted over the whole store, so it is written by the alpha pass (`memscore.run`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels.difficulty import predictability_error
+from .kernels.difficulty import predictability_error
 
 from .allocator import keep_freed_memory
 from .backbones import Backbone, create_backbone

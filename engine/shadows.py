@@ -1,9 +1,9 @@
 """Shadow victims: K pix2pix models trained like the victim on seeded random halves of a population, for
-LiRA and RMIA (`engine.likelihood_ratio`), and the store-level rescoring that applies those to a store.
+LiRA and RMIA (`memscore.likelihood_ratio`), and the store-level rescoring that applies those to a store.
 
 A folder of shadows holds `shadows.json` (the manifest: recipe, K, seed, population digest, and per shadow
 its member ids file, checkpoint and done flag) and one `shadow_NN/` folder per shadow. Shadows are
-independent tasks run through `engine.schedule.execute`, in this process or on Dask workers. A shadow's
+independent tasks run through `memscore.schedule.execute`, in this process or on Dask workers. A shadow's
 checkpoint is written under a temporary name and renamed when whole, and the manifest (replaced atomically,
 only ever by the process that runs `train_shadows`) then marks it done: a rerun after an interruption trains
 only the shadows not yet done, and one whose checkpoint was renamed in but not yet marked is adopted, not
@@ -57,7 +57,7 @@ class ShadowRecipe:
     batch_size: int = 4
 
     def arch(self) -> VictimArch:
-        """The generator architecture `engine.train.train_pix2pix` takes."""
+        """The generator architecture `memscore.train.train_pix2pix` takes."""
         return VictimArch(netG=self.netG, ngf=self.ngf, norm=self.norm, use_dropout=self.use_dropout, size=self.size)
 
 
@@ -71,7 +71,7 @@ class Shadow:
 
     @property
     def victim_spec(self) -> str:
-        """How `engine.victims.open_victim` opens it (the checkpoint carries its architecture)."""
+        """How `memscore.victims.open_victim` opens it (the checkpoint carries its architecture)."""
         return f"pix2pix:{self.checkpoint}"
 
 
@@ -261,9 +261,9 @@ def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *,
     """Write a LiRA or RMIA score column (lower = member) from the store's `lrec`, `lrec_shadow` [n, K] and
     `in_shadow` [n, K]; return the record kept in the column's attributes.
 
-    `transform`, `fixed_variance`, `prior_dof`: LiRA's (`engine.likelihood_ratio.lira`); `temperature`,
+    `transform`, `fixed_variance`, `prior_dof`: LiRA's (`memscore.likelihood_ratio.lira`); `temperature`,
     `offline_a` (None: chosen from the shadows), `gamma`, `reference` (a file of ids, the population samples z;
-    default every scored image): RMIA's (`engine.likelihood_ratio.rmia`). `column`: default `score_column_name`.
+    default every scored image): RMIA's (`memscore.likelihood_ratio.rmia`). `column`: default `score_column_name`.
     """
     default_name = score_column_name(method, online, fixed_variance)  # refuses an unknown method
     name = column or default_name

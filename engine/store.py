@@ -108,7 +108,7 @@ def wide_column(name: str, width: int) -> Column:
 
 
 def shard_columns(rows: Sequence[Any], columns: Sequence[Column] = SHARD_COLUMNS) -> dict[str, np.ndarray]:
-    """A shard's arrays from per-image rows that have one attribute per shard column (`engine.scores.Row`)."""
+    """A shard's arrays from per-image rows that have one attribute per shard column (`memscore.scores.Row`)."""
     return {c.name: c.rows([getattr(row, c.name) for row in rows]) for c in columns}
 
 

@@ -1,6 +1,6 @@
 """A pix2pix victim trainer for experiments and the demo (the public recipe, small and seeded).
 
-U-Net generator and PatchGAN discriminator from `engine.victims.pix2pix`, vanilla GAN loss plus
+U-Net generator and PatchGAN discriminator from `memscore.victims.pix2pix`, vanilla GAN loss plus
 L1, Adam, constant learning rate for the first half of the epochs and a linear decay to zero over
 the second, and the public random jitter (resize to 286/256 of the size, random crop, random flip;
 `use_jitter=False` turns it off), with the public settings below. Trained on the member split only.

@@ -122,7 +122,7 @@ def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStor
                 raise
             raise StoreError(message) from error
     failed = sum(row.status != "ok" for row in ordered)
-    release_freed_memory()  # the next shard starts from the live memory alone (engine.allocator)
+    release_freed_memory()  # the next shard starts from the live memory alone (memscore.allocator)
     spent = tuple((name, value - before.get(name, 0.0)) for name, value in scorer.times.as_dict().items())
     return ShardOutcome(shard.index, len(pairs), len(pairs) - failed, failed, stage_seconds=spent)
 

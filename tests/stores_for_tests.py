@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.config import ScoreConfig
-from engine.rescore import alpha_pass
-from engine.store import ScoreStore
+from memscore.config import ScoreConfig
+from memscore.rescore import alpha_pass
+from memscore.store import ScoreStore
 
 
 def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: bool = True,

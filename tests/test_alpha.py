@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from engine import alpha as al
+from memscore import alpha as al
 
 
 def _synthetic(n: int, slope: float, seed: int, noise: float = 0.02):

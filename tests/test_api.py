@@ -1,6 +1,6 @@
-"""The notebook API (`engine.score`, `engine.open_store`, `engine.evaluate`, `engine.calibrate`, `engine.predict`,
-`engine.rescore_store`) on generated data: the same functions the `memscore` command calls. And no public name of
-the package hides a submodule (`from engine import metrics` must be the module)."""
+"""The notebook API (`memscore.score`, `memscore.open_store`, `memscore.evaluate`, `memscore.calibrate`, `memscore.predict`,
+`memscore.rescore_store`) on generated data: the same functions the `memscore` command calls. And no public name of
+the package hides a submodule (`from memscore import metrics` must be the module)."""
 from __future__ import annotations
 
 import importlib
@@ -9,43 +9,43 @@ import types
 
 import numpy as np
 
-import engine
-from engine import cli
-from engine.metrics import auc
-from engine.synthetic import write_manifest_dataset
+import memscore
+from memscore import cli
+from memscore.metrics import auc
+from memscore.synthetic import write_manifest_dataset
 
 
 def test_no_public_name_hides_a_submodule():
-    for module in pkgutil.walk_packages(engine.__path__, "engine."):
+    for module in pkgutil.walk_packages(memscore.__path__, "memscore."):
         imported = importlib.import_module(module.name)
         parent, _, short = module.name.rpartition(".")
         assert getattr(importlib.import_module(parent), short) is imported, module.name
-    for name in engine.__all__:
-        assert not isinstance(getattr(engine, name), types.ModuleType), name
+    for name in memscore.__all__:
+        assert not isinstance(getattr(memscore, name), types.ModuleType), name
 
 
 def test_the_command_calls_the_api_functions():
     for name in ("evaluate", "calibrate", "predict"):
-        assert getattr(cli, name) is getattr(engine, name)
-    assert cli.rescore is engine.rescore_store and cli.run_scoring is engine.score
+        assert getattr(cli, name) is getattr(memscore, name)
+    assert cli.rescore is memscore.rescore_store and cli.run_scoring is memscore.score
 
 
 def test_score_evaluate_rescore_calibrate_predict(tmp_path):
     manifest = write_manifest_dataset(tmp_path / "data", 12, distinct=12, size=32)
-    config = engine.ScoreConfig(victim="python:victims_for_tests:blur")
+    config = memscore.ScoreConfig(victim="python:victims_for_tests:blur")
     path = tmp_path / "s.zarr"
-    summary = engine.score(engine.DatasetSpec(str(manifest)), config, path, progress=False)
+    summary = memscore.score(memscore.DatasetSpec(str(manifest)), config, path, progress=False)
     assert summary.scored == 12
-    store = engine.open_store(path)
+    store = memscore.open_store(path)
     members = np.asarray(store.column("member"))
-    metrics = engine.evaluate(path)
+    metrics = memscore.evaluate(path)
     assert metrics["lmem"]["auc"] == auc(np.asarray(store.column("lmem")), members == 1)
-    record = engine.rescore_store(path, "0.5")
-    assert isinstance(record, engine.AlphaRecord) and engine.open_store(path).alpha.value == 0.5
+    record = memscore.rescore_store(path, "0.5")
+    assert isinstance(record, memscore.AlphaRecord) and memscore.open_store(path).alpha.value == 0.5
     nonmembers = tmp_path / "nonmembers.txt"
     nonmembers.write_text("".join(f"{i}\n" for i in store.column("id")[members == 0]))
-    calibration = engine.calibrate(path, nonmembers, fpr=0.2)
-    assert calibration.fingerprint == engine.open_store(path).fingerprint("lmem")
-    prediction = engine.predict(path, calibration=calibration)
-    decisions = engine.open_store(path).column("predicted_member")
+    calibration = memscore.calibrate(path, nonmembers, fpr=0.2)
+    assert calibration.fingerprint == memscore.open_store(path).fingerprint("lmem")
+    prediction = memscore.predict(path, calibration=calibration)
+    decisions = memscore.open_store(path).column("predicted_member")
     assert prediction.members == int((decisions == 1).sum()) and prediction.not_scored == 0

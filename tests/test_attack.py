@@ -1,4 +1,4 @@
-"""engine.attack: metrics of a store equal engine.metrics on its columns; unfinished and damaged stores are refused
+"""memscore.attack: metrics of a store equal memscore.metrics on its columns; unfinished and damaged stores are refused
 unless asked for (and then say so); a calibration is bound to the exact score it was set on."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from engine.attack import Calibration, calibrate, calibration_split, evaluate, predict
-from engine.metrics import evaluate_scores
-from engine.rescore import rescore
-from engine.store import ScoreStore, StoreError
+from memscore.attack import Calibration, calibrate, calibration_split, evaluate, predict
+from memscore.metrics import evaluate_scores
+from memscore.rescore import rescore
+from memscore.store import ScoreStore, StoreError
 from stores_for_tests import synthetic_store
 
 

@@ -1,13 +1,13 @@
-"""engine.backbones: real embedded weights load and see a building; missing weights say where to put them."""
+"""memscore.backbones: real embedded weights load and see a building; missing weights say where to put them."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backbones import WeightsMissing, create_backbone, torch_hub_checkpoints, weights_sha256
-from engine.images import load_rgb
-from engine.preprocess import normalise, resize_shorter_center_crop, to_tensor
+from memscore.backbones import WeightsMissing, create_backbone, torch_hub_checkpoints, weights_sha256
+from memscore.images import load_rgb
+from memscore.preprocess import normalise, resize_shorter_center_crop, to_tensor
 
 BUILDING_CLASSES = {"prison", "palace", "monastery", "church", "library", "boathouse", "triumphal arch",
                     "cinema", "bell cote", "planetarium", "mosque", "dome", "castle", "apiary", "patio",

@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from engine.cli import main
-from engine.store import ScoreStore
-from engine.synthetic import write_aligned_dataset
+from memscore.cli import main
+from memscore.store import ScoreStore
+from memscore.synthetic import write_aligned_dataset
 from stores_for_tests import synthetic_store
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from engine import calibration
-from engine.calibration import (NOT_SCORED, calibrate_per_image, ids_digest, per_image_thresholds,
+from memscore import calibration
+from memscore.calibration import (NOT_SCORED, calibrate_per_image, ids_digest, per_image_thresholds,
                                 require_current_lcal, rescore_per_image)
-from engine.config import ScoreConfig
-from engine.metrics import evaluate_scores, tpr_at_fpr
-from engine.rescore import alpha_pass
-from engine.store import ScoreStore, StoreError
+from memscore.config import ScoreConfig
+from memscore.metrics import evaluate_scores, tpr_at_fpr
+from memscore.rescore import alpha_pass
+from memscore.store import ScoreStore, StoreError
 from stores_for_tests import synthetic_store
 
 
@@ -282,7 +282,7 @@ def test_the_lmem_statistic_models_lrec_less_alpha_ldiff_and_follows_the_stores_
     np.testing.assert_array_equal(store.column("lcal"), expected.lcal.astype(np.float32))
     assert record["alpha"] == store.alpha.value and set(record["inputs_fingerprint"]) == {"lrec", "ldiff", "features",
                                                                                           "lmem"}
-    from engine.rescore import rescore
+    from memscore.rescore import rescore
     rescore(store.path, "0.5")
     with pytest.raises(StoreError, match="lmem changed after lcal was computed"):
         require_current_lcal(ScoreStore.open(store.path))

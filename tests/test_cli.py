@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from engine.attack import calibration_split
-from engine.cli import main
-from engine.metrics import auc
-from engine.store import ScoreStore
-from engine.synthetic import write_aligned_dataset
+from memscore.attack import calibration_split
+from memscore.cli import main
+from memscore.metrics import auc
+from memscore.store import ScoreStore
+from memscore.synthetic import write_aligned_dataset
 from stores_for_tests import synthetic_store
 
 

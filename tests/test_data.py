@@ -1,4 +1,4 @@
-"""engine.data: the three dataset forms, stable ids, missing partners, streamed manifests, and what opening a
+"""memscore.data: the three dataset forms, stable ids, missing partners, streamed manifests, and what opening a
 dataset refuses (repeated ids, bad member cells), skips and counts (other file types, non-UTF-8 names), follows
 (folder links, each real folder once) and confines (file names made from ids)."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 
 from PIL import Image
 
-from engine.data import AlignedFolder, DatasetError, Manifest, PairedFolders, confined_path, open_dataset
-from engine.synthetic import write_aligned_dataset
+from memscore.data import AlignedFolder, DatasetError, Manifest, PairedFolders, confined_path, open_dataset
+from memscore.synthetic import write_aligned_dataset
 
 
 def test_aligned_folder_ids_order_and_halves(tmp_path):
@@ -78,7 +78,7 @@ def test_million_row_manifest_streams_in_bounded_memory(tmp_path):
             handle.write("".join(f"img{i:07d},a.png,b.png\n" for i in range(start, start + 100_000)))
     script = textwrap.dedent(f"""
         import resource
-        from engine.data import Manifest
+        from memscore.data import Manifest
         import pyarrow  # imported before the baseline: its libraries are not the reader's memory
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         manifest = Manifest({str(path)!r})

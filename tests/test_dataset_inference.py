@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine.calibration import calibrate_per_image, rescore_per_image
-from engine.dataset_inference import dataset_test, dataset_test_store, default_sizes, p_value_by_size
+from memscore.calibration import calibrate_per_image, rescore_per_image
+from memscore.dataset_inference import dataset_test, dataset_test_store, default_sizes, p_value_by_size
 from test_calibration import calibration_store, synthetic, write_ids
 
 

@@ -1,4 +1,4 @@
-"""engine.demo: the README's main job runs end to end on its embedded default, leaves a full store, and the
+"""memscore.demo: the README's main job runs end to end on its embedded default, leaves a full store, and the
 attack works: members score lower than non-members far beyond what chance gives."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import xarray as xr
 from scipy.stats import mannwhitneyu
 
-from engine.demo import QUICK, run_demo
-from engine.metrics import auc
+from memscore.demo import QUICK, run_demo
+from memscore.metrics import auc
 
 
 @pytest.mark.slow

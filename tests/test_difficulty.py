@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from skimage.transform import resize as sk_resize
 
-import kernels.difficulty as difficulty
-from engine.samples import aligned_photo_batch
-from kernels.difficulty import predictability_error, reduced_width
+import memscore.kernels.difficulty as difficulty
+from memscore.samples import aligned_photo_batch
+from memscore.kernels.difficulty import predictability_error, reduced_width
 
 
 def dense_reference(stages: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor, resize: str = "bilinear",
@@ -194,7 +194,7 @@ def test_reduced_width_of_the_paper_backbones() -> None:
 
 
 def backbone_stages(name: str, images: torch.Tensor, pretrained: bool) -> list[torch.Tensor]:
-    from engine.backbones import create_backbone
+    from memscore.backbones import create_backbone
 
     model = create_backbone(name, pretrained=pretrained)
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from engine.cli import main
+from memscore.cli import main
 
 N_MEMBERS = 32
 EPOCHS = 12

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cli import main
-from engine.rescore import rescore
-from engine.store import ScoreStore
-from engine.synthetic import write_aligned_dataset
+from memscore.cli import main
+from memscore.rescore import rescore
+from memscore.store import ScoreStore
+from memscore.synthetic import write_aligned_dataset
 
 N = 12
 KILLS = 6
@@ -63,7 +63,7 @@ def test_sigkill_during_rescore_leaves_the_old_or_the_new_alpha_never_a_mix(data
     assert main(_score_args(dataset, out)) == 0
     fresh = tmp_path / "fresh.zarr"
     shutil.copytree(out, fresh)
-    script = ("import itertools, sys\nfrom engine.rescore import rescore\nprint('ready', flush=True)\n"
+    script = ("import itertools, sys\nfrom memscore.rescore import rescore\nprint('ready', flush=True)\n"
               "for i in itertools.count():\n    rescore(sys.argv[1], ('0.5', '3')[i % 2])\n")
     rng = random.Random(1234)
     fitted = ScoreStore.open(out).alpha.value
@@ -89,7 +89,7 @@ def test_sigkill_during_score_then_rerun_converges_bit_for_bit(dataset, tmp_path
     rng = random.Random(99)
     for attempt in range(3):
         out = tmp_path / f"s{attempt}.zarr"
-        process = subprocess.Popen([sys.executable, "-m", "engine.cli", *_score_args(dataset, out)],
+        process = subprocess.Popen([sys.executable, "-m", "memscore.cli", *_score_args(dataset, out)],
                                    env={**env, "MEMSCORE_TEST_DELAY": "0.15"}, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120

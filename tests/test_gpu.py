@@ -6,12 +6,12 @@ import pytest
 import torch
 import xarray as xr
 
-from engine.config import ScoreConfig
-from engine.run import run_scoring
-from engine.work import DatasetSpec
-from engine.seeding import fit_mask
-from engine.synthetic import write_aligned_dataset
-from kernels.difficulty import predictability_error
+from memscore.config import ScoreConfig
+from memscore.run import run_scoring
+from memscore.work import DatasetSpec
+from memscore.seeding import fit_mask
+from memscore.synthetic import write_aligned_dataset
+from memscore.kernels.difficulty import predictability_error
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")]
 

@@ -1,4 +1,4 @@
-"""engine.images: every image form decodes to RGB in [0, 1]; every bad file names itself and its problem,
+"""memscore.images: every image form decodes to RGB in [0, 1]; every bad file names itself and its problem,
 in text that can be stored; bombs and multi-frame files are refused from the header."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import MAX_IMAGE_PIXELS, MIN_SIDE, ImageError, load_labels, load_rgb, require_min_side
+from memscore.images import MAX_IMAGE_PIXELS, MIN_SIDE, ImageError, load_labels, load_rgb, require_min_side
 from images_for_tests import write_declared_png, write_frames
 
 
@@ -109,7 +109,7 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, widt
 
 
 def test_a_bomb_among_recon_outputs_is_that_ids_reason(tmp_path):
-    from engine.victims import ReconFolder
+    from memscore.victims import ReconFolder
     write_declared_png(tmp_path / "bomb.png", 30000, 30000)
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "fine.png")
     items = [SimpleNamespace(pair=SimpleNamespace(id=name)) for name in ("bomb", "fine")]

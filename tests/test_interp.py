@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 from skimage.transform import resize as sk_resize
 
-from kernels.interp import cached_matrix, interpolation_matrix, upsample
+from memscore.kernels.interp import cached_matrix, interpolation_matrix, upsample
 
 UPSAMPLE_SIZES = [(7, 56), (14, 56), (28, 56), (56, 56), (1, 4), (2, 9), (3, 3), (5, 17), (13, 50), (11, 41)]
 

@@ -1,4 +1,4 @@
-"""engine.likelihood_ratio: LiRA and RMIA against direct loop-by-loop computations on synthetic per-image
+"""memscore.likelihood_ratio: LiRA and RMIA against direct loop-by-loop computations on synthetic per-image
 distributions, their fallbacks for images without IN or OUT shadows, and that LiRA beats the raw statistic."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import statistics
 import numpy as np
 import pytest
 
-from engine.likelihood_ratio import A_GRID, PRIOR_DOF, choose_offline_a, lira, normality, rmia, transform_statistic
-from engine.metrics import auc, tpr_at_fpr
+from memscore.likelihood_ratio import A_GRID, PRIOR_DOF, choose_offline_a, lira, normality, rmia, transform_statistic
+from memscore.metrics import auc, tpr_at_fpr
 
 
 def synthetic(n: int = 400, k: int = 8, shift: float = 0.25, sd: float = 0.15, seed: int = 0):

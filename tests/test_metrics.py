@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from engine import metrics as ev
+from memscore import metrics as ev
 
 
 def _inputs(kind: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

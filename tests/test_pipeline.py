@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import dali_reader
-from engine.data import AlignedFolder, Pair
-from engine.images import load_rgb
-from engine.batch import Batch, Failure, Prepared, View
-from engine.pillow_reader import prepare
-from engine.pipeline import batches, choose_reader
-from engine.preprocess import to_tensor
+from memscore import dali_reader
+from memscore.data import AlignedFolder, Pair
+from memscore.images import load_rgb
+from memscore.batch import Batch, Failure, Prepared, View
+from memscore.pillow_reader import prepare
+from memscore.pipeline import batches, choose_reader
+from memscore.preprocess import to_tensor
 from images_for_tests import write_declared_png, write_frames, write_png16
 
 needs_dali = pytest.mark.skipif(not dali_reader.dali_importable(), reason="nvidia.dali is not importable here")
@@ -409,7 +409,7 @@ def test_reader_names_are_checked(small_pairs):
 
 
 def test_auto_falls_back_to_pillow_with_one_notice(small_pairs, monkeypatch, capsys):
-    import engine.pipeline as pipeline
+    import memscore.pipeline as pipeline
     monkeypatch.setattr(dali_reader, "dali_importable", lambda: False)
     monkeypatch.setattr(pipeline, "_noticed_fallback", False)
     for _ in range(2):
@@ -447,7 +447,7 @@ def test_gpu_reader_tensors_arrive_on_the_gpu(facades_pairs):
 
 @pytest.mark.parametrize("reader", ["pillow", pytest.param("dali", marks=needs_dali)])
 def test_reading_ahead_or_not_gives_the_same_batches_and_decodes_ahead_only_when_asked(tmp_path, reader):
-    from engine.synthetic import write_aligned_dataset
+    from memscore.synthetic import write_aligned_dataset
     pairs = list(AlignedFolder(write_aligned_dataset(tmp_path, 7, size=32)).pairs())
     view = make_view(victim_size=32)
     for ahead in (True, False):

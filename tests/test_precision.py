@@ -1,4 +1,4 @@
-"""engine.precision: native-bfloat16 detection from injected CPU flags, `auto` resolution, the refusal of
+"""memscore.precision: native-bfloat16 detection from injected CPU flags, `auto` resolution, the refusal of
 emulated bf16, and, where this CPU runs bf16 natively, scores under bf16 against fp32 on real Facades."""
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from engine import precision
-from engine.config import ScoreConfig
-from engine.data import AlignedFolder
-from engine.pipeline import batches
-from engine.precision import autocast, cpu_flags, native_bf16, resolve_precision
-from engine.scores import Scorer
-from engine.victims import ModelVictim
-from engine.victims import pix2pix, pix2pixhd, spade
+from memscore import precision
+from memscore.config import ScoreConfig
+from memscore.data import AlignedFolder
+from memscore.pipeline import batches
+from memscore.precision import autocast, cpu_flags, native_bf16, resolve_precision
+from memscore.scores import Scorer
+from memscore.victims import ModelVictim
+from memscore.victims import pix2pix, pix2pixhd, spade
 
 CPU = torch.device("cpu")
 PLAIN_AVX512 = {"fpu", "sse2", "avx2", "avx512f", "avx512bw", "avx512_vnni"}  # Ice Lake: bf16 only emulated

@@ -1,4 +1,4 @@
-"""engine.preprocess and the Pillow reader's views: the CNN view is torchvision's `Resize(256)` +
+"""memscore.preprocess and the Pillow reader's views: the CNN view is torchvision's `Resize(256)` +
 `CenterCrop(224)` (the authors' transform) for both presets; the aligned preset's difficulty target
 is that same crop, the reference preset's the whole image by Pillow's default filter."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from engine.batch import Prepared, View
-from engine.data import Pair
-from engine.pillow_reader import prepare
-from engine.preprocess import resize, to_tensor
+from memscore.batch import Prepared, View
+from memscore.data import Pair
+from memscore.pillow_reader import prepare
+from memscore.preprocess import resize, to_tensor
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # (height, width): square, landscape, portrait, upscaled, odd; 100x151 is where rounding the longer

@@ -1,4 +1,4 @@
-"""engine.report: the page's figures exist and are real images, its numbers are engine.metrics',
+"""memscore.report: the page's figures exist and are real images, its numbers are memscore.metrics',
 unlabelled stores degrade to plots plus a note, and the page renders in headless Chromium."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.data import AlignedFolder
-from engine.metrics import evaluate_scores
-from engine.report import write_report
-from engine.store import ScoreStore, StoreError
-from engine.synthetic import write_aligned_dataset
+from memscore.data import AlignedFolder
+from memscore.metrics import evaluate_scores
+from memscore.report import write_report
+from memscore.store import ScoreStore, StoreError
+from memscore.synthetic import write_aligned_dataset
 from stores_for_tests import synthetic_store
 
 N, SHARD = 60, 25

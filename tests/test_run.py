@@ -1,4 +1,4 @@
-"""engine.run end to end on generated data: scores, determinism, bad inputs, resume, refusals."""
+"""memscore.run end to end on generated data: scores, determinism, bad inputs, resume, refusals."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,13 +13,13 @@ import xarray as xr
 import zarr
 from PIL import Image
 
-from engine.cli import main
-from engine.config import ScoreConfig
-from engine.run import default_shard_size, run_scoring
-from engine.schedule import ClusterPlan
-from engine.store import ScoreStore, StoreError
-from engine.synthetic import write_aligned_dataset
-from engine.work import DatasetSpec
+from memscore.cli import main
+from memscore.config import ScoreConfig
+from memscore.run import default_shard_size, run_scoring
+from memscore.schedule import ClusterPlan
+from memscore.store import ScoreStore, StoreError
+from memscore.synthetic import write_aligned_dataset
+from memscore.work import DatasetSpec
 
 N = 14
 
@@ -166,7 +166,7 @@ def test_a_run_interrupted_before_the_alpha_pass_finishes_it_on_rerun(dataset, t
 def test_label_map_victims_get_class_ids_and_rgb_label_files_are_refused(tmp_path):
     """pix2pixHD with label_nc > 0 is fed integer id maps (nearest-resized), as the public code feeds it."""
     import torch
-    from engine.victims.pix2pixhd import build_generator, one_hot
+    from memscore.victims.pix2pixhd import build_generator, one_hot
     rng = np.random.default_rng(0)
     (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
     for i in range(4):
@@ -267,7 +267,7 @@ def test_resume_is_refused_when_the_dataset_size_or_the_backbone_weights_change(
     import shutil
 
     import torch
-    from engine.backbones import embedded_lite0_weights
+    from memscore.backbones import embedded_lite0_weights
     weights = tmp_path / "lite0.pth"
     shutil.copy(embedded_lite0_weights(), weights)
     out = tmp_path / "s.zarr"

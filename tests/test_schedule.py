@@ -1,4 +1,4 @@
-"""engine.schedule with real processes: local Dask workers, an external scheduler, kills and locks."""
+"""memscore.schedule with real processes: local Dask workers, an external scheduler, kills and locks."""
 from __future__ import annotations
 
 import os
@@ -15,9 +15,9 @@ import pytest
 import xarray as xr
 from PIL import Image
 
-from engine.cli import main
-from engine.store import ScoreStore
-from engine.synthetic import write_aligned_dataset
+from memscore.cli import main
+from memscore.store import ScoreStore
+from memscore.synthetic import write_aligned_dataset
 
 N = 12
 
@@ -85,7 +85,7 @@ def test_one_process_local_workers_and_external_scheduler_agree(dataset, tmp_pat
 
 
 def _memscore(*args, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "memscore.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -1,4 +1,4 @@
-"""engine.scores: Lrec against an independent computation, augmentation copies, the noise defence."""
+"""memscore.scores: Lrec against an independent computation, augmentation copies, the noise defence."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.config import ScoreConfig
-from engine.data import AlignedFolder
-from engine.pipeline import batches
-from engine.scores import Scorer, apply_augmentation, augmentation
-from engine.synthetic import write_aligned_dataset
+from memscore.config import ScoreConfig
+from memscore.data import AlignedFolder
+from memscore.pipeline import batches
+from memscore.scores import Scorer, apply_augmentation, augmentation
+from memscore.synthetic import write_aligned_dataset
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +74,10 @@ def test_defense_noise_is_seeded_and_raises_the_error(items, tmp_path):
 def test_ldiff_from_backbone_micro_batches_equals_one_whole_batch_forward(items):
     """On CPU the backbone runs CPU_BACKBONE_IMAGES at a time; Ldiff must equal the kernel applied to
     one forward of the whole batch (channels-first, as a user would write it)."""
-    from engine.backbones import create_backbone
-    from engine.scores import CPU_BACKBONE_IMAGES
-    from engine.seeding import fit_mask
-    from kernels.difficulty import predictability_error
+    from memscore.backbones import create_backbone
+    from memscore.scores import CPU_BACKBONE_IMAGES
+    from memscore.seeding import fit_mask
+    from memscore.kernels.difficulty import predictability_error
 
     scorer, batch = items
     assert len(batch.items) > CPU_BACKBONE_IMAGES  # the batch really is split
@@ -97,12 +97,12 @@ def test_ldiff_from_backbone_micro_batches_equals_one_whole_batch_forward(items)
 
 
 def test_allocator_settings_apply_on_glibc():
-    from engine.allocator import keep_freed_memory
+    from memscore.allocator import keep_freed_memory
     assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
 
 
 RSS_PROBE = """
-from engine.allocator import keep_freed_memory, release_freed_memory
+from memscore.allocator import keep_freed_memory, release_freed_memory
 def rss_mb():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS")) / 1024
 keep_freed_memory()

@@ -1,9 +1,9 @@
-"""engine.seeding: the pixel split depends only on (seed, id)."""
+"""memscore.seeding: the pixel split depends only on (seed, id)."""
 from __future__ import annotations
 
 import torch
 
-from engine.seeding import fit_mask
+from memscore.seeding import fit_mask
 
 
 def test_split_has_exact_fraction_and_depends_only_on_seed_and_id():

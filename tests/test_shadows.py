@@ -1,4 +1,4 @@
-"""engine.shadows: the membership plan, training K tiny real shadows (resumed after an interruption without
+"""memscore.shadows: the membership plan, training K tiny real shadows (resumed after an interruption without
 retraining a finished one, refused when the recipe changes, on real Dask processes), reading them back, and
 writing LiRA / RMIA columns to a store."""
 from __future__ import annotations
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import zarr
 
-import engine.shadows as shadows
-from engine.likelihood_ratio import lira, rmia
-from engine.metrics import auc
-from engine.schedule import ClusterPlan
-from engine.shadows import (ShadowError, ShadowRecipe, in_shadow_matrix, membership_plan, read_shadow_set,
+import memscore.shadows as shadows
+from memscore.likelihood_ratio import lira, rmia
+from memscore.metrics import auc
+from memscore.schedule import ClusterPlan
+from memscore.shadows import (ShadowError, ShadowRecipe, in_shadow_matrix, membership_plan, read_shadow_set,
                             rescore_with_shadows, train_shadows)
-from engine.store import ScoreStore, StoreError
-from engine.synthetic import write_aligned_dataset
-from engine.victims import open_victim
+from memscore.store import ScoreStore, StoreError
+from memscore.synthetic import write_aligned_dataset
+from memscore.victims import open_victim
 from tests.stores_for_tests import synthetic_store
 
 RECIPE = ShadowRecipe(netG="unet_64", size=64, ngf=4, use_jitter=True, epochs=1, batch_size=2)

@@ -1,4 +1,4 @@
-"""engine.store: layout readable by xarray, shard writes with digests, verification, column switches,
+"""memscore.store: layout readable by xarray, shard writes with digests, verification, column switches,
 read-only handles, locking and the typed records."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 import xarray as xr
 import zarr
 
-from engine.config import ScoreConfig
-from engine.scores import Row
-from engine.store import (COLUMNS, SHARD_COLUMNS, WIDE_COLUMNS, AlphaRecord, ScoreStore, StoreError, shard_columns,
+from memscore.config import ScoreConfig
+from memscore.scores import Row
+from memscore.store import (COLUMNS, SHARD_COLUMNS, WIDE_COLUMNS, AlphaRecord, ScoreStore, StoreError, shard_columns,
                           store_lock, wide_column)
 
 

@@ -1,4 +1,4 @@
-"""engine.train: a trained victim's checkpoint carries its model arguments, so the API (`open_victim` with no
+"""memscore.train: a trained victim's checkpoint carries its model arguments, so the API (`open_victim` with no
 options) and the CLI load it alike; checkpoints of earlier versions (architecture in `CKPT.json`) still load."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.cli import victim_options
-from engine.data import AlignedFolder
-from engine.synthetic import write_aligned_dataset
-from engine.train import VictimArch, read_arch, train_pix2pix
-from engine.victims import open_victim, trained_size
-from engine.victims.checkpoint import CheckpointError
+from memscore.cli import victim_options
+from memscore.data import AlignedFolder
+from memscore.synthetic import write_aligned_dataset
+from memscore.train import VictimArch, read_arch, train_pix2pix
+from memscore.victims import open_victim, trained_size
+from memscore.victims.checkpoint import CheckpointError
 
 ARCH = VictimArch(netG="unet_64", ngf=4, norm="instance", use_dropout=False, size=64)
 

@@ -1,4 +1,4 @@
-"""engine.victims: one spec parser and one registry of kinds, option checking, TorchScript victims, the
+"""memscore.victims: one spec parser and one registry of kinds, option checking, TorchScript victims, the
 refusals (instance-map checkpoints, pickled checkpoints) and recon folders that stay inside their folder."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from engine.victims import (VICTIM_KINDS, ModelVictim, ReconFolder, VictimError, load, open_victim,
+from memscore.victims import (VICTIM_KINDS, ModelVictim, ReconFolder, VictimError, load, open_victim,
                             parse_victim_spec, same_size_groups, trained_size)
-from engine.victims import pix2pix, pix2pixhd, spade
-from engine.victims.checkpoint import CheckpointError
+from memscore.victims import pix2pix, pix2pixhd, spade
+from memscore.victims.checkpoint import CheckpointError
 
 
 def _items(*tensors: torch.Tensor, ids: list[str] | None = None) -> list[SimpleNamespace]:
@@ -148,8 +148,8 @@ def test_load_returns_models_and_refuses_folders(tmp_path):
 
 
 def test_an_unknown_victim_opt_stops_the_run_before_a_store_is_made(tmp_path, capsys):
-    from engine.cli import main
-    from engine.synthetic import write_aligned_dataset
+    from memscore.cli import main
+    from memscore.synthetic import write_aligned_dataset
     write_aligned_dataset(tmp_path / "data", 2, size=16)
     argv = ["score", str(tmp_path / "data"), "--out", str(tmp_path / "s.zarr"), "--no-progress",
             "--victim", "python:victims_for_tests:blur", "--victim-opt", "bogus=1"]

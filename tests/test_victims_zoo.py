@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.victims import pix2pix, pix2pixhd, spade
-from engine.victims.checkpoint import CheckpointError
+from memscore.victims import pix2pix, pix2pixhd, spade
+from memscore.victims.checkpoint import CheckpointError
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:

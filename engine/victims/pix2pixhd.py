@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.victims.checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
+from .checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
 
 NETGS = ("global", "local")
 NORMS = ("instance", "batch")

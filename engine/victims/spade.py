@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from engine.victims.checkpoint import Checkpoint, load_state_dict_strict
-from engine.victims.pix2pixhd import Pix2PixHDVictim, one_hot
+from .checkpoint import Checkpoint, load_state_dict_strict
+from .pix2pixhd import Pix2PixHDVictim, one_hot
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 NHIDDEN = 128  # width of the SPADE modulation MLP, hard-coded upstream
