@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .errors import UsageError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 EXAMPLES = 5  # items quoted per reason in counts and errors
 Half = Literal["left", "right"] | None
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """A dataset that cannot be scored as given; the message names the file, row or id and what to change."""
 
 

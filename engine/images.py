@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .data import Half
+from .errors import UsageError
 
 MAX_IMAGE_PIXELS = 8192 * 8192
 """Most pixels (64 megapixels) an image may declare in its header; larger files are refused before
@@ -37,7 +38,7 @@ def printable(text: str | bytes) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-class ImageError(ValueError):
+class ImageError(UsageError):
     """An image that cannot be used; `reason` is what gets recorded in the store."""
 
     def __init__(self, path: str, problem: str) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 from .attack import SCORE_MARK
 from .data import open_dataset, read_id_list
 from .devices import resolve_device, use_threads
+from .errors import MemscoreError
 from .likelihood_ratio import DEFAULT_TRANSFORM, PRIOR_DOF, Transform, lira, rmia
 from .schedule import ClusterPlan, execute
 from .store import ScoreStore, StoreError, store_lock
@@ -39,7 +40,7 @@ MEMBERS = "members.txt"
 PARTIAL_SUFFIX = ".partial"
 
 
-class ShadowError(RuntimeError):
+class ShadowError(MemscoreError):
     """A shadow folder that cannot be used or resumed as asked; the message says what changed or what to do."""
 
 

@@ -35,16 +35,13 @@ import numpy as np
 import zarr
 
 from .config import ScoreConfig
+from .errors import StoreError
 
 FORMAT_VERSION = 2
 LOCK_SUFFIX = ".lock"  # beside the store, not inside: zarr warns about foreign files
 STAGING_SUFFIX = ".staging"  # beside the store too: whole columns are written here, then renamed in
 CREATING_SUFFIX = ".creating"  # a new store is built here, then renamed into place
 SHARD_ARRAYS = ("shard_digest", "shard_done")
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used as asked (config mismatch, locked, damaged, not a memscore store)."""
 
 
 @dataclass(frozen=True)

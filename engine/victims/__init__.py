@@ -24,6 +24,7 @@ from torch import nn
 
 from ..batch import Prepared
 from ..data import IMAGE_SUFFIXES, DatasetError, confined_path
+from ..errors import UsageError
 from ..images import ImageError, load_rgb
 from ..preprocess import to_tensor
 from . import pix2pix, pix2pixhd, spade
@@ -32,7 +33,7 @@ from .checkpoint import load_state_dict_strict, read_checkpoint
 Reconstruction = torch.Tensor | str
 
 
-class VictimError(ValueError):
+class VictimError(UsageError):
     """A victim spec or checkpoint that cannot be used; the message says what to change."""
 
 

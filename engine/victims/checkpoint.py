@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 _CONTAINER_KEYS = ("state_dict", "model")
 MODEL_ARGS_KEY = "model_args"
 _EXAMPLES = 5  # keys quoted per kind of mismatch
@@ -25,7 +27,7 @@ SUPPORTED_FORMS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint file that cannot be read or does not fit the architecture asked for."""
 
 
