@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: a pix2pix-style victim checkpoint, timing, and result files."""
+"""Shared pieces of the benchmarks (and the kernel's tests): real photos as a batch, a pix2pix-style victim
+checkpoint, timing, and result files."""
 from __future__ import annotations
 
 import json
@@ -7,21 +8,41 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def aligned_photo_batch(folder: str | Path, count: int, size: int = 224, grid: int = 56
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[count, 3, size, size]` photos in [0, 1] (sorted `*.jpg` of a pix2pix aligned `folder`, the photo being
+    the left half) and their `[count, 3, grid, grid]` targets."""
+    paths = sorted(Path(folder).glob("*.jpg"))[:count]
+    if len(paths) < count:
+        raise FileNotFoundError(f"{folder}: {count} aligned .jpg photos needed, found {len(paths)}")
+    photos = []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        photo = image.crop((0, 0, image.width // 2, image.height)).resize((size, size), Image.BILINEAR)
+        photos.append(torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1))
+    images = torch.stack(photos)
+    target = F.interpolate(images, size=(grid, grid), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return images, target
 
 
 def pix2pix_victim(path: Path, size: int = 64, ngf: int = 16) -> str:
     """A randomly initialised pix2pix U-Net saved as a memscore checkpoint (it carries its architecture); returns its
     victim spec."""
-    from memscore.train import VictimArch, _save
+    from memscore.train import VictimArch, save_generator
     from memscore.victims.pix2pix import build_generator
     arch = VictimArch(netG={64: "unet_64", 128: "unet_128", 256: "unet_256"}[size], ngf=ngf, norm="instance", size=size)
     if not path.exists():
         torch.manual_seed(0)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _save(build_generator(arch.netG, 3, 3, arch.ngf, arch.norm, False), arch, path)
+        save_generator(build_generator(arch.netG, 3, 3, arch.ngf, arch.norm, False), arch, path)
     return f"pix2pix:{path}"
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from memscore.alpha import fit_alpha, membership_error
 from memscore.config import ScoreConfig
-from memscore.data import AlignedFolder
+from memscore.data import AlignedFolder, read_id_list
 from memscore.metrics import alpha_sweep, evaluate_scores
 from memscore.run import run_scoring
 from memscore.work import DatasetSpec
@@ -120,7 +120,7 @@ def main() -> None:
             link.symlink_to(facades / f"{image_id}.jpg")
     members = work / "members.txt"
     members.write_text("".join(f"{i}\n" for i in ids if i.startswith("train/")))
-    member_ids = set(members.read_text().split())
+    member_ids = set(read_id_list(members).ids)
 
     arch = VictimArch(netG=args.netG, ngf=args.ngf, norm="instance", size=args.size)
     checkpoints: dict[int, Path] = {}
@@ -134,7 +134,7 @@ def main() -> None:
         checkpoint = work / "victim" / "latest_net_G.pth"
         train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, members=member_ids, arch=arch, epochs=args.epochs,
                       checkpoint_every=args.checkpoint_every, use_jitter=not args.no_jitter,
-                      on_checkpoint=lambda e, p: checkpoints.__setitem__(e, p))
+                      on_checkpoint=lambda e, p: checkpoints.__setitem__(e, p), overwrite=True)
         checkpoints[args.epochs] = checkpoint
     train_seconds = time.perf_counter() - started
     variants_at = args.variants_at or args.epochs

@@ -29,9 +29,8 @@ from skimage.transform import resize as sk_resize  # noqa: E402
 from sklearn.linear_model import LinearRegression  # noqa: E402
 
 import memscore.kernels.difficulty as difficulty  # noqa: E402
-from memscore.samples import aligned_photo_batch  # noqa: E402
 from memscore.devices import use_threads  # noqa: E402
-from bench.common import gemm_rate, markdown_table, memory_mib, reset_peak_memory, timed, write_results  # noqa: E402
+from bench.common import aligned_photo_batch, gemm_rate, markdown_table, memory_mib, reset_peak_memory, timed, write_results  # noqa: E402
 from memscore.kernels.interp import upsample  # noqa: E402
 
 RESIZE = "skimage"  # the authors' operator, so all three methods solve the same problem
@@ -82,14 +81,14 @@ def dense_torch(stages: list[torch.Tensor], target: torch.Tensor, mask: torch.Te
         fit, held, fit_y = fit - mean, held - mean, fit_y - y_mean
         lam = RIDGE * fit.square().sum((1, 2)) / full_width
         primal = full_width <= fit.shape[1]
-        system = difficulty._lower_gram(fit if primal else fit.mT)
+        system = difficulty.lower_gram(fit if primal else fit.mT)
         system.diagonal(dim1=1, dim2=2).add_(lam[:, None])
         factor, info = torch.linalg.cholesky_ex(system)
         failed += int((info != 0).sum())
         if primal:
-            beta = difficulty._cholesky_solve(factor, fit.mT @ fit_y).to(dtype)
+            beta = difficulty.cholesky_solve(factor, fit.mT @ fit_y).to(dtype)
         else:
-            beta = fit.mT @ difficulty._cholesky_solve(factor, fit_y).to(dtype)
+            beta = fit.mT @ difficulty.cholesky_solve(factor, fit_y).to(dtype)
         errors.append((y_mean + held @ beta - held_y).abs().mean((1, 2)).double())
     return torch.cat(errors).numpy(), failed
 
@@ -107,7 +106,7 @@ def fused_flops(stages: list[torch.Tensor], target: torch.Tensor, mask: torch.Te
     n_fit = int(mask[0].sum())
     n_held = mask.shape[1] - n_fit
     height, width = target.shape[-2:]
-    plan = [difficulty._StagePlan.build(s.shape[1], tuple(s.shape[-2:]), (height, width), RESIZE) for s in stages]
+    plan = [difficulty.StagePlan.build(s.shape[1], tuple(s.shape[-2:]), (height, width), RESIZE) for s in stages]
     d = sum(p.width for p in plan)
     per_image = 0.0
     for s, p in zip(stages, plan):
@@ -119,7 +118,7 @@ def fused_flops(stages: list[torch.Tensor], target: torch.Tensor, mask: torch.Te
                for a in range(0, d, difficulty.GRAM_PANEL))
     per_image += gram + d ** 3 / 3.0
     counts = {"rhs": 0, "residual": 0, "held_out": 0, "solve": 0, "fp64_refit": 0}
-    originals = {name: getattr(difficulty, name) for name in ("_residual", "_held_out_error", "_cholesky_solve", "_fp64_solution")}
+    originals = {name: getattr(difficulty, name) for name in ("residual", "held_out_error", "cholesky_solve", "fp64_solution")}
 
     def counting(name: str, key: str, images_arg: int | None):
         def wrapped(*args):
@@ -128,10 +127,10 @@ def fused_flops(stages: list[torch.Tensor], target: torch.Tensor, mask: torch.Te
             return originals[name](*args)
         return wrapped
 
-    difficulty._residual = counting("_residual", "residual", 3)
-    difficulty._held_out_error = counting("_held_out_error", "held_out", 7)
-    difficulty._cholesky_solve = counting("_cholesky_solve", "solve", None)
-    difficulty._fp64_solution = counting("_fp64_solution", "fp64_refit", None)
+    difficulty.residual = counting("residual", "residual", 3)
+    difficulty.held_out_error = counting("held_out_error", "held_out", 7)
+    difficulty.cholesky_solve = counting("cholesky_solve", "solve", None)
+    difficulty.fp64_solution = counting("fp64_solution", "fp64_refit", None)
     try:
         fused(stages, target, mask)
     finally:
@@ -173,7 +172,7 @@ def worker(method: str, inputs: Path, count: int, repeats: int) -> dict:
     data = torch.load(inputs)
     stages, target, mask = [s[:count] for s in data["stages"]], data["target"][:count], data["mask"][:count]
     if method == "fused_torch":  # the formulation CUDA runs, to measure what numba buys on CPU
-        difficulty._use_numba = lambda tensor: False
+        difficulty.use_numba = lambda tensor: False
     run = {"sklearn": sklearn_authors, "dense": lambda *a: dense_torch(*a)[0], "fused_torch": fused, "fused": fused}[method]
     if method != "sklearn":  # warm up (numba's cached machine code, MKL) on one image; sklearn has nothing to warm
         run([s[:1] for s in stages], target[:1], mask[:1])

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     store = ScoreStore.open(args.store)
     store.require_readable()
     ids = store.column("id")
-    member = np.isin(ids, sorted(read_id_list(args.members))) if args.members else store.column("member") == 1
+    member = np.isin(ids, sorted(read_id_list(args.members).ids)) if args.members else store.column("member") == 1
     lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
     results = run_experiment(lrec, ldiff, store.column("lrec_shadow").astype(np.float64), store.column("in_shadow"),
                              member, extra={c: store.column(c) for c in args.column}, n_boot=args.bootstrap,

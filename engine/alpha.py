@@ -1,4 +1,4 @@
-"""Choosing alpha in Lmem = Lrec - alpha * Ldiff (ALGORITHM.md, "Choosing alpha"): a fixed number,
+"""Choosing alpha in Lmem = Lrec - alpha * Ldiff (docs/ALGORITHM.md, "Choosing alpha"): a fixed number,
 a label-free slope of Lrec on Ldiff (OLS, robust, or on known non-members), or labelled calibration.
 
 Specs, as a user writes them: "0.5" (fixed), "fit", "fit:robust", "fit:reference", "auto".
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UsageError
 from .metrics import alpha_sweep, float_vector, member_labels
 
 SPEC_KINDS = ("fixed", "fit", "fit:robust", "fit:reference", "auto")
@@ -56,10 +57,10 @@ def _pair(lrec, ldiff) -> tuple[np.ndarray, np.ndarray]:
 
 def _row_mask(name: str, mask, n_rows: int) -> np.ndarray:
     if mask is None:
-        raise ValueError(f"{name} is required for this alpha spec")
+        raise UsageError(f"{name} is required for this alpha spec")
     mask = np.asarray(mask)
     if mask.dtype != bool or mask.shape != (n_rows,):
-        raise ValueError(
+        raise UsageError(
             f"{name} must be a boolean array with one entry per row ({n_rows}), got {mask.dtype} {mask.shape}"
         )
     return mask
@@ -87,12 +88,12 @@ def fit_alpha(lrec, ldiff, method: str = "ols") -> AlphaFit:
     1 - SS_res / SS_tot of the fitted line in both cases (outliers lower it for the robust line).
     """
     if method not in ("ols", "robust"):
-        raise ValueError(f"fit method must be 'ols' or 'robust', got {method!r}")
+        raise UsageError(f"fit method must be 'ols' or 'robust', got {method!r}")
     y, x = _pair(lrec, ldiff)
     finite = np.isfinite(x) & np.isfinite(y)
     x, y = x[finite], y[finite]
     if x.shape[0] < 2 or x.min() == x.max():
-        raise ValueError(
+        raise UsageError(
             f"fitting alpha needs at least two rows with distinct finite ldiff; got {x.shape[0]} finite rows"
         )
     x_dev, y_dev = x - x.mean(), y - y.mean()
@@ -118,13 +119,13 @@ def parse_alpha(spec: str | float) -> AlphaSpec:
         try:
             value = float(text)
         except ValueError:
-            raise ValueError(f"alpha {spec!r} not understood; {usage}") from None
+            raise UsageError(f"alpha {spec!r} not understood; {usage}") from None
     elif isinstance(spec, (int, float, np.integer, np.floating)) and not isinstance(spec, bool):
         value = float(spec)
     else:
-        raise ValueError(f"alpha {spec!r} not understood; {usage}")
+        raise UsageError(f"alpha {spec!r} not understood; {usage}")
     if not math.isfinite(value):
-        raise ValueError(f"alpha must be finite, got {spec!r}; {usage}")
+        raise UsageError(f"alpha must be finite, got {spec!r}; {usage}")
     return AlphaSpec(kind="fixed", value=value)
 
 
@@ -132,16 +133,16 @@ def _auto_alpha(lrec: np.ndarray, ldiff: np.ndarray, is_member, calibration_mask
     """The alpha with the best AUC on the calibration rows; no other row is read."""
     n_rows = lrec.shape[0]
     if is_member is None:
-        raise ValueError("alpha 'auto' needs is_member (labels for the calibration rows)")
+        raise UsageError("alpha 'auto' needs is_member (labels for the calibration rows)")
     rows = _row_mask("calibration_mask", calibration_mask, n_rows)
     if not rows.any() or rows.all():
-        raise ValueError(
+        raise UsageError(
             f"calibration_mask selects {int(rows.sum())} of {n_rows} rows; alpha 'auto' needs some "
             "calibration rows and reports on the rest, so pass a mask of a proper subset"
         )
     is_member = np.asarray(is_member)
     if is_member.shape != (n_rows,):
-        raise ValueError(f"is_member has shape {is_member.shape} but lrec has {n_rows} rows")
+        raise UsageError(f"is_member has shape {is_member.shape} but lrec has {n_rows} rows")
     x, y, labels = ldiff[rows], lrec[rows], member_labels(is_member[rows], int(rows.sum()))
     grid = np.union1d(AUTO_GRID, [fit_alpha(y, x).alpha])
     alphas, aucs = alpha_sweep(y, x, labels, grid)
@@ -176,7 +177,7 @@ def resolve_alpha(
     if spec.kind == "fit:reference":
         rows = _row_mask("reference_mask", reference_mask, lrec.shape[0])
         if not rows.any():
-            raise ValueError("reference_mask selects no rows; 'fit:reference' needs known non-members")
+            raise UsageError("reference_mask selects no rows; 'fit:reference' needs known non-members")
         lrec, ldiff = lrec[rows], ldiff[rows]
     fit = fit_alpha(lrec, ldiff, "robust" if spec.kind == "fit:robust" else "ols")
     return dataclasses.replace(fit, method=spec.kind)

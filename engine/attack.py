@@ -18,8 +18,11 @@ from typing import Any
 import numpy as np
 
 from .alpha import membership_error, parse_alpha, resolve_alpha
-from .data import read_id_list
+from .data import IdMatch, match_ids, read_id_list
+from .errors import UsageError
 from .metrics import DIRECTION, calibrate_threshold, evaluate_scores, predict_members
+from .outputs import write_json
+from .rescore import reference_rows
 from .seeding import image_seed
 from .store import ScoreStore, StatusCounts, StoreError
 
@@ -47,12 +50,19 @@ def completeness(counts: StatusCounts) -> dict[str, Any]:
             "n_images": counts.n_images}
 
 
-def membership(store: ScoreStore, members_file: StorePath | None = None) -> np.ndarray:
-    """1 (member), 0 (non-member) or -1 (unknown) per row: from a file of member ids, else the store's column.
-    Pending rows (not written yet: no id) are unknown either way."""
-    if members_file:
-        ids = store.column("id")
-        return np.where(ids == "", -1, np.isin(ids, list(read_id_list(members_file)))).astype(np.int8)
+def match_members(store: ScoreStore, members_file: StorePath | None, *, strict: bool = False) -> IdMatch | None:
+    """How a file of member ids matches the store's rows (`memscore.data.match_ids`; None without a file): what
+    `membership` labels from, and what a command prints and records about the file."""
+    if not members_file:
+        return None
+    return match_ids(read_id_list(members_file), store.column("id"), "members", strict=strict)
+
+
+def membership(store: ScoreStore, members: IdMatch | None = None) -> np.ndarray:
+    """1 (member), 0 (non-member) or -1 (unknown) per row: from the match of a file of member ids
+    (`match_members`), else the store's column. Pending rows (not written yet: no id) are unknown either way."""
+    if members is not None:
+        return np.where(store.column("id") == "", -1, members.rows).astype(np.int8)
     return store.column("member").astype(np.int8)
 
 
@@ -63,7 +73,7 @@ def calibration_split(ids: np.ndarray, fraction: float, seed: int) -> np.ndarray
 
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
+        raise UsageError(f"{name} must be in (0, 1), got {value}")
 
 
 def score_names(store: ScoreStore) -> list[str]:
@@ -75,18 +85,17 @@ def score_names(store: ScoreStore) -> list[str]:
 def _check_column(store: ScoreStore, column: str) -> None:
     available = score_names(store)
     if column not in available:
-        raise ValueError(f"{store.path} has no score {column!r}; it has {', '.join(available)} (lcal comes from "
+        raise UsageError(f"{store.path} has no score {column!r}; it has {', '.join(available)} (lcal comes from "
                          "`memscore rescore --method per-image`, lira/rmia from `--method lira|rmia`)")
 
 
-def _reference_rows(store: ScoreStore, spec: str) -> np.ndarray | None:
-    """For `fit:reference`: the rows of the known non-members the store was scored with (`--reference`)."""
-    if parse_alpha(spec).kind != "fit:reference":
-        return None
-    if not store.config.reference_ids:
-        raise ValueError(f"alpha fit:reference needs known non-members, and {store.path} was scored without "
+def _reference_rows(store: ScoreStore, spec: str, *, strict: bool = False
+                    ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """`memscore.rescore.reference_rows` of the known non-members the store was scored with (`--reference`)."""
+    if parse_alpha(spec).kind == "fit:reference" and not store.config.reference_ids:
+        raise UsageError(f"alpha fit:reference needs known non-members, and {store.path} was scored without "
                          "--reference FILE; use fit, fit:robust or a number")
-    return np.isin(store.column("id"), list(read_id_list(store.config.reference_ids)))
+    return reference_rows(store, spec, store.config.reference_ids, strict=strict)
 
 
 def lmem_with_alpha(store: ScoreStore) -> tuple[np.ndarray, dict[str, Any]]:
@@ -96,10 +105,11 @@ def lmem_with_alpha(store: ScoreStore) -> tuple[np.ndarray, dict[str, Any]]:
         return store.column("lmem").astype(np.float64), store.alpha.to_dict()
     spec = store.config.alpha
     lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
-    fit = resolve_alpha(spec, lrec, ldiff, reference_mask=_reference_rows(store, spec))
+    reference_mask, reference_ids = _reference_rows(store, spec)
+    fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask)
     return membership_error(lrec, ldiff, fit.alpha), {
         "spec": spec, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows, "r2": fit.r2,
-        "fitted_on": "the rows scored so far (the store has no lmem yet)"}
+        "reference_ids": reference_ids, "fitted_on": "the rows scored so far (the store has no lmem yet)"}
 
 
 def _require_lmem(store: ScoreStore) -> None:
@@ -113,14 +123,15 @@ def _require_lmem(store: ScoreStore) -> None:
 
 def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = None, *, n_boot: int = 0,
              alpha: str | None = None, calibration_fraction: float = 0.5, partial: bool = False,
-             scores: list[str] | None = None) -> dict[str, Any]:
+             scores: list[str] | None = None, strict: bool = False) -> dict[str, Any]:
     """Attack metrics of `lrec`, `lmem` and every derived score the store holds, or of `scores` (lower score =
     member), JSON-ready: one entry per score under its name, and `scores` listing them in order.
 
     Labels: `members_file` (one member id per line), else the store's `member` column; unlabelled rows are
-    left out and counted. `alpha`: evaluate lmem at another alpha than the store's (a number, fit,
-    fit:robust); `auto` chooses it with the labels of a calibration split (`calibration_fraction` of the
-    labelled rows, by `calibration_split`) and reports every metric on the other rows only. `partial`:
+    left out and counted. The result's `members_ids` says how the file matched the store (`IdMatch.to_dict`);
+    `strict` refuses a file with ids the store lacks (they are ignored otherwise). `alpha`: evaluate lmem at
+    another alpha than the store's (a number, fit, fit:robust); `auto` chooses it with the labels of a
+    calibration split (`calibration_fraction` of the labelled rows, by `calibration_split`) and reports every metric on the other rows only. `partial`:
     accept an unfinished store; the result's `partial` and `pending` say how many rows were not scored yet,
     and lmem, not written before the last shard, is taken at the store's alpha spec fitted on the rows
     scored so far (the result's alpha says so).
@@ -129,12 +140,13 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
         parse_alpha(alpha)
     _check_fraction("calibration_fraction", calibration_fraction)
     if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+        raise UsageError(f"n_boot must be >= 0, got {n_boot}")
     store, counts = readable_store(store, partial)
-    labels = membership(store, members_file)
+    members = match_members(store, members_file, strict=strict)
+    labels = membership(store, members)
     known = labels >= 0
     if not known.any():
-        raise ValueError(f"{store.path}: no membership known (the member column is -1 on every written row); "
+        raise UsageError(f"{store.path}: no membership known (the member column is -1 on every written row); "
                          "pass a file of member ids (--members FILE)")
     unlabelled = int(((labels < 0) & (store.column("status") != "")).sum())  # pending rows are counted apart
     lrec = store.column("lrec").astype(np.float64)
@@ -146,10 +158,12 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
         auto = parse_alpha(alpha).kind == "auto"
         if auto:
             calibration = known & calibration_split(store.column("id"), calibration_fraction, store.config.seed)
-        fit = resolve_alpha(alpha, lrec, ldiff, reference_mask=_reference_rows(store, alpha),
+        reference_mask, reference_ids = _reference_rows(store, alpha, strict=strict)
+        fit = resolve_alpha(alpha, lrec, ldiff, reference_mask=reference_mask,
                             is_member=labels == 1, calibration_mask=calibration)
         lmem = membership_error(lrec, ldiff, fit.alpha)
-        alpha_record = {"spec": alpha, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows}
+        alpha_record = {"spec": alpha, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows,
+                        "reference_ids": reference_ids}
         if auto:
             alpha_record.update(calibration_rows=int(calibration.sum()), evaluated_on="rows not used to choose alpha")
         known = known & ~calibration
@@ -158,7 +172,8 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
         _check_column(store, name)
     values = {"lrec": lrec, "lmem": lmem}
     result = {"store": str(store.path), **completeness(counts), "alpha": alpha_record, "direction": DIRECTION,
-              "n_unlabelled_excluded": unlabelled, "scores": wanted}
+              "members_ids": None if members is None else members.to_dict(), "n_unlabelled_excluded": unlabelled,
+              "scores": wanted}
     for name in wanted:
         column = values[name] if name in values else store.column(name).astype(np.float64)
         result[name] = evaluate_scores(column[known], labels[known] == 1, n_boot=n_boot).to_dict()
@@ -186,6 +201,8 @@ class Calibration:
     pending: int
     ids_not_in_store: int
     rule: str = DECISION_RULE
+    nonmember_ids: dict[str, Any] | None = None
+    """How the non-members file matched the store (`IdMatch.to_dict`); None in files of older memscores."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,21 +212,22 @@ class Calibration:
         names = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         missing = sorted(names - set(data))
         if missing:
-            raise ValueError(f"{source} lacks {', '.join(missing)}: it was not written by this memscore's "
+            raise UsageError(f"{source} lacks {', '.join(missing)}: it was not written by this memscore's "
                              "`calibrate` (which binds a threshold to the score it was set on); run it again")
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
-    def save(self, path: StorePath) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+    def save(self, path: StorePath, *, overwrite: bool = False) -> None:
+        """Write the calibration as JSON (an existing file only with `overwrite`; `memscore.outputs.write_json`)."""
+        write_json(path, self.to_dict(), overwrite=overwrite)
 
     @classmethod
     def load(cls, path: StorePath) -> Calibration:
         try:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a calibration file (not JSON: {error})") from None
+            raise UsageError(f"{path} is not a calibration file (not JSON: {error})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path} is not a calibration file (expected a JSON object)")
+            raise UsageError(f"{path} is not a calibration file (expected a JSON object)")
         return cls.from_dict(data, source=str(path))
 
 
@@ -224,24 +242,24 @@ def _fingerprinted_column(store: ScoreStore, column: str) -> tuple[np.ndarray, d
 
 
 def calibrate(store: StorePath | ScoreStore, nonmembers_file: StorePath, *, fpr: float = 0.01, column: str = "lmem",
-              partial: bool = False) -> Calibration:
+              partial: bool = False, strict: bool = False) -> Calibration:
     """The threshold tau a label-free attacker sets from images it knows are NOT members: the largest tau
-    calling at most `fpr` of them members (`memscore.metrics.calibrate_threshold`) on `column`."""
+    calling at most `fpr` of them members (`memscore.metrics.calibrate_threshold`) on `column`. Ids of the file
+    that the store lacks are ignored and counted, or refused when `strict`."""
     _check_fraction("fpr", fpr)
     store, counts = readable_store(store, partial)
     _check_column(store, column)
     if column == "lmem":
         _require_lmem(store)
-    nonmembers = read_id_list(nonmembers_file)
-    ids = store.column("id")
-    rows = np.isin(ids, list(nonmembers))
-    if not rows.any():
-        raise ValueError(f"none of the {len(nonmembers)} ids in {nonmembers_file} is in {store.path}")
+    nonmembers = match_ids(read_id_list(nonmembers_file), store.column("id"), "non-members", strict=strict)
+    if not nonmembers.rows.any():
+        raise UsageError(f"none of the {nonmembers.n_ids} ids in {nonmembers_file} is in {store.path}")
     scores, fingerprint = _fingerprinted_column(store, column)
-    tau = calibrate_threshold(scores[rows], fpr)
-    return Calibration(column=column, tau=tau, target_fpr=fpr, n_nonmembers=int(rows.sum()),
+    tau = calibrate_threshold(scores[nonmembers.rows], fpr)
+    return Calibration(column=column, tau=tau, target_fpr=fpr, n_nonmembers=int(nonmembers.rows.sum()),
                        nonmembers_file=str(nonmembers_file), fingerprint=fingerprint, store=str(store.path),
-                       pending=counts.pending, ids_not_in_store=len(nonmembers - set(ids[rows].tolist())))
+                       pending=counts.pending, ids_not_in_store=nonmembers.n_not_in_store,
+                       nonmember_ids=nonmembers.to_dict())
 
 
 # ---------------------------------------------------------------- predict
@@ -275,13 +293,13 @@ def predict(store: StorePath, *, tau: float | None = None, calibration: Calibrat
     A calibration is refused unless the store's score is still exactly the one it was set on.
     """
     if (tau is None) == (calibration is None):
-        raise ValueError("give exactly one of tau or calibration (--tau or --calibration FILE)")
+        raise UsageError("give exactly one of tau or calibration (--tau or --calibration FILE)")
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration.load(calibration)
     if calibration is not None:
         column, tau = calibration.column, float(calibration.tau)
     if not np.isfinite(tau):
-        raise ValueError(f"tau must be a finite number, got {tau}")
+        raise UsageError(f"tau must be a finite number, got {tau}")
     store = ScoreStore.open(store, mode="r+")
     with store.lock():
         counts = store.require_readable(partial=partial)

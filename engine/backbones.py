@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import MemscoreError, UsageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsMissing(FileNotFoundError):
+class WeightsMissing(MemscoreError, FileNotFoundError):
     """Pretrained weights are not on this machine; the message says which file to put where."""
 
 
@@ -64,7 +66,7 @@ def backbone_names() -> list[str]:
 
 def _entry(name: str) -> BackboneEntry:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(backbone_names())}")
+        raise UsageError(f"unknown backbone {name!r}; available: {', '.join(backbone_names())}")
     return _REGISTRY[name]
 
 
@@ -111,7 +113,7 @@ def _load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or not a weights file: name it
-        raise ValueError(f"cannot read backbone weights {path}: {error}") from error
+        raise UsageError(f"cannot read backbone weights {path}: {error}") from error
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state

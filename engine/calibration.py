@@ -4,7 +4,7 @@ Lrec falls. Lower `lcal` = more likely a member, as for every score of memscore.
 
 Why: Lmem subtracts one multiple of Ldiff from every image; asking per image "how unusual is this Lrec for
 THIS image if it were a non-member?" is what raises TPR at 1% and 0.1% FPR (difficulty calibration, Watson et
-al. 2022; quantile-regression attacks, Bertran et al. 2023). See ALGORITHM.md, "Beyond one global alpha".
+al. 2022; quantile-regression attacks, Bertran et al. 2023). See docs/ALGORITHM.md, "Beyond one global alpha".
 
 Both models describe a non-member's Lrec at x by a centre and a scale, and ``lcal = (Lrec - centre) / scale``:
 - `gaussian`: centre = mu(x), a ridge regression of Lrec; scale = sigma(x), a ridge regression of
@@ -41,7 +41,8 @@ import numpy as np
 from scipy.special import ndtri
 
 from .attack import SCORE_MARK
-from .data import read_id_list
+from .data import match_ids, read_id_list
+from .errors import UsageError
 from .metrics import calibrate_threshold, float_vector
 from .store import ScoreStore, StoreError, column_digest
 
@@ -296,26 +297,26 @@ class PerImageScores:
         at least 1/fpr reference rows. NaN where the row was not scored.
         """
         if not 0.0 < fpr < 1.0:
-            raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+            raise UsageError(f"fpr must be in (0, 1), got {fpr}")
         if rule == "model":
             if self.model == "quantile" and not np.isclose(fpr, self.level, rtol=1e-9, atol=0.0):
-                raise ValueError(f"the quantile model was fitted at level {self.level:g}, not at FPR {fpr:g}: "
+                raise UsageError(f"the quantile model was fitted at level {self.level:g}, not at FPR {fpr:g}: "
                                  f"calibrate again with level={fpr:g} (--fpr), or use rule 'reference'")
             cut = float(ndtri(fpr))
         elif rule == "reference":
             cut = calibrate_threshold(self.lcal[self.reference], fpr)
         else:
-            raise ValueError(f"rule must be 'model' or 'reference', got {rule!r}")
+            raise UsageError(f"rule must be 'model' or 'reference', got {rule!r}")
         return self.center + self.scale * cut
 
 
 def _check_options(model: str, folds: int, level: float) -> None:
     if model not in MODELS:
-        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+        raise UsageError(f"model must be one of {MODELS}, got {model!r}")
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds must be an integer >= 2 (cross-fitting needs a held-out fold), got {folds!r}")
+        raise UsageError(f"folds must be an integer >= 2 (cross-fitting needs a held-out fold), got {folds!r}")
     if not 0.0 < level < 0.5:
-        raise ValueError(f"level must be in (0, 0.5) (a lower quantile of a non-member's Lrec), got {level}")
+        raise UsageError(f"level must be in (0, 0.5) (a lower quantile of a non-member's Lrec), got {level}")
 
 
 def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "gaussian", folds: int = 5,
@@ -334,16 +335,16 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
     n = lrec.shape[0]
     ldiff = float_vector("ldiff", ldiff, n, other="lrec")
     if not np.isfinite(alpha):
-        raise ValueError(f"alpha must be finite, got {alpha}")
+        raise UsageError(f"alpha must be finite, got {alpha}")
     statistic = lrec - alpha * ldiff
     features = np.asarray(features)  # kept in its dtype (float16 in a store): rows are widened as they are used
     if features.dtype.kind != "f":
         features = features.astype(np.float64)
     if features.ndim != 2 or features.shape[0] != n:
-        raise ValueError(f"features must have shape [{n}, F] (one row per image), got {features.shape}")
+        raise UsageError(f"features must have shape [{n}, F] (one row per image), got {features.shape}")
     reference_mask = np.asarray(reference_mask)
     if reference_mask.dtype != bool or reference_mask.shape != (n,):
-        raise ValueError(f"reference_mask must be a bool array of shape ({n},), got {reference_mask.dtype} "
+        raise UsageError(f"reference_mask must be a bool array of shape ({n},), got {reference_mask.dtype} "
                          f"{reference_mask.shape}")
 
     def design(at: np.ndarray) -> np.ndarray:
@@ -356,7 +357,7 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
     rows = np.flatnonzero(reference)
     needed = max(MIN_REFERENCE, 2 * folds)
     if rows.size < needed:
-        raise ValueError(f"{rows.size} usable reference rows ({int(reference_mask.sum())} given, "
+        raise UsageError(f"{rows.size} usable reference rows ({int(reference_mask.sum())} given, "
                          f"{int((reference_mask & ~scorable).sum())} with a missing lrec, ldiff or feature); "
                          f"per-image calibration with {folds} folds needs at least {needed}: give more known "
                          "non-members")
@@ -412,33 +413,36 @@ def _require_features(store: ScoreStore) -> None:
 
 def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | os.PathLike, *,
                       model: str = "gaussian", folds: int = 5, seed: int = 0,
-                      level: float = DEFAULT_LEVEL, statistic: str = "lmem") -> dict[str, Any]:
+                      level: float = DEFAULT_LEVEL, statistic: str = "lmem", strict: bool = False) -> dict[str, Any]:
     """Write column `lcal` of a finished store (cross-fitted, `calibrate_per_image`) and return its record.
     `statistic` (`STATISTICS`): `lmem` models a non-member's Lrec - alpha * Ldiff at the store's alpha.
+    Reference ids the store lacks are ignored and counted, or refused when `strict`.
 
     The record, kept in the column's attributes as `calibration`, holds the method, model, folds, seed, the
-    reference ids file and the digest of its ids, and the fingerprints of the lrec, ldiff and features it was
-    computed from (`require_current_lcal` refuses the column once any of them changed). Reference ids must be
-    known non-members: one the store labels a member is refused. Options are checked before the store is opened.
+    reference ids file, the digest of its ids and how it matched the store (`reference_ids`), and the
+    fingerprints of the lrec, ldiff and features it was computed from (`require_current_lcal` refuses the column
+    once any of them changed). Reference ids must be known non-members: one the store labels a member is
+    refused. Options are checked before the store is opened.
     """
     _check_options(model, folds, level)
     if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        raise UsageError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     if not os.path.isfile(reference_ids_file):
-        raise ValueError(f"--reference {reference_ids_file}: no such file (one known non-member id per line)")
+        raise UsageError(f"--reference {reference_ids_file}: no such file (one known non-member id per line)")
     reference_ids = read_id_list(reference_ids_file)
     store = ScoreStore.open(store_path, mode="r+")
     with store.lock():
         store.require_readable()
         _require_features(store)
         ids, status = store.column("id"), store.column("status")
-        given = np.isin(ids, list(reference_ids))
+        reference = match_ids(reference_ids, ids, "reference", strict=strict)
+        given = reference.rows
         labelled_members = ids[given & (store.column("member") == 1)]
         if labelled_members.size:
-            raise ValueError(f"{reference_ids_file}: {labelled_members.size} reference ids are labelled members in "
+            raise UsageError(f"{reference_ids_file}: {labelled_members.size} reference ids are labelled members in "
                              f"{store_path} (e.g. {labelled_members[0]!r}); the reference must be known non-members")
         if not given.any():
-            raise ValueError(f"none of the {len(reference_ids)} ids in {reference_ids_file} is in {store_path}")
+            raise UsageError(f"none of the {reference.n_ids} ids in {reference_ids_file} is in {store_path}")
         uses = INPUT_COLUMNS + (("lmem",) if statistic == "lmem" else ())
         inputs = {name: store.fingerprint(name) for name in uses}
         alpha = store.alpha.value if statistic == "lmem" else 0.0
@@ -447,8 +451,8 @@ def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | o
                                      alpha=alpha)
         lcal = result.lcal.astype(np.float32)
         record = {**result.record, "reference_ids_file": str(Path(reference_ids_file).resolve()),
-                  "reference_sha256": ids_digest(reference_ids), "n_reference_ids": len(reference_ids),
-                  "reference_ids_not_in_store": len(reference_ids) - int(given.sum()),
+                  "reference_sha256": ids_digest(reference_ids.ids), "n_reference_ids": reference.n_ids,
+                  "reference_ids_not_in_store": reference.n_not_in_store, "reference_ids": reference.to_dict(),
                   "inputs_fingerprint": inputs, "lcal_sha256": column_digest(lcal, full=True), "created": _now()}
         store.write_column(LCAL_COLUMN, lcal, float("nan"), {"calibration": record, SCORE_MARK: True})
     return record
@@ -499,11 +503,12 @@ def per_image_thresholds(store: str | os.PathLike | ScoreStore, fpr: float, *,
     store.require_readable()
     record = require_current_lcal(store)
     reference_file = record["reference_ids_file"]
-    if not os.path.isfile(reference_file) or ids_digest(read_id_list(reference_file)) != record["reference_sha256"]:
-        raise ValueError(f"{reference_file}, the reference lcal was computed from, is gone or changed; run "
+    reference_ids = read_id_list(reference_file) if os.path.isfile(reference_file) else None
+    if reference_ids is None or ids_digest(reference_ids.ids) != record["reference_sha256"]:
+        raise UsageError(f"{reference_file}, the reference lcal was computed from, is gone or changed; run "
                          "`memscore rescore --method per-image` again with the reference you hold")
     ids = store.column("id")
-    reference = np.isin(ids, list(read_id_list(reference_file))) & (store.column("status") == "ok")
+    reference = match_ids(reference_ids, ids, "reference").rows & (store.column("status") == "ok")
     result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"), reference,
                                  model=record["model"], folds=record["folds"], seed=record["seed"],
                                  level=record.get("level", DEFAULT_LEVEL), alpha=record.get("alpha", 0.0))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,21 +10,24 @@ from typing import Any
 import numpy as np
 
 from .alpha import parse_alpha
-from .attack import DECISION_COLUMN, calibrate, evaluate, predict, readable_store, score_names
+from .attack import DECISION_COLUMN, calibrate, evaluate, match_members, predict, readable_store, score_names
 from .backbones import backbone_names
 from .config import DIFFICULTY_SOURCES, PRECISIONS, PRESETS, VALUE_RANGES, ScoreConfig
 from .data import read_id_list
+from .errors import MemscoreError, UsageError
 from .metrics import format_metrics
+from .outputs import write_file, write_json
 from .devices import resolve_device, use_threads
 from .rescore import rescore
 from .run import run_scoring
 from .schedule import ClusterPlan
-from .store import ScoreStore, StoreError
+from .store import ScoreStore
 from .work import DatasetSpec
 
-# The errors a user can cause (a bad option, a missing or damaged file, a store in the wrong state): reported
-# as one line and exit code 2. Victim, weights, image and dataset errors are ValueErrors or OSErrors.
-USER_ERRORS = (StoreError, ValueError, OSError)
+# The errors a user can cause: memscore's own family (a bad option, a damaged store, ...) and what the operating
+# system says about a path the user gave (missing, not allowed, disk full). One line each, exit code 2.
+USER_ERRORS = (MemscoreError, OSError)
+INTERRUPTED = 130
 
 
 # ---------------------------------------------------------------- option types (checked before anything runs)
@@ -129,6 +131,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if summary.stages.seconds:
         print(f"time by stage: {summary.stages.line()}")
     if store.alpha is not None:
+        _print_id_files(store.alpha.reference_ids)
         print(f"alpha = {store.alpha.value:.4g} ({store.alpha.spec}, {store.alpha.n_rows} rows)")
     counts = store.counts()
     print(f"store: {args.out} ({counts.ok} ok, {counts.failed} failed, {counts.pending} pending"
@@ -148,11 +151,21 @@ def _state_pending(store: str, pending: int) -> None:
         print(f"PARTIAL: {pending} rows of {store} are still pending; what follows covers the rows scored so far")
 
 
+def _print_id_files(*matches: dict[str, Any] | None) -> None:
+    """The line of each id file a command matched against the store (`memscore.data.IdMatch.to_dict`): how many
+    of its ids were used and how many the store lacks, so that no id is ignored without a word."""
+    for match in matches:
+        if match:
+            print(match["summary"])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.store, args.members, n_boot=args.bootstrap, alpha=args.alpha,
-                      calibration_fraction=args.calibration_fraction, partial=args.partial, scores=args.score)
+                      calibration_fraction=args.calibration_fraction, partial=args.partial, scores=args.score,
+                      strict=args.strict)
     _state_pending(args.store, result["pending"])
     first, alpha = result[result["scores"][0]], result["alpha"]
+    _print_id_files(result["members_ids"], alpha.get("reference_ids"))
     print(f"{args.store}: {first['n_members']} members, {first['n_nonmembers']} non-members; "
           f"{first['n_excluded_nan']} labelled rows without a score excluded ({result['failed']} failed, "
           f"{result['pending']} pending), {result['n_unlabelled_excluded']} unlabelled excluded; lower score = member")
@@ -164,7 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name in result["scores"]:
         print(format_metrics(name, result[name]))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result, overwrite=args.overwrite)
         print(f"metrics written to {args.json}")
     return 0
 
@@ -172,23 +185,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_rescore(args: argparse.Namespace) -> int:
     if args.method == "alpha":
         if args.alpha is None:
-            raise ValueError("--method alpha (the default) needs --alpha NUMBER | fit | fit:robust | fit:reference")
-        record = rescore(args.store, args.alpha, args.reference)
+            raise UsageError("--method alpha (the default) needs --alpha NUMBER | fit | fit:robust | fit:reference")
+        record = rescore(args.store, args.alpha, args.reference, strict=args.strict)
+        _print_id_files(record.reference_ids)
         print(f"{args.store}: lmem rewritten with alpha = {record.value:.4g} ({record.spec}); "
               "earlier choices kept in its alpha history")
     elif args.method == "per-image":
         from .calibration import LCAL_COLUMN, rescore_per_image
         if not args.reference:
-            raise ValueError("--method per-image needs --reference FILE (ids of known non-members)")
+            raise UsageError("--method per-image needs --reference FILE (ids of known non-members)")
         record = rescore_per_image(args.store, args.reference, model=args.model, folds=args.folds, seed=args.seed,
-                                   statistic=args.statistic)
-        print(f"{args.store}: {LCAL_COLUMN} written ({record['model']} model of {args.statistic}, {record['folds']} folds, reference "
-              f"{args.reference}: {record['n_reference_ids'] - record['reference_ids_not_in_store']} ids; reference rows "
-              "scored out of fold)")
+                                   statistic=args.statistic, strict=args.strict)
+        _print_id_files(record["reference_ids"])
+        print(f"{args.store}: {LCAL_COLUMN} written ({record['model']} model of {args.statistic}, "
+              f"{record['folds']} folds; reference rows scored out of fold)")
     else:
         from .shadows import rescore_with_shadows
         record = rescore_with_shadows(args.store, args.method, online=not args.offline,
-                                      fixed_variance=args.fixed_variance, reference=args.reference)
+                                      fixed_variance=args.fixed_variance, reference=args.reference,
+                                      strict=args.strict)
+        _print_id_files(record["reference_ids"])
         print(f"{args.store}: {record['column']} written ({args.method}, {'offline' if args.offline else 'online'}, "
               f"{record['k']} shadows)")
     return 0
@@ -226,20 +242,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     dataset = None
     if args.data or args.inputs:
         dataset = DatasetSpec(args.data, args.inputs, args.targets, args.direction).open()
+    if args.members:  # how the labels file matches the store: said, or refused (--strict), before the page is built
+        store, _ = readable_store(args.store, partial=args.partial)
+        print(match_members(store, args.members, strict=args.strict).line())
     index = write_report(args.store, Path(args.out), members_file=args.members, dataset=dataset,
-                         n_boot=args.bootstrap, partial=args.partial, scores=args.score)
+                         n_boot=args.bootstrap, partial=args.partial, scores=args.score, overwrite=args.overwrite)
     print(f"report written to {index} (open it in a browser; no server needed)")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    calibration = calibrate(args.store, args.nonmembers, fpr=args.fpr, column=args.score, partial=args.partial)
+    calibration = calibrate(args.store, args.nonmembers, fpr=args.fpr, column=args.score, partial=args.partial,
+                            strict=args.strict)
     _state_pending(args.store, calibration.pending)
-    calibration.save(args.out)
-    unknown = f" ({calibration.ids_not_in_store} ids of the file are not in the store)" \
-        if calibration.ids_not_in_store else ""
+    calibration.save(args.out, overwrite=args.overwrite)
+    _print_id_files(calibration.nonmember_ids)
     print(f"tau = {calibration.tau:.6g} on {calibration.column} for FPR <= {args.fpr:g} from "
-          f"{calibration.n_nonmembers} known non-members{unknown} -> {args.out}")
+          f"{calibration.n_nonmembers} known non-members -> {args.out}")
     return 0
 
 
@@ -259,13 +278,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.score:
         for name in args.score:
             if name not in score_names(store):
-                raise ValueError(f"{args.store} has no score {name!r}; it has {', '.join(score_names(store))}")
+                raise UsageError(f"{args.store} has no score {name!r}; it has {', '.join(score_names(store))}")
         frame = frame.drop(columns=[name for name in score_names(store) if name not in args.score])
     out = Path(args.out or Path(args.store).with_suffix(f".{args.format}"))
     if args.format == "parquet":
-        frame.to_parquet(out, index=False)
+        write_file(out, lambda path: frame.to_parquet(path, index=False), overwrite=args.overwrite)
     else:
-        frame.to_csv(out, index=False)
+        write_file(out, lambda path: frame.to_csv(path, index=False), overwrite=args.overwrite)
     pending = f" ({counts.pending} pending: empty status, NaN scores)" if counts.pending else ""
     print(f"{len(frame)} rows written to {out}{pending}")
     return 0
@@ -274,12 +293,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_train_victim(args: argparse.Namespace) -> int:
     from .data import open_dataset
     from .train import VictimArch, train_pix2pix
-    members = read_id_list(args.members) if args.members else None
+    members = set(read_id_list(args.members).ids) if args.members else None
     dataset = open_dataset(args.data, direction=args.direction)
     arch = VictimArch(netG=args.netG, ngf=args.ngf, norm=args.norm, use_dropout=args.dropout, size=args.size)
     out = train_pix2pix(dataset, args.out, members=members, arch=arch, epochs=args.epochs, batch_size=args.batch_size,
                         seed=args.seed, device=str(resolve_device(args.device)), use_jitter=not args.no_jitter,
-                        checkpoint_every=args.checkpoint_every)
+                        checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
     print(f"victim written to {out} (it carries its architecture); score with --victim pix2pix:{out}")
     return 0
 
@@ -297,8 +316,10 @@ def cmd_shadows_train(args: argparse.Namespace) -> int:
 
 def cmd_dataset_test(args: argparse.Namespace) -> int:
     from .dataset_inference import dataset_test_store
-    result = dataset_test_store(args.store, args.suspect, args.reference, score=args.score, n_boot=args.bootstrap)
+    result = dataset_test_store(args.store, args.suspect, args.reference, score=args.score, n_boot=args.bootstrap,
+                                strict=args.strict)
     test, by_size = result["test"], result["by_size"]
+    _print_id_files(result["suspect_ids"], result["reference_ids"])
     print(f"{args.store}: {test['n_suspect']} suspect vs {test['n_reference']} reference images on {args.score} "
           f"({result['reference']}); H1: the suspects' scores are lower (members)")
     print(f"p-value {test['p_value']:.3g} ({test['statistic']}); effect size AUC {test['auc']:.3f}"
@@ -307,7 +328,7 @@ def cmd_dataset_test(args: argparse.Namespace) -> int:
     print("suspect images needed for p < 0.01 (median over random subsets): "
           + (str(smallest) if smallest is not None else "not reached with this many"))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result, overwrite=args.overwrite)
         print(f"result written to {args.json}")
     return 0
 
@@ -346,9 +367,20 @@ def _add_score_argument(p: argparse.ArgumentParser, meaning: str) -> None:
     p.add_argument("--score", action="append", metavar="NAME", help=meaning)
 
 
+def _add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace an existing {what} (a folder only if memscore made it); without it, refused")
+
+
 def _add_partial_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial", action="store_true",
                    help="read an unfinished store anyway (the output says how many rows are still pending)")
+
+
+def _add_strict_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true",
+                   help="refuse an id file with ids the store does not hold (default: use the others, and print how "
+                        "many ids were ignored, naming a few)")
 
 
 def _add_score_arguments(p: argparse.ArgumentParser) -> None:
@@ -392,7 +424,9 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
                                        "must be reachable from every worker)")
     p.add_argument("--shadows", help="folder of shadow victims (`memscore shadows train`): every image is also "
                                      "reconstructed by each shadow, for `memscore rescore --method lira|rmia`")
-    p.add_argument("--overwrite", action="store_true", help="start a fresh store instead of resuming")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a fresh store instead of resuming (replaces only a store memscore made, holding none "
+                        "of this run's inputs)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -407,12 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
     p.add_argument("--bootstrap", type=COUNT, default=0, help="bootstrap resamples for 95%% intervals")
     p.add_argument("--json", help="write the metrics here")
+    _add_overwrite_argument(p, "--json file")
     p.add_argument("--alpha", type=_alpha(labelled=True),
                    help="evaluate lmem at this alpha instead of the store's: NUMBER | fit | fit:robust | "
                         "auto (chosen with labels on a calibration split, reported on the rest)")
     p.add_argument("--calibration-fraction", type=_fraction, default=0.5, help="share of labelled rows for --alpha auto")
     _add_score_argument(p, "evaluate only this score (repeatable; default: every score the store holds)")
     _add_partial_argument(p)
+    _add_strict_argument(p)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("rescore", help="rewrite lmem at another alpha, or add a calibrated score (lcal, lira, rmia) "
                                        "from what the store holds; no image is read again")
@@ -433,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="per-image: folds and model seeds")
     p.add_argument("--offline", action="store_true", help="lira, rmia: use only the shadows that never saw each image")
     p.add_argument("--fixed-variance", action="store_true", help="lira: one pooled variance instead of per image")
+    _add_strict_argument(p)
     p.set_defaults(func=cmd_rescore)
     p = sub.add_parser("dataset-test", help="was this set of images, as a whole, in the victim's training data? "
                                             "(one-sided test against held-out non-members, with a p-value)")
@@ -442,15 +479,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", default="lcal", help="the score to test (lower = member): lcal, lira..., lmem, lrec")
     p.add_argument("--bootstrap", type=COUNT, default=1000, help="bootstrap resamples for the effect size's interval")
     p.add_argument("--json", help="write the result here")
+    _add_overwrite_argument(p, "--json file")
+    _add_strict_argument(p)
     p.set_defaults(func=cmd_dataset_test)
     p = sub.add_parser("report", help="a self-contained HTML report with plots")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for index.html and its PNGs")
+    _add_overwrite_argument(p, "report folder")
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
     p.add_argument("--bootstrap", type=COUNT, default=200)
     _add_score_argument(p, "show only this score in the metrics and ROC (repeatable; default: every score)")
     _add_dataset_arguments(p, "the scored dataset, for thumbnails of the easiest and hardest images")
     _add_partial_argument(p)
+    _add_strict_argument(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("calibrate", help="fix tau from known non-members for a target FPR (no member labels)")
     p.add_argument("store")
@@ -459,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score", default="lmem", help="the score to threshold: lrec | lmem | lcal | lira... (lower = "
                                                    "member; `memscore evaluate` lists a store's scores)")
     p.add_argument("--out", default="calibration.json")
+    _add_overwrite_argument(p, "calibration file")
     _add_partial_argument(p)
+    _add_strict_argument(p)
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("predict", help="write a member / non-member decision per image into the store")
     p.add_argument("store")
@@ -471,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="the per-image table as Parquet or CSV")
     p.add_argument("store")
     p.add_argument("--format", default="parquet", choices=("parquet", "csv"))
-    p.add_argument("--out")
+    p.add_argument("--out", help="the file to write (default: the store's path with the format's suffix)")
+    _add_overwrite_argument(p, "file")
     _add_score_argument(p, "export only this score column (repeatable; default: every score)")
     _add_partial_argument(p)
     p.set_defaults(func=cmd_export)
@@ -487,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     _add_recipe_arguments(p)
     p.add_argument("--checkpoint-every", type=_whole_number(0, " (0: only the final checkpoint)"), default=0)
+    _add_overwrite_argument(p, "checkpoint")
     p.set_defaults(func=cmd_train_victim)
     p = sub.add_parser("shadows", help="shadow victims for LiRA and RMIA")
     shadows = p.add_subparsers(dest="shadows_command", required=True)
@@ -517,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the error's own layout
         print(f"memscore {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nmemscore {args.command}: interrupted; rerun the same command to resume (nothing finished is lost)",
+              file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

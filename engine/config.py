@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .alpha import parse_alpha
+from .errors import UsageError
 
 PRESETS = ("aligned", "reference")
 DIFFICULTY_SOURCES = ("target", "input")
@@ -58,21 +59,21 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
+            raise UsageError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if self.difficulty_source not in DIFFICULTY_SOURCES:
-            raise ValueError(f"difficulty_source must be one of {DIFFICULTY_SOURCES}, got {self.difficulty_source!r}")
+            raise UsageError(f"difficulty_source must be one of {DIFFICULTY_SOURCES}, got {self.difficulty_source!r}")
         if self.victim_range not in VALUE_RANGES:
-            raise ValueError(f"victim_range must be one of {VALUE_RANGES}, got {self.victim_range!r}")
+            raise UsageError(f"victim_range must be one of {VALUE_RANGES}, got {self.victim_range!r}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+            raise UsageError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 < self.fit_fraction < 1.0:
-            raise ValueError(f"fit_fraction must be in (0, 1), got {self.fit_fraction}")
+            raise UsageError(f"fit_fraction must be in (0, 1), got {self.fit_fraction}")
         if self.augment < 1:
-            raise ValueError(f"augment must be >= 1 (1 = no augmentation), got {self.augment}")
+            raise UsageError(f"augment must be >= 1 (1 = no augmentation), got {self.augment}")
         if self.defense_noise < 0:
-            raise ValueError(f"defense_noise must be >= 0, got {self.defense_noise}")
+            raise UsageError(f"defense_noise must be >= 0, got {self.defense_noise}")
         if self.ridge < 0:
-            raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+            raise UsageError(f"ridge must be >= 0, got {self.ridge}")
         parse_alpha(self.alpha)  # a spec that cannot be resolved is refused before anything is scored
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ reference; everything here matches it within the tolerances stated in `TOLERANCE
   measurement on DALI 2.4 (`tests/test_pipeline.py`):
   * 16-bit PNGs: DALI converts 16-bit RGB to 8 bits by rounding, Pillow (hence `load_rgb`) keeps
     the high byte, up to 1/255 apart; 16-bit grayscale would need a 16-bit decode for every file.
-  * RGBA, LA and palette-with-transparency files: DALI drops alpha, `load_rgb` composites over black.
+  * RGBA, LA and palette-with-transparency files: both drop alpha (`load_rgb` like the pix2pix loader), but
+    DALI's decode of them has not been compared with Pillow's since `load_rgb` stopped compositing over black.
   * CMYK JPEGs, TIFF, GIF, PPM and other formats: not verified against Pillow, so not trusted.
 - pix2pix aligned files (input and target are the same file) are decoded once; the two halves are
   cut from the decoded image inside the pipeline.
@@ -47,6 +48,7 @@ from PIL import Image
 from .batch import Batch, Failure, Prepared, View
 from .data import Half, Pair
 from .devices import resolve_device
+from .errors import MemscoreError, UsageError
 from .images import ImageError, check_header, require_min_side
 from .pillow_reader import prepare
 from .preprocess import CNN_CROP, cnn_geometry
@@ -396,9 +398,9 @@ class DaliReader:
     def __init__(self, view: View, batch_size: int, *, device: str | torch.device | None = "auto",
                  threads: int = 2) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         if not dali_importable():
-            raise RuntimeError("the DALI reader needs nvidia-dali (pip install nvidia-dali-cuda130); "
+            raise MemscoreError("the DALI reader needs nvidia-dali (pip install nvidia-dali-cuda130); "
                                "use reader='pillow' on this machine")
         self.view, self.batch_size, self.threads = view, batch_size, max(int(threads), 1)
         self.device = resolve_device(device)
@@ -425,7 +427,7 @@ class DaliReader:
     def read(self, pairs: list[Pair]) -> Batch:
         """One batch, at most `batch_size` pairs; items and failures keep the pairs' order."""
         if len(pairs) > self.batch_size:
-            raise ValueError(f"{len(pairs)} pairs given to a reader built for batches of {self.batch_size}")
+            raise UsageError(f"{len(pairs)} pairs given to a reader built for batches of {self.batch_size}")
         plans = list(self._pool.map(lambda pair: _plan(pair, self.view), pairs))
         results: list[Prepared | Failure | None] = [None] * len(pairs)
         to_pillow = [i for i, plan in enumerate(plans) if plan is None]
@@ -465,7 +467,7 @@ class DaliReader:
             try:
                 self._pipes[spec] = _build(spec, self.batch_size, self.threads, self.device)
             except Exception as error:
-                raise RuntimeError(f"could not build the DALI pipeline on {self.device} ({error}); pass "
+                raise MemscoreError(f"could not build the DALI pipeline on {self.device} ({error}); pass "
                                    "device='cpu' or reader='pillow' to read without it") from error
         return self._pipes[spec]
 

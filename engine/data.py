@@ -11,6 +11,9 @@ cannot be scored is left out and counted in `Dataset.skipped` (files of other ty
 names are not valid UTF-8: ids are stored as text, and such a name has no text form to store);
 member ids the dataset does not hold are counted in `Dataset.unknown_members`. `Dataset.notes()`
 words both for the run to print. Folder links inside a dataset are followed, each real folder once.
+
+Id files (members, non-members, suspects, reference, population) have one reader, `read_id_list`, and one
+way to be matched against a store's ids, `match_ids`, whose `IdMatch` every command prints and records.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from .errors import UsageError
 
@@ -164,7 +169,7 @@ def _image_index(root: Path, skipped: dict[str, Tally]) -> dict[str, str]:
 def _folder(path: str | os.PathLike) -> Path:
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"dataset folder {folder} does not exist")
+        raise DatasetError(f"dataset folder {folder} does not exist")
     return folder
 
 
@@ -175,7 +180,7 @@ class AlignedFolder(Dataset):
                  members: set[str] | None = None) -> None:
         super().__init__(members)
         if direction not in ("AtoB", "BtoA"):
-            raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
+            raise UsageError(f"direction must be AtoB or BtoA, got {direction!r}")
         self.root = _folder(root)
         self.files = _image_index(self.root, self.skipped)
         if not self.files:
@@ -232,10 +237,10 @@ def _member_flag(value: Any) -> int | None:
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(value) from None
+            raise UsageError(value) from None
     if isinstance(value, (bool, int, float)) and value in (0, 1):
         return int(value)
-    raise ValueError(value)
+    raise UsageError(value)
 
 
 class Manifest(Dataset):
@@ -251,7 +256,7 @@ class Manifest(Dataset):
         super().__init__(members)
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"manifest {self.path} does not exist")
+            raise DatasetError(f"manifest {self.path} does not exist")
         self.base = self.path.parent
         self.batch_rows = batch_rows
         columns = self._columns()
@@ -269,7 +274,8 @@ class Manifest(Dataset):
         if self._is_parquet():
             import pyarrow.parquet as pq
             return pq.ParquetFile(self.path).schema_arrow.names
-        with open(self.path, newline="", encoding="utf-8", errors="replace") as handle:
+        # utf-8-sig: a byte order mark (Excel writes one) is not part of the first column's name
+        with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as handle:
             return [c.strip() for c in handle.readline().strip().split(",")]
 
     def _batches(self, wanted: list[str] | None = None):
@@ -307,7 +313,6 @@ class Manifest(Dataset):
         Uniqueness is checked on 64-bit hashes of the ids (8 bytes a row; a set of a million ids would
         hold ~150 MB), and ids whose hashes repeat are confirmed and named in a second pass.
         """
-        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
         hashes: list[np.ndarray] = []
@@ -408,10 +413,91 @@ def confined_path(root: str | os.PathLike, relative: str) -> Path:
     return Path(candidate)
 
 
-def read_id_list(path: str | os.PathLike) -> set[str]:
-    """A file of ids, one per line (blank lines and `#` comments ignored)."""
-    with open(path, encoding="utf-8") as handle:
-        return {line.strip() for line in handle if line.strip() and not line.startswith("#")}
+COMMENT = re.compile(r"(?:^|\s)#.*")
+"""A comment in an id file: from a `#` that starts the line or follows whitespace, to the end of the line."""
+
+
+def _id_on_line(line: str) -> str:
+    """The id on one line of an id file, '' for none. A byte order mark is dropped wherever it is: files joined
+    with `cat` carry one at the start of each part."""
+    return COMMENT.sub("", line.replace("\ufeff", "")).strip()
+
+
+@dataclass(frozen=True)
+class IdList:
+    """The ids of one id file (`read_id_list`)."""
+
+    file: str
+    ids: frozenset[str]
+    repeated: int
+    """Lines that repeat an id given earlier in the file (each id counts once)."""
+
+
+def read_id_list(path: str | os.PathLike) -> IdList:
+    """The one reader of id files (members, non-members, suspects, reference, population): UTF-8 text, one id
+    per line, so that an id file saved by any editor means the same ids everywhere.
+
+    A byte order mark is dropped, LF, CRLF and CR all end a line, whitespace around an id is dropped, blank lines
+    are skipped, and a `#` at the start of a line or after whitespace starts a comment (`train/2  # second` is
+    the id `train/2`; `a#b` is the id `a#b`), so an id cannot hold whitespace followed by `#`. A repeated id
+    counts once; `IdList.repeated` says how often.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:  # newline=None: CRLF and CR read as LF
+            lines = handle.read().split("\n")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); an id file holds one id "
+                         "per line as UTF-8 text") from None
+    ids = [image_id for image_id in map(_id_on_line, lines) if image_id]
+    unique = frozenset(ids)
+    return IdList(str(path), unique, len(ids) - len(unique))
+
+
+@dataclass(frozen=True)
+class IdMatch:
+    """How the ids of one id file matched a store's ids: what a command used and what it ignored, for its
+    console line (`line`) and its JSON (`to_dict`)."""
+
+    role: str
+    """What the ids are for: members, non-members, suspect, reference."""
+    file: str
+    n_ids: int
+    n_in_store: int
+    not_in_store: tuple[str, ...]
+    """The first few ids (sorted) that are not in the store."""
+    n_repeated: int
+    rows: np.ndarray = field(repr=False, compare=False)
+    """True for the store rows whose id is in the file."""
+
+    @property
+    def n_not_in_store(self) -> int:
+        return self.n_ids - self.n_in_store
+
+    def line(self) -> str:
+        """One line for the console: how many ids the file gave, used and ignored."""
+        more = ", ..." if self.n_not_in_store > len(self.not_in_store) else ""
+        unknown = f" ({', '.join(map(repr, self.not_in_store))}{more})" if self.not_in_store else ""
+        repeated = f"; {self.n_repeated} repeated line(s) counted once" if self.n_repeated else ""
+        return (f"{self.role} file {self.file}: {self.n_ids} ids, {self.n_in_store} in the store, "
+                f"{self.n_not_in_store} not in the store{unknown}{repeated}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "file": self.file, "n_ids": self.n_ids, "n_in_store": self.n_in_store,
+                "n_not_in_store": self.n_not_in_store, "not_in_store_examples": list(self.not_in_store),
+                "n_repeated": self.n_repeated, "summary": self.line()}
+
+
+def match_ids(id_list: IdList, store_ids: np.ndarray, role: str, *, strict: bool = False) -> IdMatch:
+    """The one way a command matches an id file against a store's `id` column. Ids the store lacks are
+    ignored and counted, or, when `strict`, refused (UsageError naming the file and a few of them)."""
+    rows = np.isin(store_ids, sorted(id_list.ids))
+    unknown = sorted(id_list.ids - set(store_ids[rows].tolist()))
+    match = IdMatch(role, id_list.file, len(id_list.ids), len(id_list.ids) - len(unknown), tuple(unknown[:EXAMPLES]),
+                    id_list.repeated, rows)
+    if strict and unknown:
+        raise UsageError(f"{match.line()}; --strict refuses ids the store does not hold: correct the file (ids are "
+                         "the dataset's: relative path without extension, or the manifest's id)")
+    return match
 
 
 def open_dataset(data: str | None = None, *, inputs: str | None = None, targets: str | None = None,
@@ -419,10 +505,10 @@ def open_dataset(data: str | None = None, *, inputs: str | None = None, targets:
     """Pick the dataset form from the arguments: a manifest file, an aligned folder, or two folders."""
     if inputs or targets:
         if not (inputs and targets):
-            raise ValueError("--inputs and --targets go together")
+            raise UsageError("--inputs and --targets go together")
         return PairedFolders(inputs, targets, members)
     if data is None:
-        raise ValueError("give a dataset: an aligned folder, a manifest, or --inputs/--targets")
+        raise UsageError("give a dataset: an aligned folder, a manifest, or --inputs/--targets")
     path = Path(data)
     if path.is_file():
         return Manifest(path, members)

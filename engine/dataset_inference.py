@@ -27,8 +27,9 @@ import numpy as np
 from scipy.stats import mannwhitneyu
 
 from .calibration import LCAL_COLUMN, ids_digest, require_current_lcal
-from .data import read_id_list
-from .metrics import _jsonable, auc, bootstrap_ci, float_vector
+from .data import match_ids, read_id_list
+from .errors import UsageError
+from .metrics import jsonable, auc, bootstrap_ci, float_vector
 from .store import ScoreStore
 
 STATISTIC = "one-sided Mann-Whitney U (scipy.stats.mannwhitneyu, alternative 'less': suspects score lower)"
@@ -57,7 +58,7 @@ class DatasetTestResult:
     statistic: str = STATISTIC
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,14 @@ class SizeCurve:
     seed: int
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
 
 def _finite_vector(name: str, values) -> tuple[np.ndarray, int]:
     array = float_vector(name, values)
     keep = np.isfinite(array)
     if not keep.any():
-        raise ValueError(f"{name} has no finite score; a dataset test needs scored images on both sides")
+        raise UsageError(f"{name} has no finite score; a dataset test needs scored images on both sides")
     return array[keep], int(array.size - keep.sum())
 
 
@@ -125,9 +126,9 @@ def p_value_by_size(suspect_scores, reference_scores, sizes: Sequence[int] | Non
     reference, _ = _finite_vector("reference_scores", reference_scores)
     sizes = default_sizes(suspect.size) if sizes is None else sorted({int(size) for size in sizes})
     if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
+        raise UsageError(f"draws must be >= 1, got {draws}")
     if not sizes or sizes[0] < 1 or sizes[-1] > suspect.size:
-        raise ValueError(f"sizes must lie in [1, {suspect.size}] (the finite suspect scores), got {sizes}")
+        raise UsageError(f"sizes must lie in [1, {suspect.size}] (the finite suspect scores), got {sizes}")
     rng = np.random.default_rng(seed)
     median_p, power = [], []
     for size in sizes:
@@ -147,50 +148,51 @@ def p_value_by_size(suspect_scores, reference_scores, sizes: Sequence[int] | Non
 def dataset_test_store(store: str | os.PathLike | ScoreStore, suspect_ids_file: str | os.PathLike,
                        reference_ids_file: str | os.PathLike | None = None, *, score: str = LCAL_COLUMN,
                        n_boot: int = 1000, draws: int = 100, seed: int = 0,
-                       sizes: Sequence[int] | None = None) -> dict[str, Any]:
+                       sizes: Sequence[int] | None = None, strict: bool = False) -> dict[str, Any]:
     """`dataset_test` and `p_value_by_size` of a finished store's `score` column, JSON-ready.
 
     Suspects: the ids in `suspect_ids_file`. Reference: the ids in `reference_ids_file`; without one (score
     `lcal` only), the calibration's own reference ids, which it scored out of fold, less any suspect. A
     suspect id given as reference too is refused; `lcal` is refused once its inputs changed
-    (`memscore.calibration.require_current_lcal`).
+    (`memscore.calibration.require_current_lcal`). Ids the store lacks are ignored and counted (`suspect_ids`,
+    `reference_ids`: `IdMatch.to_dict`), or refused when `strict`.
     """
     if score not in STORE_SCORES:
-        raise ValueError(f"score must be one of {STORE_SCORES}, got {score!r}")
+        raise UsageError(f"score must be one of {STORE_SCORES}, got {score!r}")
     store = store if isinstance(store, ScoreStore) else ScoreStore.open(store, mode="r")
     store.require_readable()
     calibration = require_current_lcal(store) if score == LCAL_COLUMN else None
     suspects = read_id_list(suspect_ids_file)
     if reference_ids_file is not None:
         reference_ids = read_id_list(reference_ids_file)
-        both = suspects & reference_ids
+        both = suspects.ids & reference_ids.ids
         if both:
-            raise ValueError(f"{len(both)} ids are both suspect ({suspect_ids_file}) and reference "
+            raise UsageError(f"{len(both)} ids are both suspect ({suspect_ids_file}) and reference "
                              f"({reference_ids_file}), e.g. {sorted(both)[0]!r}; the two sets must be disjoint")
         reference_source = str(reference_ids_file)
     elif calibration is not None:
         recorded = calibration["reference_ids_file"]
-        if not os.path.isfile(recorded) or ids_digest(read_id_list(recorded)) != calibration["reference_sha256"]:
-            raise ValueError(f"{recorded}, lcal's reference, is gone or changed since lcal was computed from it; "
+        reference_ids = read_id_list(recorded) if os.path.isfile(recorded) else None
+        if reference_ids is None or ids_digest(reference_ids.ids) != calibration["reference_sha256"]:
+            raise UsageError(f"{recorded}, lcal's reference, is gone or changed since lcal was computed from it; "
                              "pass --reference IDS (held-out non-members)")
-        reference_ids = read_id_list(recorded)
-        reference_ids -= suspects
         reference_source = f"lcal's reference ({recorded}), suspects excluded"
+        reference_ids = dataclasses.replace(reference_ids, file=reference_source,
+                                            ids=reference_ids.ids - suspects.ids)
     else:
-        raise ValueError(f"score {score} needs reference ids (--reference FILE of held-out non-members); only lcal "
+        raise UsageError(f"score {score} needs reference ids (--reference FILE of held-out non-members); only lcal "
                          "can default to its calibration's reference")
     ids = store.column("id")
     values = store.column(score).astype(np.float64)
-    suspect_rows, reference_rows = np.isin(ids, list(suspects)), np.isin(ids, list(reference_ids))
-    for name, rows, wanted, source in (("suspect", suspect_rows, suspects, suspect_ids_file),
-                                       ("reference", reference_rows, reference_ids, reference_source)):
-        if not rows.any():
-            raise ValueError(f"none of the {len(wanted)} {name} ids ({source}) is in {store.path}")
-    result = dataset_test(values[suspect_rows], values[reference_rows], n_boot=n_boot, seed=seed)
-    curve = p_value_by_size(values[suspect_rows], values[reference_rows], sizes, draws=draws, seed=seed)
+    suspect = match_ids(suspects, ids, "suspect", strict=strict)
+    reference = match_ids(reference_ids, ids, "reference", strict=strict)
+    for match in (suspect, reference):
+        if not match.rows.any():
+            raise UsageError(f"none of the {match.n_ids} {match.role} ids ({match.file}) is in {store.path}")
+    result = dataset_test(values[suspect.rows], values[reference.rows], n_boot=n_boot, seed=seed)
+    curve = p_value_by_size(values[suspect.rows], values[reference.rows], sizes, draws=draws, seed=seed)
     return {"store": str(store.path), "score": score, "suspect_ids_file": str(suspect_ids_file),
-            "suspect_ids_not_in_store": len(suspects) - int(suspect_rows.sum()), "reference": reference_source,
-            "reference_ids_not_in_store": len(reference_ids) - int(reference_rows.sum()),
+            "suspect_ids": suspect.to_dict(), "reference": reference_source, "reference_ids": reference.to_dict(),
             **({"calibration": {key: calibration[key] for key in ("model", "folds", "seed", "created")}}
                if calibration else {}),
             "test": result.to_dict(), "by_size": curve.to_dict()}

@@ -12,8 +12,9 @@ import torch
 
 from .attack import evaluate
 from .config import ScoreConfig
-from .data import AlignedFolder
+from .data import AlignedFolder, read_id_list
 from .metrics import format_metrics
+from .outputs import claim_folder
 from .run import run_scoring
 from .synthetic import write_aligned_dataset
 from .train import VictimArch, train_pix2pix
@@ -27,7 +28,7 @@ def run_demo(out: Path, *, quick: bool = False, size: int = 64) -> dict:
     """Run the demo under `out`; returns the metrics (also written to `out/metrics.json`)."""
     plan = QUICK if quick else FULL
     n = plan["n_pairs"]
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "demo")  # an existing folder is used only if an earlier demo made it
     data = write_aligned_dataset(out / "data", n, size=size,
                                  split={"train": range(n // 2), "test": range(n // 2, n)})
     members_file = out / "members.txt"
@@ -36,10 +37,10 @@ def run_demo(out: Path, *, quick: bool = False, size: int = 64) -> dict:
 
     checkpoint = out / "victim" / "latest_net_G.pth"
     arch = VictimArch(netG="unet_64", ngf=16, norm="instance", size=size)
-    members = {line for line in members_file.read_text().split()}
+    members = set(read_id_list(members_file).ids)
     # no random jitter: a small victim trained briefly must memorise its members to be worth attacking
     train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, members=members, arch=arch, epochs=plan["epochs"],
-                  use_jitter=False, device="cuda" if torch.cuda.is_available() else "cpu")
+                  use_jitter=False, device="cuda" if torch.cuda.is_available() else "cpu", overwrite=True)
     print(f"[2/3] victim: pix2pix {arch.netG} trained {plan['epochs']} epochs on the members -> {checkpoint}")
 
     store_path = out / "scores.zarr"

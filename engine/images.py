@@ -1,7 +1,7 @@
 """Decode one image file (or one half of an aligned pix2pix file) to RGB float in [0, 1], or a label
 map to class ids.
 
-Grayscale, palette, RGBA and 16-bit files are converted; anything unusable raises `ImageError`
+Grayscale, palette, RGBA (alpha dropped) and 16-bit files are converted; anything unusable raises `ImageError`
 naming the file and the problem, so the caller can record it and go on. Before anything is decoded,
 the header is checked (`check_header`): more than `MAX_IMAGE_PIXELS` pixels or more than one frame
 is refused. `require_min_side` is the readers' floor on what is worth scoring.
@@ -117,12 +117,7 @@ def _to_float_rgb(image: Image.Image) -> np.ndarray:
         array = np.asarray(image, dtype=np.float32) / 65535.0
     elif mode == "F":
         array = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    else:
-        if mode == "P":
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        if image.mode in ("RGBA", "LA", "PA"):
-            background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-            image = Image.alpha_composite(background, image.convert("RGBA"))
+    else:  # alpha and a palette's transparency are dropped, as the pix2pix loader's `convert('RGB')` does
         array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
@@ -130,7 +125,11 @@ def _to_float_rgb(image: Image.Image) -> np.ndarray:
 
 
 def load_rgb(path: str, half: Half = None) -> np.ndarray:
-    """Decode `path` to float32 [H, W, 3] in [0, 1]; `half` keeps the left or right half of an A|B file."""
+    """Decode `path` to float32 [H, W, 3] in [0, 1]; `half` keeps the left or right half of an A|B file.
+
+    Alpha (RGBA, LA, PA, a palette's transparent entry) is dropped, not composited: a pixel is its colour
+    channels whatever its opacity, as the public pix2pix loader (`Image.open(path).convert('RGB')`) gives a victim
+    trained by it; compositing would score images the victim never saw."""
     array = _decode(path, _to_float_rgb)
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ImageError(path, f"image has no pixels ({array.shape[1]}x{array.shape[0]})")

@@ -49,6 +49,7 @@ import numpy as np
 from scipy import stats
 from scipy.special import logsumexp
 
+from .errors import UsageError
 from .metrics import auc
 
 Transform = Literal["log", "logit", "none"]
@@ -82,7 +83,7 @@ def transform_statistic(lrec: np.ndarray, transform: Transform = DEFAULT_TRANSFO
         return np.log(clipped)
     if transform == "logit":
         return np.log(clipped) - np.log1p(-clipped)
-    raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    raise UsageError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,13 @@ def _check_inputs(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray
     shadow = np.asarray(shadow, dtype=np.float64)
     membership = np.asarray(in_shadow)
     if target.ndim != 1 or shadow.ndim != 2 or shadow.shape[0] != target.shape[0]:
-        raise ValueError(f"shadow statistics must be [n_images, K] for {target.shape[0]} images (target "
+        raise UsageError(f"shadow statistics must be [n_images, K] for {target.shape[0]} images (target "
                          f"shape {target.shape}), got shape {shadow.shape}")
     if membership.shape != shadow.shape:
-        raise ValueError(f"in_shadow has shape {membership.shape}, shadow statistics {shadow.shape}: one IN/OUT "
+        raise UsageError(f"in_shadow has shape {membership.shape}, shadow statistics {shadow.shape}: one IN/OUT "
                          "flag per image and shadow")
     if not np.isin(membership, (0, 1)).all():
-        raise ValueError("in_shadow must hold 1 (IN) and 0 (OUT) only")
+        raise UsageError("in_shadow must hold 1 (IN) and 0 (OUT) only")
     present = np.isfinite(shadow)
     return target, shadow, present & (membership == 1), present & (membership == 0)
 
@@ -157,7 +158,7 @@ def lira(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, onlin
     """
     target, shadow, is_in, is_out = _check_inputs(target, shadow, in_shadow)
     if prior_dof < 0:
-        raise ValueError(f"prior_dof must be >= 0 (0: plain per-image variances), got {prior_dof}")
+        raise UsageError(f"prior_dof must be >= 0 (0: plain per-image variances), got {prior_dof}")
     s, values = transform_statistic(target, transform), transform_statistic(shadow, transform)
     n_out, mu_out, sq_out = _side(values, is_out)
     n_in, mu_in, sq_in = _side(values, is_in)
@@ -197,7 +198,7 @@ def rmia(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, onlin
     """
     target, shadow, is_in, is_out = _check_inputs(target, shadow, in_shadow)
     if gamma <= 0:
-        raise ValueError(f"gamma must be positive, got {gamma}")
+        raise UsageError(f"gamma must be positive, got {gamma}")
     temperature = _temperature(shadow, temperature)
     fitted = {"temperature": temperature}
     if offline_a is None:
@@ -205,7 +206,7 @@ def rmia(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, onlin
         if (not online or (is_in.sum(axis=1) == 0).any()) and shadow.shape[1] >= 2:
             offline_a = fitted["offline_a"] = choose_offline_a(shadow, in_shadow, temperature=temperature)[0]
     if not 0.0 <= offline_a <= 1.0:
-        raise ValueError(f"offline_a must be in [0, 1] (1: no correction), got {offline_a}")
+        raise UsageError(f"offline_a must be in [0, 1] (1: no correction), got {offline_a}")
     log_likelihood = -shadow / temperature
     log_mean_out = _log_mean(log_likelihood, is_out)
     log_mean_in = _log_mean(log_likelihood, is_in)
@@ -230,7 +231,7 @@ def _temperature(shadow: np.ndarray, temperature: float | None) -> float:
         known = shadow[np.isfinite(shadow)]
         temperature = float(np.median(known)) if known.size else 1.0
     if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+        raise UsageError(f"temperature must be positive, got {temperature}")
     return temperature
 
 
@@ -245,7 +246,7 @@ def choose_offline_a(shadow: np.ndarray, in_shadow: np.ndarray, *, temperature: 
     _, shadow, is_in, _ = _check_inputs(np.zeros(np.shape(shadow)[0]), shadow, in_shadow)
     k = shadow.shape[1]
     if k < 2:
-        raise ValueError(f"choosing a needs at least 2 shadows (one plays the victim), got {k}")
+        raise UsageError(f"choosing a needs at least 2 shadows (one plays the victim), got {k}")
     temperature = _temperature(shadow, temperature)
     mean_auc = {}
     for a in grid:
@@ -277,11 +278,11 @@ def _fraction_dominated(log_ratio: np.ndarray, log_gamma: float, reference: np.n
     if reference is not None:
         reference = np.asarray(reference, dtype=bool)
         if reference.shape != log_ratio.shape:
-            raise ValueError(f"reference must be a bool mask of {log_ratio.shape[0]} rows, got shape {reference.shape}")
+            raise UsageError(f"reference must be a bool mask of {log_ratio.shape[0]} rows, got shape {reference.shape}")
         usable &= reference
     population = np.sort(log_ratio[usable])
     if population.size < 2:
-        raise ValueError(f"RMIA needs at least 2 population samples z with a shadow-calibrated ratio; found "
+        raise UsageError(f"RMIA needs at least 2 population samples z with a shadow-calibrated ratio; found "
                          f"{population.size}")
     dominated = np.searchsorted(population, log_ratio - log_gamma, side="right").astype(np.float64)
     compared_with_itself = usable & (log_gamma <= 0)  # z = x counts iff LR(x)/LR(x) = 1 >= gamma

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UsageError
+
 DIRECTION = "lower score = member; an image is called a member iff score <= threshold"
 CUTOFF_RULE = "largest TPR among operating points with FPR <= target; the lowest such FPR"
 
 
-class UnresolvableFpr(ValueError):
+class UnresolvableFpr(UsageError):
     """A target FPR below 1/n for the n non-members available: no operating point can show it."""
 
 
@@ -54,7 +56,7 @@ class TprAtFpr:
 
 @dataclass(frozen=True)
 class MetricReport:
-    """The reporting set of ALGORITHM.md ("Reporting conventions"); CIs are None unless n_boot > 0."""
+    """The reporting set of docs/ALGORITHM.md ("Reporting conventions"); CIs are None unless n_boot > 0."""
 
     auc: float
     balanced_accuracy: float
@@ -74,14 +76,14 @@ class MetricReport:
     def to_dict(self) -> dict:
         """JSON-ready: plain floats and lists; non-finite floats become None (a -inf threshold
         means no image is called a member)."""
-        return _jsonable(dataclasses.asdict(self))
+        return jsonable(dataclasses.asdict(self))
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
+        return {key: jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):
@@ -97,9 +99,9 @@ def float_vector(name: str, values, length: int | None = None, other: str = "sco
     ``name`` and ``other``, the array it must match)."""
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+        raise UsageError(f"{name} must be 1-D, got shape {array.shape}")
     if length is not None and array.shape[0] != length:
-        raise ValueError(
+        raise UsageError(
             f"{name} has {array.shape[0]} rows but {other} has {length}; pass one value per image"
         )
     return array
@@ -109,12 +111,12 @@ def member_labels(is_member, length: int) -> np.ndarray:
     """``is_member`` as a bool array of ``length`` rows: bools, or numbers that are all 0 or 1."""
     labels = np.asarray(is_member)
     if labels.ndim != 1 or labels.shape[0] != length:
-        raise ValueError(
+        raise UsageError(
             f"is_member has shape {labels.shape} for {length} scored rows; pass one label per image"
         )
     if labels.dtype != bool:
         if not np.isin(labels, (0, 1)).all():
-            raise ValueError("is_member must be boolean (or 0/1); found other values")
+            raise UsageError("is_member must be boolean (or 0/1); found other values")
         labels = labels.astype(bool)
     return labels
 
@@ -137,14 +139,14 @@ def _require_both_classes(labels: np.ndarray, excluded: str) -> None:
     n_members = int(labels.sum())
     for count, name in ((n_members, "members"), (labels.shape[0] - n_members, "non-members")):
         if count == 0:
-            raise ValueError(
+            raise UsageError(
                 f"no {name} among the scored rows ({excluded}); metrics need both members and non-members"
             )
 
 
 def _check_resolvable(target_fpr: float, n_nonmembers: int) -> None:
     if not 0.0 < target_fpr <= 1.0:
-        raise ValueError(f"target FPR must be in (0, 1], got {target_fpr}")
+        raise UsageError(f"target FPR must be in (0, 1], got {target_fpr}")
     if 1.0 / n_nonmembers > target_fpr:
         raise UnresolvableFpr(
             f"FPR {target_fpr:g} cannot be resolved with {n_nonmembers} non-members "
@@ -243,9 +245,9 @@ def bootstrap_ci(
     It must not depend on row order: rows reach it sorted by score, which makes its sorts cheap.
     """
     if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise UsageError(f"n_boot must be >= 1, got {n_boot}")
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise UsageError(f"level must be in (0, 1), got {level}")
     scores, labels, _ = _clean(scores, is_member)
     order = np.argsort(scores)
     scores, labels = scores[order], labels[order]
@@ -342,7 +344,7 @@ def calibrate_threshold(nonmember_scores, fpr: float) -> float:
     scores = np.sort(scores[~np.isnan(scores)])
     n = scores.shape[0]
     if n == 0:
-        raise ValueError("nonmember_scores has no non-NaN score to calibrate on")
+        raise UsageError("nonmember_scores has no non-NaN score to calibrate on")
     _check_resolvable(fpr, n)
     # k = the largest count with k / n <= fpr, compared the way the ROC compares (fpr * n rounds).
     k = int(fpr * n)

@@ -17,6 +17,7 @@ import torch
 from . import dali_reader
 from .batch import Batch, View
 from .data import Pair
+from .errors import UsageError
 from .pillow_reader import prepare
 
 
@@ -28,7 +29,7 @@ def choose_reader(reader: str = "auto") -> str:
     """`dali` or `pillow`; `auto` is DALI where `nvidia.dali` imports, else Pillow (said once on stderr)."""
     global _noticed_fallback
     if reader not in READERS:
-        raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+        raise UsageError(f"reader must be one of {READERS}, got {reader!r}")
     if reader != "auto":
         return reader
     if dali_reader.dali_importable():
@@ -49,7 +50,7 @@ def batches(pairs: Iterable[Pair], view: View, batch_size: int, *, threads: int 
     this one (see `_read_ahead` for when that does not pay).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     chunks = _chunks(pairs, batch_size)
     if view.input_kind == "rgb" and choose_reader(reader) == "dali":  # label maps: Pillow keeps the ids
         shared = dali_reader.SharedDaliReader.for_settings(view, batch_size, threads, device)

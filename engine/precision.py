@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import PRECISIONS
+from .errors import UsageError
 
 NATIVE_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 """x86 feature flags (as /proc/cpuinfo spells them) of CPU instructions that multiply bfloat16 natively."""
@@ -52,7 +53,7 @@ def resolve_precision(requested: str, device: torch.device | str, flags: Iterabl
     if requested == "auto":
         return "bf16" if native else "fp32"
     if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+        raise UsageError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     if not native:
         if device.type == "cpu":
             why = ("this CPU has no native bfloat16 instructions (neither AMX-BF16 nor AVX512-BF16 among the "
@@ -61,7 +62,7 @@ def resolve_precision(requested: str, device: torch.device | str, flags: Iterabl
             why = f"{torch.cuda.get_device_name(device)} has no native bfloat16 (it needs compute capability 8.0 or later)"
         else:
             why = f"memscore runs bfloat16 only on CUDA GPUs and CPUs with AMX-BF16 / AVX512-BF16, not on {device.type}"
-        raise ValueError(f"--precision bf16 on {device}: {why}; use --precision fp32, or auto to pick bf16 only "
+        raise UsageError(f"--precision bf16 on {device}: {why}; use --precision fp32, or auto to pick bf16 only "
                          "where the hardware runs it natively")
     return "bf16"
 
@@ -69,6 +70,6 @@ def resolve_precision(requested: str, device: torch.device | str, flags: Iterabl
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast for a resolved precision on `device`: bfloat16 for `bf16`, nothing for `fp32`."""
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"autocast needs a resolved precision (fp32 or bf16), got {precision!r}: "
+        raise UsageError(f"autocast needs a resolved precision (fp32 or bf16), got {precision!r}: "
                          "call resolve_precision first")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -1,6 +1,6 @@
 """Per-image tensor preparation: the victim's input, the CNN's view and the difficulty target.
 
-Presets (ALGORITHM.md): both show the CNN `Resize(256)` then `CenterCrop(224)` with ImageNet
+Presets (docs/ALGORITHM.md): both show the CNN `Resize(256)` then `CenterCrop(224)` with ImageNet
 normalisation. `aligned` (default) takes the difficulty target from that same crop, so features
 and target pixels line up; `reference` reproduces the authors' code: the WHOLE ground truth
 resized to the grid by Pillow's bicubic filter, not aligned with the crop.

@@ -6,6 +6,7 @@ from memscore.alpha; this module only draws (matplotlib's Agg canvas) and writes
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import html
 import json
 import os
@@ -17,11 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .alpha import AlphaFit, fit_alpha
-from .attack import evaluate, lmem_with_alpha, membership, readable_store
+from .attack import evaluate, lmem_with_alpha, match_members, membership, readable_store
 from .data import Dataset, Pair
 from .metrics import CUTOFF_RULE, DIRECTION, alpha_sweep, roc
 from .images import ImageError, load_rgb
-from .store import ScoreStore
+from .outputs import build_folder
+from .store import ScoreStore, StatusCounts
 
 SCORES = ("lrec", "lmem")
 """The two scores the histograms and the scatter show; the metric table and the ROC show every score."""
@@ -292,8 +294,11 @@ def _key_value_table(mapping: dict[str, Any]) -> str:
 
 def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, members_file: str | None = None,
                  dataset: Dataset | None = None, n_boot: int = 200, thumbnails: int = 8,
-                 partial: bool = False, scores: list[str] | None = None) -> Path:
+                 partial: bool = False, scores: list[str] | None = None, overwrite: bool = False) -> Path:
     """Write `out_dir/index.html` and its PNGs for the store at `store_path`; returns the HTML path.
+
+    The folder is built beside `out_dir` and switched in whole (`memscore.outputs.build_folder`): an existing
+    report is replaced only with `overwrite`, and a folder memscore did not make as a report is refused.
 
     Labels: `members_file` (one member id per line) if given, else the store's `member` column; a
     store without labels still gets its histograms and scatter, and a note instead of metrics.
@@ -305,12 +310,19 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
     which shards failed in the last run).
     """
     store, status_counts = readable_store(store_path, partial)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    pages = functools.partial(_write_pages, store, status_counts, members_file=members_file, dataset=dataset,
+                              n_boot=n_boot, thumbnails=thumbnails, partial=partial, scores=scores)
+    return build_folder(out_dir, "report", pages, overwrite=overwrite, inputs=(store_path,)) / "index.html"
+
+
+def _write_pages(store: ScoreStore, status_counts: StatusCounts, out: Path, *, members_file: str | None,
+                 dataset: Dataset | None, n_boot: int, thumbnails: int, partial: bool,
+                 scores: list[str] | None) -> None:
+    """The page and its figures, written into `out`."""
     ids, status = store.column("id"), store.column("status")
     lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
     lmem, alpha_record = lmem_with_alpha(store)
-    labels = membership(store, members_file)
+    labels = membership(store, match_members(store, members_file))
     scored = status == "ok"
     fit = fit_alpha(lrec, ldiff)
     store_alpha = alpha_record["value"]
@@ -422,11 +434,9 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
         sections.append('<script type="application/json" id="memscore-metrics">'
                         + json.dumps(metrics).replace("</", "<\\/") + "</script>")
 
-    page = out / "index.html"
-    page.write_text("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    (out / "index.html").write_text("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                     f"<title>memscore report: {_esc(store.path.name)}</title><style>{CSS}</style></head>"
                     f"<body>{''.join(sections)}</body></html>\n", encoding="utf-8")
-    return page
 
 
 def _thumbnail_section(dataset: Dataset | None, k: int, ids: np.ndarray, ldiff: np.ndarray, labels: np.ndarray,

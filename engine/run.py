@@ -12,7 +12,6 @@ import datetime as _dt
 import functools
 import hashlib
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,10 +24,12 @@ from .backbones import feature_width, resolve_weights, weights_sha256
 from .config import ScoreConfig
 from .data import read_id_list
 from .devices import resolve_device
+from .errors import UsageError
+from .outputs import remove_folder, require_replaceable
 from .precision import resolve_precision
 from .rescore import alpha_pass, check_alpha_options
 from .schedule import ClusterPlan, execute
-from .scores import Row
+from .scores import OUT_OF_RANGE_TOLERANCE, Row
 from .store import ScoreStore, StoreError, disk_full_message, store_lock
 from .timing import StageTimes
 from .work import DatasetSpec, Shard, ShardJob, ShardOutcome, process_scorer, score_shard_task
@@ -66,6 +67,8 @@ class RunSummary:
     """Shards found damaged on resume (digest mismatch, unreadable chunk) and scored again."""
     dataset_notes: tuple[str, ...] = ()
     """What opening the dataset left out or could not match (skipped files, unknown member ids)."""
+    clamped: int = 0
+    """Images scored with some victim output values outside [0, 1], clamped (within `OUT_OF_RANGE_TOLERANCE`)."""
 
     @property
     def complete(self) -> bool:
@@ -76,6 +79,9 @@ class RunSummary:
         rate = (self.scored + self.failed) / self.seconds if self.seconds > 0 else float("nan")
         line = (f"scored {self.scored}, failed {self.failed}, skipped (already done) {self.skipped_done}, "
                 f"wall {self.seconds:.1f} s, {rate:.1f} images/s")
+        if self.clamped:
+            line += (f"; {self.clamped} scored image(s) had victim output values outside [0, 1], clamped (at most "
+                     f"{OUT_OF_RANGE_TOLERANCE:.0%} of values each; the fraction is the store's out_of_range column)")
         if self.failed_shards:
             first = next(iter(self.failed_shards.items()))
             line += (f"; {len(self.failed_shards)} shard(s) failed and stay pending (shard {first[0]}: {first[1]}): "
@@ -91,7 +97,8 @@ def members_digest(members_file: str | None) -> str | None:
     """What identifies the member labels a run gives (None: no --members file)."""
     if not members_file:
         return None
-    return hashlib.sha256("\n".join(sorted(read_id_list(members_file))).encode("utf-8", "surrogatepass")).hexdigest()
+    ids = sorted(read_id_list(members_file).ids)
+    return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, members_sha256: str | None, *,
@@ -112,6 +119,15 @@ def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, membe
                          "two labellings. Rerun with the same --members, or pass --overwrite to start fresh")
 
 
+def run_inputs(dataset_spec: DatasetSpec, config: ScoreConfig) -> tuple[str, ...]:
+    """Every path a run reads: a store never replaces a folder that holds one of them."""
+    victim_kind, _, victim_target = config.victim.partition(":")
+    victim_path = victim_target if victim_kind != "python" else None
+    given = (dataset_spec.data, dataset_spec.inputs, dataset_spec.targets, dataset_spec.members_file,
+             config.reference_ids, victim_path, config.victim_weights, config.backbone_weights, config.shadows)
+    return tuple(path for path in given if path)
+
+
 def wide_columns(config: ScoreConfig) -> dict[str, int]:
     """The 2-D columns a run writes: calibration features always, each shadow's Lrec when there are shadows."""
     widths = {"features": feature_width(config.backbone)}
@@ -123,7 +139,7 @@ def wide_columns(config: ScoreConfig) -> dict[str, int]:
 
 def check_run_options(batch_size: int, shard_size: int | None) -> None:
     if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
     if shard_size is not None and shard_size < 1:
         raise StoreError(f"shard size must be at least 1 image, got {shard_size}")
 
@@ -187,6 +203,9 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batc
     # `auto` is resolved here, once, and recorded: workers and resumes use what the store says, so one store never
     # mixes fp32 and bf16 scores (and bf16 where it would be emulated is refused before anything is touched)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, resolve_device(device)))
+    inputs = run_inputs(dataset_spec, config)
+    if overwrite:  # refused before anything is read or loaded: memscore replaces only a store it made
+        require_replaceable(out, "store", inputs)
     dataset = dataset_spec.open()
     members_sha256 = members_digest(dataset_spec.members_file)
     if out.exists() and not overwrite:  # a changed configuration is refused before weights are looked for
@@ -207,12 +226,13 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batc
         if not resuming:
             shard_size = default_shard_size(len(dataset), cluster) if shard_size is None else shard_size
             store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite,
-                                      members_sha256=members_sha256, wide_columns=wide_columns(config))
+                                      members_sha256=members_sha256, wide_columns=wide_columns(config),
+                                      inputs=inputs)
         try:
             summary = _score_shards(store, job, cluster, progress)
         except BaseException:
             if not resuming and not store.done_shards().any():
-                shutil.rmtree(out, ignore_errors=True)  # a failed fresh run leaves no empty store behind
+                remove_folder(out, "store")  # a failed fresh run leaves no empty store behind
             raise
         summary.rescored_damaged = tuple(damaged)
         summary.dataset_notes = tuple(dataset.notes())
@@ -236,6 +256,7 @@ def _score_shards(store: ScoreStore, job: ShardJob, cluster: ClusterPlan, progre
         for outcome in execute(task, todo, cluster, failed=_failed_shard, name="shard"):
             summary.scored += outcome.scored
             summary.failed += outcome.failed
+            summary.clamped += outcome.clamped
             summary.stages.add(dict(outcome.stage_seconds))
             if outcome.error:
                 summary.failed_shards[outcome.index] = outcome.error

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import torch
 
+from .errors import UsageError
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -29,7 +31,7 @@ class ClusterPlan:
 
     def __post_init__(self) -> None:
         if self.workers < 0:
-            raise ValueError(f"workers must be 0 (this process) or a positive count, got {self.workers}")
+            raise UsageError(f"workers must be 0 (this process) or a positive count, got {self.workers}")
 
     @property
     def distributed(self) -> bool:

@@ -1,13 +1,14 @@
 """Per-batch scores: Lrec from the victim, Ldiff from the difficulty kernel.
 
 `Scorer` holds the loaded backbone and victim (load once, reuse for every shard) and turns a
-prepared `Batch` into rows: `lrec`, `ldiff`, status and reason. Lmem needs alpha, which may be
+prepared `Batch` into rows: `lrec`, `ldiff`, `out_of_range`, status and reason. Lmem needs alpha, which may be
 fitted over the whole store, so it is written by the alpha pass (`memscore.run`).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .kernels.difficulty import predictability_error
 
 from .allocator import keep_freed_memory
+from .devices import start_numba_threads
 from .backbones import Backbone, create_backbone
 from .config import ScoreConfig
 from .batch import Batch, Prepared, View
@@ -31,6 +33,12 @@ CPU_BACKBONE_IMAGES = 4
 reuse the allocator's memory; a whole batch's (tens of MB per layer) are fresh pages every layer
 (bench/run.py's stage table shows the effect)."""
 
+OUT_OF_RANGE_TOLERANCE = 0.01
+"""Largest fraction of a victim output's values (after conversion from the victim's range) that may lie outside
+[0, 1] for the image to be scored: Lrec clamps them, and the fraction is kept (`Row.out_of_range`). Beyond it the
+output is not on the scale memscore reads it on (most often a wrong `--victim-range`), so clamping would silently
+change the score, and the image fails instead."""
+
 
 @dataclass
 class Row:
@@ -42,6 +50,9 @@ class Row:
     reason: str = ""
     out_height: int = 0
     out_width: int = 0
+    out_of_range: float = float("nan")
+    """Fraction of the target victim's output values outside [0, 1] before Lrec clamps them (the most over
+    augmented copies); NaN where there was no output."""
     features: np.ndarray | None = None
     """Per-image calibration features (`stage_features`); None where the image was not scored."""
     lrec_shadow: np.ndarray | None = None
@@ -85,6 +96,27 @@ def add_defense_noise(output: torch.Tensor, sigma: float, image_id: str, copy: i
     return (output + noise.to(output.device)).clamp(0.0, 1.0)
 
 
+def out_of_range_fraction(output: torch.Tensor) -> float:
+    """Fraction of `output`'s values outside [0, 1]: the values `reconstruction_error` clamps."""
+    return float(((output < 0.0) | (output > 1.0)).float().mean())
+
+
+def out_of_range_reason(image_id: str, fraction: float, victim_range: str) -> str:
+    """Why an image whose victim output is too far out of [0, 1] fails, and what to check."""
+    return (f"{image_id}: {fraction:.1%} of the victim's output values lie outside [0, 1] (tolerance "
+            f"{OUT_OF_RANGE_TOLERANCE:.0%}, memscore.scores.OUT_OF_RANGE_TOLERANCE); they were read as "
+            f"--victim-range {victim_range}: check that it is the range the victim outputs")
+
+
+class Reconstructed(NamedTuple):
+    """The target victim's answer for one pair: Lrec over its copies, the first copy's output, and the most
+    any copy had of its values outside [0, 1]."""
+
+    lrec: float
+    output: torch.Tensor
+    out_of_range: float
+
+
 def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> float:
     """Lrec: mean |V(x) - y| in [0, 1], the target resized to the output's resolution if needed."""
     target = target.to(output.device)
@@ -106,6 +138,7 @@ class Scorer:
 
     def __post_init__(self) -> None:
         keep_freed_memory()
+        start_numba_threads()  # before any forward: starting later, it would change torch's threads mid-run
         if self.backbone is None:
             self.backbone = create_backbone(self.config.backbone, weights=self.config.backbone_weights)
         self.backbone = self.backbone.to(self.device, memory_format=torch.channels_last)
@@ -152,9 +185,10 @@ class Scorer:
         return ldiff, stage_features(stages).cpu()
 
     def reconstruction_errors(self, items: list[Prepared], victim=None, stage: str = "victim"
-                              ) -> list[tuple[float, torch.Tensor] | str]:
-        """Per item: (Lrec averaged over its augmented copies, the first output), or why it failed. `victim`:
-        another victim than the target (a shadow), queried the same way but without the target's noise defence."""
+                              ) -> list[Reconstructed | str]:
+        """Per item: Lrec averaged over its augmented copies, the first output and the out-of-range fraction
+        (measured before the noise defence, which clamps), or why it failed. `victim`: another victim than the
+        target (a shadow), queried the same way but without the target's noise defence."""
         target = victim is None
         n_copies, seed = self.config.augment, self.config.seed
         plans = [[augmentation(item.pair.id, copy, seed) for copy in range(n_copies)] for item in items]
@@ -162,7 +196,7 @@ class Scorer:
                    for item, plan in zip(items, plans) for flip, box in plan]
         with self.times.stage(stage, self.device), self.autocast():
             outputs = (self.victim if target else victim).reconstruct(queries)
-        results: list[tuple[float, torch.Tensor] | str] = []
+        results: list[Reconstructed | str] = []
         for index, (item, plan) in enumerate(zip(items, plans)):
             copies = outputs[index * n_copies: (index + 1) * n_copies]
             failure = next((output for output in copies if isinstance(output, str)), None)
@@ -174,7 +208,8 @@ class Scorer:
                 if target and self.config.defense_noise > 0:
                     output = add_defense_noise(output, self.config.defense_noise, item.pair.id, copy, seed)
                 errors.append(reconstruction_error(output, apply_augmentation(item.y, flip, box)))
-            results.append((float(np.mean(errors)), copies[0]))
+            results.append(Reconstructed(float(np.mean(errors)), copies[0],
+                                         max(out_of_range_fraction(output) for output in copies)))
         return results
 
     def score(self, batch: Batch) -> list[Row]:
@@ -187,9 +222,13 @@ class Scorer:
             if isinstance(result, str):
                 rows.append(Row(item.pair.id, item.pair.member, status="failed", reason=result))
                 continue
-            lrec, output = result
-            row = Row(item.pair.id, item.pair.member, lrec=lrec,
-                      out_height=int(output.shape[-2]), out_width=int(output.shape[-1]))
+            if result.out_of_range > OUT_OF_RANGE_TOLERANCE:
+                rows.append(Row(item.pair.id, item.pair.member, status="failed", out_of_range=result.out_of_range,
+                                reason=out_of_range_reason(item.pair.id, result.out_of_range,
+                                                           self.config.victim_range)))
+                continue
+            row = Row(item.pair.id, item.pair.member, lrec=result.lrec, out_of_range=result.out_of_range,
+                      out_height=int(result.output.shape[-2]), out_width=int(result.output.shape[-1]))
             rows.append(row)
             scored.append((row, item))
         if scored:
@@ -211,6 +250,6 @@ class Scorer:
         items = [item for _, item in scored]
         per_shadow = [self.reconstruction_errors(items, victim, "shadows") for victim in self.shadow_victims]
         for index, (row, _) in enumerate(scored):
-            row.lrec_shadow = np.array([np.nan if isinstance(results[index], str) else results[index][0]
+            row.lrec_shadow = np.array([np.nan if isinstance(results[index], str) else results[index].lrec
                                         for results in per_shadow], dtype=np.float32)
             row.in_shadow = np.array([row.id in members for members in self.shadow_members], dtype=np.int8)

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 
 def image_seed(seed: int, image_id: str) -> int:
     """A 64-bit seed derived from the run seed and the image id."""
@@ -24,7 +26,7 @@ def fit_mask(ids: Sequence[str], n_pixels: int, fit_fraction: float, seed: int) 
     """
     n_fit = int(round(fit_fraction * n_pixels))
     if not 0 < n_fit < n_pixels:
-        raise ValueError(f"fit fraction {fit_fraction} leaves no fit or no held-out pixel of {n_pixels}")
+        raise UsageError(f"fit fraction {fit_fraction} leaves no fit or no held-out pixel of {n_pixels}")
     mask = np.zeros((len(ids), n_pixels), dtype=bool)
     for row, image_id in enumerate(ids):
         order = np.random.Generator(np.random.PCG64(image_seed(seed, image_id))).permutation(n_pixels)

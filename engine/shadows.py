@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from .attack import SCORE_MARK
-from .data import open_dataset, read_id_list
+from .data import match_ids, open_dataset, read_id_list
 from .devices import resolve_device, use_threads
-from .errors import MemscoreError
+from .errors import MemscoreError, UsageError
 from .likelihood_ratio import DEFAULT_TRANSFORM, PRIOR_DOF, Transform, lira, rmia
 from .schedule import ClusterPlan, execute
 from .store import ScoreStore, StoreError, store_lock
@@ -35,6 +35,8 @@ from .train import VictimArch, train_pix2pix
 
 MANIFEST = "shadows.json"
 MANIFEST_FORMAT = 1
+MANIFEST_KEYS = ("format", "recipe", "k", "seed", "direction", "population", "data", "shadows")
+SHADOW_KEYS = {"index", "members", "checkpoint", "done"}
 CHECKPOINT = "generator.pth"
 MEMBERS = "members.txt"
 PARTIAL_SUFFIX = ".partial"
@@ -112,21 +114,20 @@ def membership_plan(population: Sequence[str] | set[str], k: int, seed: int) -> 
     """(sorted ids, bool [n_ids, k]: True where shadow k trains on the id), reproducible from (ids, k, seed).
 
     Shadows come in complementary pairs: shadow 2p trains on a random half of the population (the first
-    n // 2 of a seeded permutation) and shadow 2p + 1 on the other half, so for even k every id is IN for
-    exactly k / 2 shadows and OUT for k / 2. For odd k the last shadow takes one more random half alone:
-    each id is then IN for (k - 1) / 2 or (k + 1) / 2 shadows, about half the ids each way.
+    n // 2 of a seeded permutation) and shadow 2p + 1 on the other half, so every id is IN for exactly k / 2
+    shadows and OUT for k / 2 (what online LiRA and RMIA need); K must therefore be even.
     """
-    if k < 1:
-        raise ValueError(f"K must be at least 1 shadow, got {k}")
+    if k < 2 or k % 2:
+        raise UsageError(f"K must be an even number of shadows, at least 2 (complementary halves: every id is in "
+                         f"exactly K/2 of them), got {k}")
     ids = sorted(set(population))
     if len(ids) < 2:
-        raise ValueError(f"a population of {len(ids)} ids cannot be split into halves; give at least 2")
+        raise UsageError(f"a population of {len(ids)} ids cannot be split into halves; give at least 2")
     plan = np.zeros((len(ids), k), dtype=bool)
-    for pair in range((k + 1) // 2):
+    for pair in range(k // 2):
         half = np.random.default_rng([seed, pair]).permutation(len(ids))[: len(ids) // 2]
         plan[half, 2 * pair] = True
-        if 2 * pair + 1 < k:
-            plan[:, 2 * pair + 1] = ~plan[:, 2 * pair]
+        plan[:, 2 * pair + 1] = ~plan[:, 2 * pair]
     return ids, plan
 
 
@@ -146,7 +147,7 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
     rerunning trains only those.
     """
     out = Path(out_dir)
-    population = read_id_list(population_file)
+    population = read_id_list(population_file).ids
     ids, membership = membership_plan(population, k, seed)
     missing = sorted(population - set(open_dataset(str(data), direction=direction).ids()))
     if missing:
@@ -197,9 +198,10 @@ def train_shadow(job: ShadowJob) -> tuple[int, float]:
     checkpoint = Path(job.checkpoint)
     partial = checkpoint.with_name(checkpoint.name + PARTIAL_SUFFIX)
     recipe = job.recipe
-    train_pix2pix(open_dataset(job.data, direction=job.direction), partial, members=read_id_list(job.members_file),
+    train_pix2pix(open_dataset(job.data, direction=job.direction), partial, members=read_id_list(job.members_file).ids,
                   arch=recipe.arch(), epochs=recipe.epochs, batch_size=recipe.batch_size, seed=job.seed,
-                  device=str(resolve_device(job.device)), use_jitter=recipe.use_jitter, progress=False)
+                  device=str(resolve_device(job.device)), use_jitter=recipe.use_jitter, progress=False,
+                  overwrite=True)  # the partial file of an interrupted try is this folder's own
     os.replace(partial, checkpoint)
     return job.index, time.perf_counter() - started
 
@@ -227,7 +229,7 @@ def read_shadow_set(out_dir: str | os.PathLike, *, partial: bool = False) -> Sha
         if not checkpoint.is_file():
             raise ShadowError(f"{out}: shadow {entry['index']} is marked done but {checkpoint} is missing; rerun "
                               "`memscore shadows train --fresh` (or restore the file)")
-        shadows.append(Shadow(entry["index"], checkpoint, frozenset(read_id_list(out / entry["members"]))))
+        shadows.append(Shadow(entry["index"], checkpoint, read_id_list(out / entry["members"]).ids))
     return ShadowSet(out, ShadowRecipe(**manifest["recipe"]), manifest["seed"], manifest["k"],
                      manifest["population"]["sha256"], tuple(shadows))
 
@@ -251,20 +253,22 @@ def score_column_name(method: str, online: bool = True, fixed_variance: bool = F
         return "lira" + ("" if online else "_offline") + ("_fixed" if fixed_variance else "")
     if method == "rmia":
         return "rmia" + ("" if online else "_offline")
-    raise ValueError(f"method must be lira or rmia, got {method!r}")
+    raise UsageError(f"method must be lira or rmia, got {method!r}")
 
 
 def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *, online: bool = True,
                          fixed_variance: bool = False, transform: Transform = DEFAULT_TRANSFORM,
                          prior_dof: float = PRIOR_DOF, temperature: float | None = None,
                          offline_a: float | None = None, gamma: float = 1.0,
-                         reference: str | os.PathLike | None = None, column: str | None = None) -> dict[str, Any]:
+                         reference: str | os.PathLike | None = None, column: str | None = None,
+                         strict: bool = False) -> dict[str, Any]:
     """Write a LiRA or RMIA score column (lower = member) from the store's `lrec`, `lrec_shadow` [n, K] and
     `in_shadow` [n, K]; return the record kept in the column's attributes.
 
     `transform`, `fixed_variance`, `prior_dof`: LiRA's (`memscore.likelihood_ratio.lira`); `temperature`,
     `offline_a` (None: chosen from the shadows), `gamma`, `reference` (a file of ids, the population samples z;
-    default every scored image): RMIA's (`memscore.likelihood_ratio.rmia`). `column`: default `score_column_name`.
+    default every scored image; ids the store lacks are ignored and counted in the record's `reference_ids`, or
+    refused when `strict`): RMIA's (`memscore.likelihood_ratio.rmia`). `column`: default `score_column_name`.
     """
     default_name = score_column_name(method, online, fixed_variance)  # refuses an unknown method
     name = column or default_name
@@ -275,15 +279,18 @@ def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *,
         if lrec_shadow.ndim != 2 or lrec_shadow.shape != in_shadow.shape or lrec_shadow.shape[0] != lrec.shape[0]:
             raise StoreError(f"{store_path}: lrec_shadow {lrec_shadow.shape} and in_shadow {in_shadow.shape} must both "
                              f"be [{lrec.shape[0]}, K]; rescore the store with `memscore score --shadows DIR`")
+        samples = None
         if method == "lira":
             found = lira(lrec, lrec_shadow, in_shadow, online=online, fixed_variance=fixed_variance,
                          transform=transform, prior_dof=prior_dof)
         else:
-            mask = None if reference is None else np.isin(store.column("id"), sorted(read_id_list(reference)))
+            if reference is not None:
+                samples = match_ids(read_id_list(reference), store.column("id"), "reference", strict=strict)
             found = rmia(lrec, lrec_shadow, in_shadow, online=online, temperature=temperature, offline_a=offline_a,
-                         gamma=gamma, reference=mask)
+                         gamma=gamma, reference=None if samples is None else samples.rows)
         record = {**found.record(), "column": name, "k": int(lrec_shadow.shape[1]),
                   "reference_file": None if reference is None else str(reference),
+                  "reference_ids": None if samples is None else samples.to_dict(),
                   "uses": {c: store.fingerprint(c) for c in ("lrec", "lrec_shadow", "in_shadow")}}
         store.write_column(name, found.scores, np.nan, {**record, SCORE_MARK: True})
     return record
@@ -332,9 +339,16 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text())
     except ValueError as error:
         raise ShadowError(f"{path} is not valid JSON ({error}); start over with --fresh") from error
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ShadowError(f"{path} has manifest format {manifest.get('format')}, this memscore reads "
-                          f"{MANIFEST_FORMAT}; start over with --fresh")
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ShadowError(f"{path} has manifest format {found}, this memscore reads {MANIFEST_FORMAT}; "
+                          "start over with --fresh")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    entries = manifest.get("shadows")
+    if missing or not isinstance(entries, list) or not all(isinstance(e, dict) and SHADOW_KEYS <= set(e)
+                                                            for e in entries):
+        raise ShadowError(f"{path} is incomplete (missing {', '.join(missing) or 'fields of its shadows'}); "
+                          "start over with --fresh")
     return manifest
 
 

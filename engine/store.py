@@ -2,12 +2,14 @@
 
 Layout (one group; `xarray.open_zarr` opens it as a Dataset):
 - along `image`: the columns of `COLUMNS` (`id`, `lrec`, `ldiff`, `lmem`, `status`, `reason`, `member`,
-  `out_height`, `out_width`) plus derived columns such as `predicted_member`;
+  `out_height`, `out_width`, `out_of_range`) plus derived columns such as `predicted_member`;
 - along `shard`: `shard_digest` (a digest of each of the shard's arrays) and `shard_done`, written in that order
   after the shard's data (one chunk per shard), so a finished shard carries what verifies it;
 - group attribute `memscore`: the `RunRecord` (configuration, sizes, store id, versions, process layouts);
 - `lmem` carries its own `AlphaRecord` (and the earlier ones) in its array attributes, so the column and the
-  alpha that made it are replaced together, in one directory rename.
+  alpha that made it are replaced together, in one directory rename;
+- every record (the group's attributes, each whole-written column's) has its digest beside it, in the same
+  metadata write (`RECORD_DIGESTS`), so `verify`, and with it every reader, refuses a record edited by hand.
 A shard is exactly one chunk of every `image` array, so shards write disjoint, chunk-aligned regions: the only
 concurrent Zarr writes that are safe. Whole-column rewrites (`lmem`, derived columns) are written beside the
 store first and switched in by renaming: a reader sees the old column or the new one, never a mix.
@@ -36,8 +38,10 @@ import zarr
 
 from .config import ScoreConfig
 from .errors import StoreError
+from .outputs import remove_folder, require_replaceable
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""2: shards carry digests; 3: the `out_of_range` column. An older store lacks what this one writes and verifies."""
 LOCK_SUFFIX = ".lock"  # beside the store, not inside: zarr warns about foreign files
 STAGING_SUFFIX = ".staging"  # beside the store too: whole columns are written here, then renamed in
 CREATING_SUFFIX = ".creating"  # a new store is built here, then renamed into place
@@ -84,6 +88,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("member", "int8", -1, "shard"),
     Column("out_height", "int32", 0, "shard"),
     Column("out_width", "int32", 0, "shard"),
+    Column("out_of_range", "float32", float("nan"), "shard"),
 )
 """The per-image schema: creation, shard writes, verification, reading and export all iterate it."""
 SHARD_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c.written_by == "shard")
@@ -118,6 +123,50 @@ def column_digest(values: np.ndarray, *, full: bool = False) -> str:
         data = np.ascontiguousarray(values).tobytes()
     digest = hashlib.sha256(data).hexdigest()
     return digest if full else digest[:16]
+
+
+RECORD_DIGESTS = "record_sha256"
+"""Attribute beside the records memscore writes (the group's `memscore` and `failed_shards`; every attribute of a
+column written whole: lmem's `alpha` and `history`, a derived column's record, its `store_id` and values' `sha256`):
+each record's `record_digest`, written in the same metadata write. `verify` recomputes them, so a record edited by
+hand is named and refused, never believed."""
+_EDITED = ("was edited after memscore wrote it (it differs from its digest); memscore believes no record edited by "
+           "hand: rescore the store with `memscore score ... --overwrite`")
+_RECORD_NAMES = {(None, "memscore"): "run record", (None, "failed_shards"): "record of failed shards",
+                 ("lmem", "alpha"): "alpha record of lmem", ("lmem", "history"): "alpha history of lmem"}
+
+
+def record_digest(record: Any) -> str:
+    """sha256 of a record's canonical JSON (sorted keys, as zarr.json gives it back), so the record written and the
+    record read digest alike whatever containers it was built from (tuples, int keys)."""
+    canonical = json.loads(json.dumps(record, allow_nan=True))
+    text = json.dumps(canonical, sort_keys=True, allow_nan=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _digests(attributes: dict[str, Any]) -> dict[str, str]:
+    """The digests recorded among `attributes` (none when the attribute is missing or is not a mapping)."""
+    found = attributes.get(RECORD_DIGESTS)
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def _with_digests(attributes: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`attributes` updated by `changes`, each changed record beside its digest: the document of one metadata write."""
+    digests = {**_digests(attributes), **{key: record_digest(value) for key, value in changes.items()}}
+    return {**attributes, **changes, RECORD_DIGESTS: digests}
+
+
+def _edited_records(attributes: dict[str, Any]) -> list[str]:
+    """The records among `attributes` that differ from their digest, have none, or lost their value (sorted)."""
+    digests = _digests(attributes)
+    keys = (set(attributes) | set(digests)) - {RECORD_DIGESTS}
+    return sorted(key for key in keys if key not in attributes or digests.get(key) != record_digest(attributes[key]))
+
+
+def _record_name(column: str | None, key: str) -> str:
+    """What a problem calls the record under attribute `key` of the group (`column` None) or of a column."""
+    default = f"group attribute {key}" if column is None else f"record of column {column}"
+    return _RECORD_NAMES.get((column, key), default)
 
 
 def _now() -> str:
@@ -181,6 +230,8 @@ class AlphaRecord:
     r2: float | None = None
     lmem_sha256: str = ""
     created: str = ""
+    reference_ids: dict[str, Any] | None = None
+    """fit:reference: how the reference ids file matched the store (`memscore.data.IdMatch.to_dict`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -321,7 +372,8 @@ class ScoreStore:
             raise StoreError(f"{self.path} is a Zarr group but not a memscore store (no 'memscore' attribute)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise StoreError(f"{self.path} has store format {meta.get('format_version')}; this memscore reads format "
-                             f"{FORMAT_VERSION} (shards carry digests): rescore it with `memscore score ... --overwrite`")
+                             f"{FORMAT_VERSION} (shards carry digests and out_of_range): rescore it with "
+                             "`memscore score ... --overwrite`")
         self.record = RunRecord.from_dict(meta)
 
     # --- creation and opening --------------------------------------------------------------------
@@ -329,8 +381,10 @@ class ScoreStore:
     @classmethod
     def create(cls, path: str | os.PathLike, n_images: int, shard_size: int, config: ScoreConfig, *,
                overwrite: bool = False, members_sha256: str | None = None,
-               wide_columns: dict[str, int] | None = None) -> ScoreStore:
-        """A new, empty store of `n_images` rows in shards of `shard_size` (takes the store's lock to replace one)."""
+               wide_columns: dict[str, int] | None = None, inputs: Sequence[str | None] = ()) -> ScoreStore:
+        """A new, empty store of `n_images` rows in shards of `shard_size`. With `overwrite`, an existing store is
+        replaced (under its lock) only if memscore made it and none of the run's `inputs` lies inside it
+        (`memscore.outputs.require_replaceable`)."""
         path = Path(path)
         if n_images < 1:
             raise StoreError("nothing to score: the dataset is empty")
@@ -339,6 +393,7 @@ class ScoreStore:
         with store_lock(path):
             if path.exists() and not overwrite:
                 raise StoreError(f"{path} already exists (rerun to resume, or pass --overwrite)")
+            require_replaceable(path, "store", inputs)
             building = _beside(path, CREATING_SUFFIX)  # built aside, then renamed in: a kill never leaves half a store
             shutil.rmtree(building, ignore_errors=True)
             group = zarr.open_group(str(building), mode="w")
@@ -354,9 +409,9 @@ class ScoreStore:
             record = RunRecord(config=config, n_images=n_images, shard_size=shard_size, n_shards=n_shards,
                                store_id=uuid.uuid4().hex, created=_now(), versions=versions(),
                                members_sha256=members_sha256, wide_columns=wide_columns)
-            group.attrs["memscore"] = record.to_dict()
+            group.attrs.put(_with_digests({}, {"memscore": record.to_dict()}))
             if path.exists():
-                shutil.rmtree(path)
+                remove_folder(path, "store")
                 shutil.rmtree(_beside(path, STAGING_SUFFIX), ignore_errors=True)
             os.rename(building, path)
             store = cls(path, mode="r+")
@@ -424,7 +479,8 @@ class ScoreStore:
         return sorted(name for name in self.group.array_keys() if name not in fixed)
 
     def column_attrs(self, name: str) -> dict[str, Any]:
-        return dict(self._array(name).attrs)
+        """The record of a column written whole (without the digests `verify` checks it by)."""
+        return {key: value for key, value in self._array(name).attrs.items() if key != RECORD_DIGESTS}
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -450,6 +506,7 @@ class ScoreStore:
 
     def write_lmem(self, lmem: np.ndarray, alpha: AlphaRecord) -> AlphaRecord:
         """Replace `lmem` and its alpha record together (older records go to its `history`)."""
+        self._require_records_intact()
         values = COLUMN_BY_NAME["lmem"].values(lmem)
         alpha = dataclasses.replace(alpha, lmem_sha256=column_digest(values, full=True),
                                     created=alpha.created or _now())
@@ -468,6 +525,7 @@ class ScoreStore:
     def update_record(self, **changes: Any) -> None:
         """Change the run record's fields (`layouts`, ...) in one atomic metadata write."""
         self._require_writable()
+        self._require_records_intact()
         self.record = dataclasses.replace(self.record, **changes)
         self._update_group_attrs({"memscore": self.record.to_dict()})
 
@@ -528,8 +586,9 @@ class ScoreStore:
 
     def verify(self) -> list[Problem]:
         """Every problem with the stored data: unreadable chunks, shards whose content differs from the digest
-        in their done-mark (a chunk deleted or changed), an lmem that differs from its alpha record."""
-        problems: list[Problem] = []
+        in their done-mark (a chunk deleted or changed), a record edited by hand (`RECORD_DIGESTS`), a column made
+        for another store, an lmem or derived column whose values differ from its record."""
+        problems = self._record_problems()  # first: an edited record explains what follows
         done = self.done_shards()
         digests = np.asarray(self._array("shard_digest")[:]).tolist()
         expected = {}
@@ -549,17 +608,47 @@ class ScoreStore:
                 if column_digest(values[start:stop]) != digests_of_shard.get(column.name):
                     problems.append(Problem("content differs from the digest in its done-mark (a chunk was deleted "
                                             "or changed)", index, column.name))
-        alpha = self.alpha
-        if alpha is not None:
-            try:
-                lmem = self._array("lmem")[:]
-            except Exception as error:
-                problems.append(Problem(f"cannot be read ({type(error).__name__}: {error})", None, "lmem"))
-            else:
-                if column_digest(lmem, full=True) != alpha.lmem_sha256:
-                    problems.append(Problem(f"content differs from its alpha record (alpha {alpha.value:.6g}, "
-                                            f"{alpha.spec}): rerun `memscore rescore` or `memscore score`", None, "lmem"))
+        for name, attrs in self._recorded_columns().items():
+            problems += self._recorded_values_problems(name, attrs)
         return problems
+
+    def _record_problems(self) -> list[Problem]:
+        """Records edited since memscore wrote them (the group's, each recorded column's) and columns recorded for
+        another store. Only tiny documents are read: cheap enough for every write that carries a record forward."""
+        edited = [_record_name(None, key) for key in _edited_records(dict(self.group.attrs))]
+        foreign = []
+        for name, attrs in self._recorded_columns().items():
+            edited += [_record_name(name, key) for key in _edited_records(attrs)]
+            if attrs.get("store_id") != self.store_id:
+                foreign.append(Problem(f"record of column {name} was made for another store (store id "
+                                       f"{attrs.get('store_id')!r}, this one is {self.store_id}): rescore the store "
+                                       "with `memscore score ... --overwrite`"))
+        return [Problem(f"{name} {_EDITED}") for name in dict.fromkeys(edited)] + foreign
+
+    def _recorded_columns(self) -> dict[str, dict[str, Any]]:
+        """The attributes of each column written whole that carries a record: lmem after its first alpha pass, and
+        derived columns. An array with no attributes records nothing, and readers take nothing from it but values."""
+        found = {name: dict(self._array(name).attrs) for name in ["lmem", *self.derived_columns()]}
+        return {name: attrs for name, attrs in found.items() if attrs}
+
+    def _recorded_values_problems(self, name: str, attrs: dict[str, Any]) -> list[Problem]:
+        """A recorded column that cannot be read, or whose values differ from the digest in its record."""
+        try:
+            values = self._array(name)[:]
+        except Exception as error:
+            return [Problem(f"cannot be read ({type(error).__name__}: {error})", None, name)]
+        if column_digest(values, full=True) == attrs.get("sha256"):
+            return []
+        if name == "lmem":
+            return [Problem("content differs from its alpha record: rerun `memscore rescore` or `memscore score`",
+                            None, name)]
+        return [Problem("content differs from its record (changed or damaged after it was written)", None, name)]
+
+    def _require_records_intact(self) -> None:
+        """Refuse to carry an edited record forward: writing its digest anew would make the edit look genuine."""
+        problems = self._record_problems()
+        if problems:
+            raise StoreError(f"{self.path}: {problems[0]}")
 
     def damaged_shards(self) -> list[int]:
         """Done shards that `verify` finds damaged (to be scored again)."""
@@ -585,13 +674,16 @@ class ScoreStore:
     def _require_writable(self) -> None:
         if self.read_only:
             raise StoreError(f"{self.path} was opened read-only; open it with mode='r+' (and take its lock) to write")
+        if not os.access(self.path, os.W_OK):  # else a column would be staged beside it, then fail to switch in
+            raise StoreError(f"{self.path} is read-only on disk (its folder or file system): make it writable to "
+                             "write to it; reading needs no write access")
 
     def _array(self, name: str) -> zarr.Array:
         try:
             return self.group[name]
         except KeyError:
             staged = _beside(self.path, STAGING_SUFFIX) / name  # between the two renames of a column switch
-            if _staged_complete(staged):
+            if _staged_for(staged, self.store_id):
                 return zarr.open_array(str(staged), mode="r")
             raise StoreError(f"{self.path} has no array {name!r}") from None
 
@@ -616,7 +708,7 @@ class ScoreStore:
     def _update_group_attrs(self, changes: dict[str, Any]) -> None:
         document_path = self.path / "zarr.json"
         document = json.loads(document_path.read_text())
-        document.setdefault("attributes", {}).update(changes)
+        document["attributes"] = _with_digests(document.get("attributes", {}), changes)
         document.pop("consolidated_metadata", None)
         _write_json_atomically(document_path, document)
         self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
@@ -636,7 +728,8 @@ class ScoreStore:
         array = _create_column(zarr.open_group(str(staging), mode="a"), name, dtype, fill_value, self.n_images,
                                self.shard_size, values.shape[1] if values.ndim == 2 else 0, f"{name}_index")
         array[:] = values
-        array.attrs.update({**attrs, "complete": True})  # the staged column is whole from here on
+        record = {**attrs, "store_id": self.store_id, "sha256": column_digest(values, full=True), "complete": True}
+        array.attrs.put(_with_digests({}, record))  # one write: whole, and adoptable by this store only, from here on
         current = self.path / name
         if current.exists():
             os.rename(current, retired)
@@ -666,17 +759,21 @@ def _create_column(group: zarr.Group, name: str, dtype: str, fill: Any, n_images
 
 def _finish_interrupted_switches(path: Path) -> None:
     """Complete a column switch that a kill interrupted (the whole staged column in, leftovers out); runs
-    whenever a process takes the store's lock, so no other writer is mid-switch."""
+    whenever a process takes the store's lock, so no other writer is mid-switch. A staged column made for
+    another store, or whose record was edited, is a leftover too: discarded, never adopted."""
     staging = _beside(path, STAGING_SUFFIX)
     if not staging.is_dir():
         return
+    store_id = ((_read_json(path / "zarr.json") or {}).get("attributes", {}).get("memscore") or {}).get("store_id")
     for staged in staging.iterdir():
         if staged.is_dir() and not staged.name.endswith(".old") and not (path / staged.name).exists() \
-                and _staged_complete(staged):
+                and _staged_for(staged, store_id):
             os.rename(staged, path / staged.name)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _staged_complete(staged: Path) -> bool:
-    document = _read_json(staged / "zarr.json")
-    return bool(document and document.get("attributes", {}).get("complete"))
+def _staged_for(staged: Path, store_id: str | None) -> bool:
+    """Whether a staged column is whole, was made for the store `store_id`, and carries its record unedited."""
+    attributes = ((_read_json(staged / "zarr.json") or {}).get("attributes")) or {}
+    return bool(store_id and attributes.get("complete") and attributes.get("store_id") == store_id
+                and not _edited_records(attributes))

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Dataset
+from .errors import PathError, UsageError
 from .images import ImageError, load_rgb
+from .outputs import write_file
 from .preprocess import resize, to_tensor
 from .victims.checkpoint import MODEL_ARGS_KEY, read_checkpoint
 from .victims.pix2pix import build_discriminator, build_generator
@@ -70,7 +72,7 @@ def load_pairs(dataset: Dataset, members: set[str] | None, size: int) -> tuple[t
         xs.append(resize(x, (size, size)) * 2 - 1)
         ys.append(resize(y, (size, size)) * 2 - 1)
     if not xs:
-        raise ValueError("no usable member pairs to train on")
+        raise UsageError("no usable member pairs to train on")
     return torch.stack(xs), torch.stack(ys), skipped
 
 
@@ -91,8 +93,11 @@ def jitter(x: torch.Tensor, y: torch.Tensor, size: int, generator: torch.Generat
 def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None = None, arch: VictimArch = VictimArch(),
                   epochs: int = 20, batch_size: int = 4, ndf: int = 16, seed: int = 0, device: str = "cpu",
                   use_jitter: bool = True, checkpoint_every: int = 0, progress: bool = True,
-                  on_checkpoint: Callable[[int, Path], None] | None = None) -> Path:
-    """Train on the member pairs of `dataset`; write `out` (generator state dict and model arguments)."""
+                  on_checkpoint: Callable[[int, Path], None] | None = None, overwrite: bool = False) -> Path:
+    """Train on the member pairs of `dataset`; write `out` (generator state dict and model arguments). An existing
+    `out` is refused before training unless `overwrite`."""
+    if Path(out).exists() and not overwrite:
+        raise PathError(f"{out} already exists; pass --overwrite to replace it, or choose another name")
     torch.manual_seed(seed)
     load_size = round(arch.size * JITTER_LOAD_RATIO) if use_jitter else arch.size
     x_all, y_all, skipped = load_pairs(dataset, members, load_size)
@@ -144,15 +149,16 @@ def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None
         bar.set_postfix(l1=f"{total_l1 / n:.4f}")
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
             path = out.with_name(f"{out.stem}_epoch{epoch + 1}{out.suffix}")
-            _save(netG, arch, path)
+            save_generator(netG, arch, path, overwrite=overwrite)
             if on_checkpoint is not None:
                 on_checkpoint(epoch + 1, path)
-    _save(netG, arch, out)
+    save_generator(netG, arch, out, overwrite=overwrite)
     return out
 
 
-def _save(netG: torch.nn.Module, arch: VictimArch, path: Path) -> None:
+def save_generator(netG: torch.nn.Module, arch: VictimArch, path: Path, *, overwrite: bool = False) -> None:
     """The generator's weights under "model" (where the loaders look for a wrapped state dict) and its
-    model arguments beside them, both plain data that loads with weights_only=True."""
+    model arguments beside them, both plain data that loads with weights_only=True; written whole or not at all."""
     state = {k: v.detach().cpu() for k, v in netG.state_dict().items()}
-    torch.save({"model": state, MODEL_ARGS_KEY: asdict(arch)}, path)
+    write_file(path, lambda temporary: torch.save({"model": state, MODEL_ARGS_KEY: asdict(arch)}, temporary),
+               overwrite=overwrite)

@@ -1,7 +1,7 @@
 """Fused, batched predictability error (Ldiff): per image, a ridge regression from upsampled CNN stage
 maps to the image's own pixels, fitted on one pixel subset and scored (mean |error|) on the rest.
 
-Structure exploited (ALGORITHM.md, "Closed form"): predictions depend on the features only through
+Structure exploited (docs/ALGORITHM.md, "Closed form"): predictions depend on the features only through
 F F^T, and centring removes anything constant over pixels. So a stage with h*w <= C positions is
 replaced by an (h*w - 1)-column factor of its Gram with the constant projected out (`_native_factor`),
 and every stage is interpolated straight into the gathered fit / held-out rows (1, 2 or 4 taps a row),
@@ -38,6 +38,9 @@ image with those steps in torch. The torch formulation runs for CUDA tensors and
 Threads: on a CPU that other busy processes share, OpenMP threads (torch's and numba's) stall at
 every barrier of the many small parallel regions; one thread per process (or OMP_WAIT_POLICY=passive)
 is then several times faster: measured 10 vs 120 ms per Lite0 image, 1 vs 2 threads, both cores busy.
+
+The steps (`StagePlan`, `lower_gram`, `cholesky_solve`, `residual`, `held_out_error`, `fp64_solution`,
+`scatter_rows`, `use_numba`) are public: bench/kernel.py times and counts them, the tests check each alone.
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def predictability_error(stages: list[torch.Tensor], target: torch.Tensor, fit_m
     fit_rows, n_fit = _row_lists(fit_mask.to(target.device))
     held_rows, n_held = _row_lists(~fit_mask.to(target.device))
     pixels = target.detach().to(torch.float64).reshape(batch, 3, height * width).transpose(1, 2)
-    plan = [_StagePlan.build(s.shape[1], (s.shape[2], s.shape[3]), (height, width), resize) for s in stages]
+    plan = [StagePlan.build(s.shape[1], (s.shape[2], s.shape[3]), (height, width), resize) for s in stages]
     lam_per_trace = ridge / sum(stage.shape[1] for stage in stages)
     most = max(1, MAX_CHUNK_BYTES // _bytes_per_image(plan, fit_rows.shape[1], held_rows.shape[1], height * width))
     step = -(-batch // -(-batch // most))  # equal chunks: a small last chunk costs more per image
@@ -129,7 +132,7 @@ def _row_lists(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class _StagePlan:
+class StagePlan:
     """How one stage reaches the output grid: its reduced width and its interpolation taps per pixel."""
 
     size: tuple[int, int]
@@ -141,13 +144,13 @@ class _StagePlan:
 
     @staticmethod
     @functools.lru_cache(maxsize=64)
-    def build(channels: int, size: tuple[int, int], grid: tuple[int, int], mode: str) -> _StagePlan:
+    def build(channels: int, size: tuple[int, int], grid: tuple[int, int], mode: str) -> StagePlan:
         rows_idx, rows_w = _row_taps(size[0], grid[0], mode)
         cols_idx, cols_w = _row_taps(size[1], grid[1], mode)
         taps = rows_idx[:, None, :, None] * size[1] + cols_idx[None, :, None, :]
         weights = (rows_w[:, None, :, None] * cols_w[None, :, None, :]).astype(np.float32)
         count = rows_idx.shape[1] * cols_idx.shape[1]
-        return _StagePlan(size, grid, mode, _stage_width(channels, size[0] * size[1]),
+        return StagePlan(size, grid, mode, _stage_width(channels, size[0] * size[1]),
                           torch.from_numpy(taps.reshape(-1, count)), torch.from_numpy(weights.reshape(-1, count)))
 
 
@@ -166,7 +169,7 @@ def _row_taps(in_size: int, out_size: int, mode: str) -> tuple[np.ndarray, np.nd
     return index, weight
 
 
-def _bytes_per_image(plan: list[_StagePlan], fit_rows: int, held_rows: int, pixels: int) -> int:
+def _bytes_per_image(plan: list[StagePlan], fit_rows: int, held_rows: int, pixels: int) -> int:
     width = sum(stage.width for stage in plan)
     native = sum(stage.size[0] * stage.size[1] * stage.width for stage in plan)
     upsampled = max(pixels * stage.width for stage in plan)  # the torch path's per-stage temporary
@@ -207,7 +210,7 @@ _CPU_WORKSPACE = threading.local()
 
 
 def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: torch.Tensor, n_fit: torch.Tensor,
-                  held_rows: torch.Tensor, n_held: torch.Tensor, plan: list[_StagePlan], lam_per_trace: float,
+                  held_rows: torch.Tensor, n_held: torch.Tensor, plan: list[StagePlan], lam_per_trace: float,
                   work: _Workspace) -> torch.Tensor:
     """Ldiff (fp64) for one chunk of images."""
     factors = [_native_factor(stage, work, f"stage{index}") for index, stage in enumerate(stages)]
@@ -227,7 +230,7 @@ def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: to
     factor = work.take("factor", (len(fit), width, width)).mT  # column-major: LAPACK writes it in place
     info = torch.empty(len(fit), dtype=torch.int32, device=fit.device)
     torch.linalg.cholesky_ex(system, out=(factor, info))
-    beta = _cholesky_solve(factor, _residual(fit, fit_y, None, everyone))
+    beta = cholesky_solve(factor, residual(fit, fit_y, None, everyone))
 
     # Refinement with fp64 residuals on the images still in `todo`; each leaves it converged
     # (error recorded) or stalled (error left NaN: refitted in fp64 below). lam == 0 means OLS:
@@ -240,9 +243,9 @@ def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: to
     for _ in range(REFINE_STEPS):
         if not len(todo):
             break
-        delta = _cholesky_solve(factor, _residual(fit, fit_y, beta, todo) - lam[todo, None, None] * beta)
+        delta = cholesky_solve(factor, residual(fit, fit_y, beta, todo) - lam[todo, None, None] * beta)
         beta = beta + delta
-        step_error, moved = _held_out_error(held, held_y, held_rows, n_held, y_mean, beta, delta, todo)
+        step_error, moved = held_out_error(held, held_y, held_rows, n_held, y_mean, beta, delta, todo)
         # Steps shrink geometrically by ratio q, so what is left after this one is ~ moved * q / (1 - q);
         # the first step has no q yet: it must itself be below the tolerance.
         ratio = moved / previous
@@ -256,8 +259,8 @@ def _chunk_errors(stages: list[torch.Tensor], pixels: torch.Tensor, fit_rows: to
 
     redo = torch.nonzero(torch.isnan(error)).flatten()
     if len(redo):
-        beta_redo = _fp64_solution(fit[redo], fit_y[redo], lam[redo])
-        error[redo] = _held_out_error(held, held_y, held_rows, n_held, y_mean, beta_redo,
+        beta_redo = fp64_solution(fit[redo], fit_y[redo], lam[redo])
+        error[redo] = held_out_error(held, held_y, held_rows, n_held, y_mean, beta_redo,
                                       torch.zeros_like(beta_redo), redo)[0]
     if not bool(torch.isfinite(error).all()):
         raise RuntimeError("predictability_error produced a non-finite value despite the fp64 fallback; "
@@ -271,7 +274,7 @@ def _native_factor(stage: torch.Tensor, work: _Workspace, name: str) -> torch.Te
     Dropping the constant changes nothing after centring (interpolation rows sum to 1, so a constant
     over positions stays constant over pixels). It matters when h*w <= C: then the stage spans every
     interpolated position, hence the constant, and centring would leave an exact null direction in
-    the reduced Gram (ALGORITHM.md's "rank exactly 224" of 225). With a Householder reflector H that
+    the reduced Gram (docs/ALGORITHM.md's "rank exactly 224" of 225). With a Householder reflector H that
     sends the unit constant to the last position, the rows of H G but the last are Q1^T G (Q1 an
     orthonormal basis orthogonal to the constant), and X = H [R^T; 0] with R from the thin QR of
     (Q1^T G)^T: width h*w - 1. Stages with more positions than channels keep G (width C).
@@ -293,14 +296,14 @@ def _native_factor(stage: torch.Tensor, work: _Workspace, name: str) -> torch.Te
     return padded - 2.0 * normal[:, None] * (normal @ padded)[:, None, :]
 
 
-def _use_numba(tensor: torch.Tensor) -> bool:
+def use_numba(tensor: torch.Tensor) -> bool:
     """CPU tensors take the numba kernels; tests patch this to exercise the torch (CUDA) formulation."""
     return tensor.device.type == "cpu"
 
 
-def _fit_mean(factor: torch.Tensor, stage: _StagePlan, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def _fit_mean(factor: torch.Tensor, stage: StagePlan, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Mean over the fit rows of the interpolated stage, `[b, k]` fp64: c^T X / n with c = U^T 1_S."""
-    if _use_numba(factor):
+    if use_numba(factor):
         out = np.zeros((factor.shape[0], factor.shape[2]))
         _fit_mean_kernel(factor.numpy(), stage.taps.numpy(), stage.weights.numpy(), rows.numpy(), counts.numpy(), out)
         return torch.from_numpy(out)
@@ -311,12 +314,12 @@ def _fit_mean(factor: torch.Tensor, stage: _StagePlan, rows: torch.Tensor, count
     return torch.bmm((coeff / counts[:, None])[:, None, :], factor.to(torch.float64))[:, 0]
 
 
-def _design_rows(factors: list[torch.Tensor], means: list[torch.Tensor], plan: list[_StagePlan],
+def _design_rows(factors: list[torch.Tensor], means: list[torch.Tensor], plan: list[StagePlan],
                  rows: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Centred reduced features of the given pixels into `out` `[b, n, D]` fp32; padded rows are zero."""
     offset = 0
     for factor, mean, stage in zip(factors, means, plan):
-        if _use_numba(factor):
+        if use_numba(factor):
             _gather_kernel(factor.numpy(), stage.taps.numpy(), stage.weights.numpy(), rows.numpy(),
                            mean.to(torch.float32).numpy(), out.numpy(), offset)
         elif stage.width:
@@ -327,7 +330,7 @@ def _design_rows(factors: list[torch.Tensor], means: list[torch.Tensor], plan: l
     return out
 
 
-def _interpolate_positions(factor: torch.Tensor, stage: _StagePlan) -> torch.Tensor:
+def _interpolate_positions(factor: torch.Tensor, stage: StagePlan) -> torch.Tensor:
     """`[b, h*w, k]` -> `[b, H*W, k]` with the separable operators, channels last throughout."""
     (h, w), (big_h, big_w), k, batch = stage.size, stage.grid, stage.width, factor.shape[0]
     rows = cached_matrix(h, big_h, stage.mode, factor.dtype, factor.device)
@@ -341,7 +344,7 @@ def _take_rows(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.where(rows[..., None] >= 0, picked, 0.0)
 
 
-def _fit_gram(fit: torch.Tensor, factors: list[torch.Tensor], means: list[torch.Tensor], plan: list[_StagePlan],
+def _fit_gram(fit: torch.Tensor, factors: list[torch.Tensor], means: list[torch.Tensor], plan: list[StagePlan],
               rows: torch.Tensor, work: _Workspace) -> torch.Tensor:
     """The lower triangle of F^T F for the centred fit rows F `[b, n, D]`, by stage: stage i's rows are
     F_i^T F[:, :, :end_i]. A stage with fewer native positions P_i than fit rows has F_i = A_i X_i, with
@@ -349,7 +352,7 @@ def _fit_gram(fit: torch.Tensor, factors: list[torch.Tensor], means: list[torch.
     centred by the fit mean, so F_i^T F = X_i^T (A_i^T F): F's rows scattered onto P_i positions, then a
     GEMM with inner size P_i instead of n, where that saves more than the scatter costs (SCATTER_COST).
     Wide-ResNet-50-2 (the 28x28 and 14x14 stages, P = 784 and 196 against n = 2195): 43% of the lower
-    triangle's multiply-adds. Other stages: row panels of F^T F, as `_lower_gram`."""
+    triangle's multiply-adds. Other stages: row panels of F^T F, as `lower_gram`."""
     batch, count, width = fit.shape
     out = work.take("gram", (batch, width, width))
     offset = 0
@@ -358,7 +361,7 @@ def _fit_gram(fit: torch.Tensor, factors: list[torch.Tensor], means: list[torch.
         positions = factor.shape[1]
         taps = stage.taps.shape[1]
         if stage.width * (count - positions) > SCATTER_COST * taps * count:
-            scattered = _scatter_rows(fit, stage, rows, end, work.take("scattered", (batch, positions, end)))
+            scattered = scatter_rows(fit, stage, rows, end, work.take("scattered", (batch, positions, end)))
             centred = torch.sub(factor, mean[:, None].to(factor.dtype), out=work.take("centred", factor.shape))
             torch.matmul(centred.mT, scattered, out=out[:, offset:end, :end])
         else:
@@ -371,11 +374,11 @@ def _fit_gram(fit: torch.Tensor, factors: list[torch.Tensor], means: list[torch.
     return out
 
 
-def _scatter_rows(features: torch.Tensor, stage: _StagePlan, rows: torch.Tensor, end: int, out: torch.Tensor
+def scatter_rows(features: torch.Tensor, stage: StagePlan, rows: torch.Tensor, end: int, out: torch.Tensor
                   ) -> torch.Tensor:
     """A^T F[:, :, :end] into `out` `[b, P, end]`: each valid row of F added, times its tap weights, to
     the native positions it was interpolated from (A: the stage's interpolate-and-gather operator)."""
-    if _use_numba(features):
+    if use_numba(features):
         _scatter_kernel(features.numpy(), stage.taps.numpy(), stage.weights.numpy(), rows.numpy(), end, out.numpy())
         return out
     taps, weights = stage.taps.to(rows.device), stage.weights.to(rows.device, features.dtype)
@@ -387,7 +390,7 @@ def _scatter_rows(features: torch.Tensor, stage: _StagePlan, rows: torch.Tensor,
     return out
 
 
-def _lower_gram(features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def lower_gram(features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """F^T F, `[b, D, D]` in F's dtype (into `out` if given); only the lower triangle (all Cholesky and
     eigh read) is computed: row panel i times columns [0, end of panel i), ~60% of the full FLOPs."""
     batch, _, width = features.shape
@@ -399,18 +402,18 @@ def _lower_gram(features: torch.Tensor, out: torch.Tensor | None = None) -> torc
     return out
 
 
-def _cholesky_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+def cholesky_solve(factor: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """(L L^T)^-1 rhs in the factor's precision, returned in fp64. Two triangular solves: measured 3-4x
     faster than torch.cholesky_solve on this CPU build (D = 1011: 3.6 vs 12-15 ms per image)."""
     half = torch.linalg.solve_triangular(factor, rhs.to(factor.dtype), upper=False)
     return torch.linalg.solve_triangular(factor.mT, half, upper=True).to(torch.float64)
 
 
-def _residual(features: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor | None, images: torch.Tensor
+def residual(features: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor | None, images: torch.Tensor
               ) -> torch.Tensor:
     """F^T (y - F beta) for the listed images, `[m, D, 3]` fp64, accumulated in fp64 from fp32 F;
     beta None means zero (F^T y: one pass over F instead of two)."""
-    if _use_numba(features):
+    if use_numba(features):
         partial = np.zeros((len(images), _BLOCKS, 3, features.shape[2]))
         coefficients = np.zeros((len(images), 3, 0)) if beta is None else beta.transpose(1, 2).contiguous().numpy()
         _residual_kernel(features.numpy(), targets.numpy(), coefficients, images.numpy(), partial)
@@ -419,12 +422,12 @@ def _residual(features: torch.Tensor, targets: torch.Tensor, beta: torch.Tensor 
     return wide.transpose(1, 2) @ (targets[images] if beta is None else targets[images] - wide @ beta)
 
 
-def _held_out_error(features: torch.Tensor, pixels: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor,
+def held_out_error(features: torch.Tensor, pixels: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor,
                     y_mean: torch.Tensor, beta: torch.Tensor, delta: torch.Tensor, images: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """For the listed images: (mean |y_mean + F beta - y|, mean |F delta|) over held-out rows and 3
     channels, fp64 `[m]` each; beta and delta are `[m, D, 3]`."""
-    if _use_numba(features):
+    if use_numba(features):
         partial = np.zeros((len(images), _BLOCKS, 2))
         _held_out_kernel(features.numpy(), pixels.numpy(), rows.numpy(), y_mean.numpy(),
                          beta.transpose(1, 2).contiguous().numpy(), delta.transpose(1, 2).contiguous().numpy(),
@@ -441,16 +444,16 @@ def _held_out_error(features: torch.Tensor, pixels: torch.Tensor, rows: torch.Te
     return miss, moved
 
 
-def _fp64_solution(features: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def fp64_solution(features: torch.Tensor, targets: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """Ridge coefficients from an fp64 Gram by Cholesky; where lam == 0 or Cholesky fails, the min-norm
     solution from an eigendecomposition. The features were stored in fp32, so eigenvalues below
     D * eps32^2 * lambda_max (singular values below sqrt(D) * eps32 * sigma_max) are rounding, dropped."""
     wide = features.to(torch.float64)
-    system = _lower_gram(wide)
+    system = lower_gram(wide)
     system.diagonal(dim1=1, dim2=2).add_(lam[:, None])
     rhs = wide.transpose(1, 2) @ targets
     factor, info = torch.linalg.cholesky_ex(system)
-    beta = _cholesky_solve(factor, rhs)
+    beta = cholesky_solve(factor, rhs)
     cutoff = system.shape[1] * torch.finfo(torch.float32).eps ** 2
     for image in torch.nonzero((info != 0) | (lam <= 0)).flatten().tolist():
         values, vectors = torch.linalg.eigh(system[image])

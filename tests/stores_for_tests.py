@@ -41,6 +41,7 @@ def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: 
             "status": list(status[rows]), "reason": ["broken file" if s == "failed" else "" for s in status[rows]],
             "member": member[rows] if labelled else np.full(size, -1, np.int8),
             "out_height": np.full(size, 32, np.int32), "out_width": np.full(size, 32, np.int32),
+            "out_of_range": np.zeros(size, np.float32),
             **({"features": feature_values[rows]} if features else {})})
     if alpha is not None:
         alpha_pass(store, alpha)

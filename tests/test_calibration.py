@@ -236,7 +236,7 @@ def write_rows(store: ScoreStore, index: int, data: Synthetic, lrec: np.ndarray 
         "id": [str(i) for i in range(rows.start, rows.stop)], "lrec": (data.lrec if lrec is None else lrec)[rows],
         "ldiff": data.ldiff[rows], "features": data.features[rows], "status": ["ok"] * size, "reason": [""] * size,
         "member": data.member[rows].astype(np.int8), "out_height": np.full(size, 32, np.int32),
-        "out_width": np.full(size, 32, np.int32)})
+        "out_width": np.full(size, 32, np.int32), "out_of_range": np.zeros(size, np.float32)})
 
 
 def write_ids(path: Path, rows: np.ndarray) -> Path:

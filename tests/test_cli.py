@@ -135,6 +135,54 @@ def test_evaluate_alpha_auto_reports_only_on_rows_it_did_not_calibrate_on(scored
     assert "calibration rows" in capsys.readouterr().out
 
 
+# ---------------------------------------------------------------- id files: read alike, matched aloud
+
+
+def test_evaluate_counts_every_member_of_a_file_saved_with_a_bom_and_crlf(scored, tmp_path, capsys):
+    _, _, _, store = scored
+    members = tmp_path / "bom.txt"
+    members.write_bytes(("\ufeff" + "".join(f"{i}\r\n" for i in range(8))).encode("utf-8"))  # as Notepad saves it
+    assert main(["evaluate", str(store), "--members", str(members), "--json", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["lrec"]["n_members"] == 8 and metrics["lrec"]["n_nonmembers"] == 16
+    assert metrics["members_ids"]["n_in_store"] == 8 and metrics["members_ids"]["n_not_in_store"] == 0
+    assert f"members file {members}: 8 ids, 8 in the store, 0 not in the store\n" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, written", [
+    (["evaluate", "{store}", "--members", "{ids}", "--json", "{tmp}/m.json"], "m.json"),
+    (["calibrate", "{store}", "--nonmembers", "{ids}", "--fpr", "0.5", "--out", "{tmp}/c.json"], "c.json"),
+    (["dataset-test", "{store}", "--suspect", "{suspects}", "--reference", "{ids}", "--score", "lrec",
+      "--bootstrap", "0", "--json", "{tmp}/d.json"], "d.json"),
+    (["rescore", "{copy}", "--alpha", "fit:reference", "--reference", "{ids}"], None),
+    (["report", "{store}", "--members", "{ids}", "--out", "{tmp}/report", "--bootstrap", "0"], "report"),
+])
+def test_ids_the_store_lacks_are_counted_aloud_and_refused_with_strict(argv, written, scored, tmp_path, capsys):
+    _, _, _, store = scored
+    ids, suspects = tmp_path / "ids.txt", tmp_path / "suspects.txt"
+    ids.write_text("12\n13\n14\n15\n16\n17\nnot/an/id\n13\n")
+    suspects.write_text("0\n1\n2\n3\n")
+    copy = _copy(store, tmp_path)
+    argv = [a.format(store=store, copy=copy, ids=ids, suspects=suspects, tmp=tmp_path) for a in argv]
+    line = f"file {ids}: 7 ids, 6 in the store, 1 not in the store ('not/an/id'); 1 repeated line(s) counted once"
+    lmem = ScoreStore.open(copy).fingerprint("lmem")
+
+    assert main([*argv, "--strict"]) == 2
+    error = _error_line(capsys, argv[0])
+    assert line in error and "--strict refuses ids the store does not hold" in error
+    assert written is None or not (tmp_path / written).exists()
+    assert ScoreStore.open(copy).fingerprint("lmem") == lmem
+
+    assert main(argv) == 0
+    assert line in capsys.readouterr().out
+    if written and written.endswith(".json"):
+        document = json.loads((tmp_path / written).read_text())
+        match = document.get("members_ids") or document.get("nonmember_ids") or document["reference_ids"]
+        assert (match["n_ids"], match["n_in_store"], match["n_not_in_store"]) == (7, 6, 1)
+    if written is None:
+        assert ScoreStore.open(copy).alpha.reference_ids["not_in_store_examples"] == ["not/an/id"]
+
+
 # ---------------------------------------------------------------- options checked before anything runs
 
 
@@ -238,12 +286,13 @@ def test_verify_names_each_damaged_shard_and_array(tmp_path, capsys):
 
 
 def test_a_shard_that_fails_on_every_try_is_reported_by_score_and_report(tmp_path, capsys):
-    """One Dask worker; the victim raises on the one black input, so its shard fails after every retry."""
+    """One Dask worker; the victim runs out of memory on the one black input (a fault of the process, not of the
+    image), so its shard fails after every retry."""
     data = write_aligned_dataset(tmp_path / "data", 12, size=32)
     Image.new("RGB", (64, 32), (0, 0, 0)).save(data / "9.png")  # shard 2 (ids 8 to 11) holds a black input
     store = tmp_path / "s.zarr"
     assert main(["score", str(data), "--direction", "BtoA", "--out", str(store), "--shard-size", "4",
-                 "--workers", "1", "--victim", "python:victims_for_tests:raise_on_dark", "--no-progress"]) == 1
+                 "--workers", "1", "--victim", "python:victims_for_tests:out_of_memory_on_dark", "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert "1 shard(s) failed and stay pending (shard 2:" in captured.out
     assert "shard 2 failed after every retry" in captured.out and "4 pending" in captured.out
@@ -255,5 +304,5 @@ def test_a_shard_that_fails_on_every_try_is_reported_by_score_and_report(tmp_pat
     assert main(["report", str(store), "--out", str(tmp_path / "r"), "--members", str(members), "--partial",
                  "--bootstrap", "0"]) == 0
     page = (tmp_path / "r" / "index.html").read_text()
-    assert "<h2>Failed shards</h2>" in page and 'id="shard-2">RuntimeError: this victim cannot' in page
+    assert "<h2>Failed shards</h2>" in page and 'id="shard-2">MemoryError: this victim runs out' in page
     assert 'id="partial"' in page

@@ -1,6 +1,6 @@
 """memscore.data: the three dataset forms, stable ids, missing partners, streamed manifests, and what opening a
 dataset refuses (repeated ids, bad member cells), skips and counts (other file types, non-UTF-8 names), follows
-(folder links, each real folder once) and confines (file names made from ids)."""
+(folder links, each real folder once) and confines (file names made from ids); id files as editors save them."""
 from __future__ import annotations
 
 import os
@@ -8,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from PIL import Image
 
-from memscore.data import AlignedFolder, DatasetError, Manifest, PairedFolders, confined_path, open_dataset
+from memscore.data import (AlignedFolder, DatasetError, Manifest, PairedFolders, confined_path, match_ids,
+                           open_dataset, read_id_list)
+from memscore.errors import UsageError
 from memscore.synthetic import write_aligned_dataset
 
 
@@ -211,3 +214,50 @@ def test_paths_made_from_ids_stay_inside_their_folder(tmp_path):
     for hostile in ("../secret.png", "a/../../secret.png", "/etc/passwd", "", "."):
         with pytest.raises(DatasetError, match="outside"):
             confined_path(tmp_path, hostile)
+
+
+# Id files: one reader (BOM, CRLF, comments, blank lines, repeats) and one match against a store's ids
+
+
+def test_an_id_file_as_editors_save_it_gives_exactly_its_ids(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_bytes("\ufeff# members of the victim\r\ntrain/1\r\n\r\n  train/2   # second, indented\r\n"
+                     "train/3\t# tab before the comment\r\n   \r\n# train/4 is not a member\r\nphoto#7\r\n"
+                     "train/1\r\nold/mac\rlast/line".encode("utf-8"))
+    read = read_id_list(path)
+    assert read.ids == {"train/1", "train/2", "train/3", "photo#7", "old/mac", "last/line"}
+    assert read.repeated == 1 and read.file == str(path)
+
+
+def test_id_files_joined_with_cat_lose_every_byte_order_mark(tmp_path):
+    path = tmp_path / "joined.txt"
+    path.write_bytes("\ufeffa\n".encode("utf-8") + "\ufeffb\n".encode("utf-8"))
+    assert read_id_list(path).ids == {"a", "b"}
+
+
+def test_an_id_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(b"caf\xe9\n")
+    with pytest.raises(UsageError, match=r"latin1.txt is not UTF-8 text"):
+        read_id_list(path)
+
+
+def test_matching_ids_counts_what_the_store_lacks_and_strict_refuses_it(tmp_path):
+    path = tmp_path / "members.txt"
+    path.write_text("a\nb\nzz\nb\n")
+    store_ids = np.array(["a", "b", "c", ""])
+    match = match_ids(read_id_list(path), store_ids, "members")
+    assert match.rows.tolist() == [True, True, False, False]
+    assert (match.n_ids, match.n_in_store, match.n_not_in_store, match.not_in_store) == (3, 2, 1, ("zz",))
+    assert match.line() == (f"members file {path}: 3 ids, 2 in the store, 1 not in the store ('zz'); "
+                            "1 repeated line(s) counted once")
+    assert match.to_dict()["summary"] == match.line() and match.to_dict()["not_in_store_examples"] == ["zz"]
+    with pytest.raises(UsageError, match=r"members file .*members.txt: .*1 not in the store \('zz'\).*--strict"):
+        match_ids(read_id_list(path), store_ids, "members", strict=True)
+
+
+def test_a_manifest_with_a_byte_order_mark_opens(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffid,input,target\r\nimg0,a.png,b.png\r\nimg1,c.png,d.png\r\n".encode("utf-8"))
+    manifest = Manifest(path)
+    assert [pair.id for pair in manifest.pairs()] == ["img0", "img1"]

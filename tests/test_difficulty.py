@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from skimage.transform import resize as sk_resize
 
 import memscore.kernels.difficulty as difficulty
-from memscore.samples import aligned_photo_batch
+from bench.common import aligned_photo_batch
 from memscore.kernels.difficulty import predictability_error, reduced_width
 
 
@@ -74,7 +74,7 @@ GEOMETRY = [(6, 16), (12, 8), (40, 4), (70, 2)]
 def backend(request, monkeypatch) -> str:
     """Both formulations of the gathers and fp64 reductions: numba (CPU) and torch (what CUDA runs)."""
     if request.param == "torch":
-        monkeypatch.setattr(difficulty, "_use_numba", lambda tensor: False)
+        monkeypatch.setattr(difficulty, "use_numba", lambda tensor: False)
     return request.param
 
 
@@ -135,8 +135,8 @@ def test_fp64_fallback_and_min_norm_path(monkeypatch) -> None:
     target = torch.rand(2, 3, 8, 8, generator=generator)
     mask = fixed_fraction_masks(2, 64, 0.8, seed=5)
     redone = []
-    original = difficulty._fp64_solution
-    monkeypatch.setattr(difficulty, "_fp64_solution", lambda f, *a: redone.append(len(f)) or original(f, *a))
+    original = difficulty.fp64_solution
+    monkeypatch.setattr(difficulty, "fp64_solution", lambda f, *a: redone.append(len(f)) or original(f, *a))
     ours = predictability_error(stages, target, mask, ridge=1e-9)
     assert redone == [2]
     assert relative(ours, dense_reference(stages, target, mask, ridge=1e-9)).max() < 1e-4
@@ -187,7 +187,7 @@ def test_reduced_width_of_the_paper_backbones() -> None:
     sizes = [(56, 56), (28, 28), (14, 14), (7, 7)]
     # 14x14 and 7x7 stages have fewer positions than channels: h*w - 1 columns each (constant removed).
     assert reduced_width([256, 512, 1024, 2048], sizes) == 256 + 512 + 195 + 48 == 1011
-    assert reduced_width([24, 40, 112, 320], sizes) == 24 + 40 + 112 + 48 == 224  # ALGORITHM.md: rank 224
+    assert reduced_width([24, 40, 112, 320], sizes) == 24 + 40 + 112 + 48 == 224  # docs/ALGORITHM.md: rank 224
 
 
 # --- real backbone features on Facades ---------------------------------------------------------------
@@ -218,13 +218,13 @@ def test_pretrained_lite0_matches_dense(lite0, resize: str, monkeypatch) -> None
     stages, target = lite0
     stages, target = [s[:12] for s in stages], target[:12]
     mask = fixed_fraction_masks(12, 56 * 56, 0.7, seed=7)
-    monkeypatch.setattr(difficulty, "_fp64_solution", lambda *a: pytest.fail("pretrained features needed the fp64 refit"))
+    monkeypatch.setattr(difficulty, "fp64_solution", lambda *a: pytest.fail("pretrained features needed the fp64 refit"))
     ratio = relative(predictability_error(stages, target, mask, resize=resize), dense_reference(stages, target, mask, resize))
     assert np.median(ratio) < 1e-4 and ratio.max() < 1e-3
 
 
 def test_random_wide_resnet_matches_dense(facades) -> None:
-    # Random-init WRN features are ill-conditioned (singular values reach fp32 noise, ALGORITHM.md): the
+    # Random-init WRN features are ill-conditioned (singular values reach fp32 noise, docs/ALGORITHM.md): the
     # fp32 Gram alone is off by up to 1e-2 here, so this checks that fp64 refinement (or the per-image
     # fp64 fallback) recovers the answer. Tolerance as for pretrained features, on the worst image.
     torch.manual_seed(0)
@@ -253,8 +253,8 @@ def test_gram_through_native_positions_matches_dense(backend: str, resize: str, 
     # Gram (at the paper's geometry only the 28x28 and 14x14 stages pay for it); the answer is the same.
     monkeypatch.setattr(difficulty, "SCATTER_COST", 0)
     used = []
-    original = difficulty._scatter_rows
-    monkeypatch.setattr(difficulty, "_scatter_rows", lambda *a: used.append(a[1].size) or original(*a))
+    original = difficulty.scatter_rows
+    monkeypatch.setattr(difficulty, "scatter_rows", lambda *a: used.append(a[1].size) or original(*a))
     stages, target = random_problem(3, 16, GEOMETRY, seed=12)
     mask = fixed_fraction_masks(3, 256, 0.7, seed=12)
     ours = predictability_error(stages, target, mask, resize=resize)

@@ -19,6 +19,7 @@ from memscore.cli import main
 from memscore.rescore import rescore
 from memscore.store import ScoreStore
 from memscore.synthetic import write_aligned_dataset
+from victims_for_tests import CHOSEN_ID
 
 N = 12
 KILLS = 6
@@ -29,9 +30,9 @@ def dataset(tmp_path_factory):
     return write_aligned_dataset(tmp_path_factory.mktemp("data"), N, size=32)
 
 
-def _score_args(dataset, out, victim="slow_blur"):
+def _score_args(dataset, out, victim="slow_blur", shard_size=2, batch_size=1):
     return ["score", str(dataset), "--out", str(out), "--victim", f"python:victims_for_tests:{victim}",
-            "--shard-size", "2", "--batch-size", "1", "--threads", "1", "--no-progress"]
+            "--shard-size", str(shard_size), "--batch-size", str(batch_size), "--threads", "1", "--no-progress"]
 
 
 def _scores(path) -> dict[str, np.ndarray]:
@@ -160,3 +161,50 @@ def test_every_hostile_input_in_one_dataset_fails_or_is_reported_alone_and_the_r
     notes = [line for line in printed.splitlines() if line.startswith("note: skipped")]
     assert any("animation.gif" in line for line in notes) and any("UTF-8" in line for line in notes), notes
     assert store.require_readable().ok == len(good)
+
+
+def _by_id(path, name: str) -> dict:
+    store = ScoreStore.open(path)
+    return dict(zip(store.column("id"), store.column(name)))
+
+
+def test_an_exception_for_one_image_fails_it_alone_and_the_rest_scores_bit_for_bit(dataset, tmp_path):
+    """One shard in batches of 4: the victim raises whenever its batch holds CHOSEN_ID. That image fails with the
+    error in one line; its batch-mates and every other image score exactly as under a victim that never raises."""
+    reference, out = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    assert main(_score_args(dataset, reference, "blur", shard_size=N, batch_size=4)) == 0
+    assert main(_score_args(dataset, out, "raise_on_chosen", shard_size=N, batch_size=4)) == 0
+    status = _by_id(out, "status")
+    assert status == {i: "failed" if i == CHOSEN_ID else "ok" for i in _by_id(reference, "id")}
+    assert _by_id(out, "reason")[CHOSEN_ID] == (f"{CHOSEN_ID}: scoring raised RuntimeError: this victim cannot "
+                                                "reconstruct image 3")
+    others = [i for i in status if i != CHOSEN_ID]
+    for name in ("lrec", "ldiff", "out_of_range", "features"):
+        expected, got = _by_id(reference, name), _by_id(out, name)
+        assert np.stack([got[i] for i in others]).tobytes() == np.stack([expected[i] for i in others]).tobytes(), name
+    assert ScoreStore.open(out).is_complete()
+
+
+def test_on_dask_an_exception_for_one_image_fails_it_alone_and_the_store_finishes(dataset, tmp_path, env):
+    out = tmp_path / "s.zarr"
+    assert main(_score_args(dataset, out, "raise_on_chosen", shard_size=4, batch_size=2) + ["--workers", "1"]) == 0
+    store = ScoreStore.open(out)
+    assert store.failed_shards == {} and store.done_shards().all() and store.alpha is not None
+    counts = store.counts()
+    assert (counts.ok, counts.failed, counts.pending) == (N - 1, 1, 0)
+    assert _by_id(out, "reason")[CHOSEN_ID].startswith(f"{CHOSEN_ID}: scoring raised RuntimeError: this victim")
+
+
+def test_victim_outputs_out_of_range_are_counted_clamped_within_tolerance_and_fail_beyond(dataset, tmp_path, capsys):
+    """Every output has 1 value of 3072 above 1 (clamped, counted); CHOSEN_ID's is 50 times too large (fails,
+    naming the fraction and --victim-range). Nothing is changed silently."""
+    out = tmp_path / "s.zarr"
+    assert main(_score_args(dataset, out, "out_of_range", shard_size=N, batch_size=4)) == 0
+    printed = capsys.readouterr().out
+    status, reason, fraction = _by_id(out, "status"), _by_id(out, "reason"), _by_id(out, "out_of_range")
+    assert status == {i: "failed" if i == CHOSEN_ID else "ok" for i in status} and len(status) == N
+    assert fraction[CHOSEN_ID] > 0.5
+    assert reason[CHOSEN_ID].startswith(f"{CHOSEN_ID}: {fraction[CHOSEN_ID]:.1%} of the victim's output values lie "
+                                        "outside [0, 1]") and "--victim-range -1,1" in reason[CHOSEN_ID]
+    assert all(fraction[i] == np.float32(1 / 3072) for i in status if i != CHOSEN_ID)
+    assert f"; {N - 1} scored image(s) had victim output values outside [0, 1], clamped" in printed

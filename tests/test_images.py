@@ -43,14 +43,16 @@ def test_sixteen_bit_png_is_scaled_by_65535(tmp_path):
     assert out.max() <= 1.0
 
 
-def test_rgba_is_composited_and_palette_is_expanded(tmp_path):
-    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
-    rgba[..., 0] = 200
-    rgba[..., 3] = 255
-    rgba[0, 0, 3] = 0  # transparent pixel -> black background
-    out = load_rgb(_save(tmp_path / "r.png", rgba))
-    assert out.shape == (4, 4, 3)
-    assert out[1, 1, 0] == pytest.approx(200 / 255) and out[0, 0, 0] == 0.0
+def test_semi_transparent_rgba_decodes_to_exactly_its_rgb_channels_and_palette_is_expanded(tmp_path):
+    """Alpha is dropped, as pix2pix's `Image.open(path).convert('RGB')` does, never composited over black."""
+    rng = np.random.default_rng(5)
+    rgba = rng.integers(0, 256, (6, 6, 4), dtype=np.uint8)
+    rgba[..., 3] = rng.integers(1, 255, (6, 6), dtype=np.uint8)  # every pixel semi-transparent
+    path = _save(tmp_path / "r.png", rgba)
+    out = load_rgb(path)
+    np.testing.assert_array_equal(out, rgba[..., :3].astype(np.float32) / 255.0)
+    with Image.open(path) as image:  # what a victim trained by the pix2pix loader saw
+        np.testing.assert_array_equal(out, np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
     palette = Image.fromarray(np.full((4, 4, 3), (10, 20, 30), dtype=np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE)
     palette.save(tmp_path / "p.png")
     np.testing.assert_allclose(load_rgb(str(tmp_path / "p.png"))[0, 0], np.array([10, 20, 30]) / 255, atol=1e-7)

@@ -157,9 +157,9 @@ def test_a_shard_that_fails_on_every_try_is_recorded_and_the_store_left_unfinish
     data = write_aligned_dataset(tmp_path / "data", 6, size=32)
     Image.new("RGB", (64, 32), (0, 0, 0)).save(data / "4.png")  # shard 1 (ids 3 to 5) holds a black input
     out = tmp_path / "s.zarr"
-    assert main(_score_args(data, out, "raise_on_dark", "--workers", "1")) == 1
+    assert main(_score_args(data, out, "out_of_memory_on_dark", "--workers", "1")) == 1
     printed = capsys.readouterr().out
-    assert "1 shard(s) failed and stay pending (shard 1: RuntimeError: this victim cannot reconstruct" in printed
+    assert "1 shard(s) failed and stay pending (shard 1: MemoryError: this victim runs out of memory" in printed
     assert "NOT finished" in printed
     store = ScoreStore.open(out)
     assert list(store.failed_shards) == [1] and "black input" in store.failed_shards[1]

@@ -8,16 +8,20 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
 
+from memscore.attack import evaluate, predict
 from memscore.config import ScoreConfig
+from memscore.rescore import alpha_pass, rescore
 from memscore.scores import Row
 from memscore.store import (COLUMNS, SHARD_COLUMNS, WIDE_COLUMNS, AlphaRecord, ScoreStore, StoreError, shard_columns,
                           store_lock, wide_column)
+from stores_for_tests import synthetic_store
 
 
 def _rows(ids, lrec, status=None) -> dict[str, np.ndarray]:
@@ -236,3 +240,104 @@ def test_two_dimensional_columns_are_written_per_shard_verified_and_exported(tmp
     assert store.verify() == []
     zarr.open_array(str(tmp_path / "s.zarr" / "features"), mode="r+")[3, 1] = 7.0
     assert [(p.shard, p.array) for p in store.verify()] == [(1, "features")]
+
+
+def _edit_by_hand(path: Path, array: str, edit) -> None:
+    """Edit the attributes in a zarr.json as a text editor would: the record changes, its digest does not."""
+    document_path = path / array / "zarr.json"
+    document = json.loads(document_path.read_text())
+    edit(document["attributes"])
+    document_path.write_text(json.dumps(document))
+
+
+def _store_through_every_writer(path: Path) -> Path:
+    """A store whose every record was written by memscore: scored, interrupted before its last shard and resumed
+    (layouts grows, failed shards rewritten), its alpha pass, a rescore (lmem's history) and a predict."""
+    synthetic_store(path)
+    store = ScoreStore.open(path, mode="r+")
+    last = store.n_shards - 1
+    rows = slice(*store.shard_range(last))
+    shard = {c.name: store.column(c.name)[rows].tolist() for c in store.shard_columns}
+    store.reset_shards([last])  # as a resumed run finds it
+    store.update_record(layouts=store.record.layouts + ({"device": "cpu", "threads": 1},))
+    store.write_shard(last, shard)
+    store.set_failed_shards({})
+    alpha_pass(store, "fit")
+    rescore(path, "0.5")
+    predict(path, tau=0.2)
+    return path
+
+
+@pytest.mark.parametrize("array, edit, record", [
+    ("lmem", lambda attrs: attrs["alpha"].update(value=3.903), "alpha record of lmem"),
+    ("lmem", lambda attrs: attrs["history"][0].update(spec="2.0"), "alpha history of lmem"),
+    ("", lambda attrs: attrs["memscore"]["config"].update(seed=7), "run record"),
+    ("", lambda attrs: attrs["memscore"]["config"].update(preset="reference"), "run record"),
+    ("", lambda attrs: attrs["memscore"].update(members_sha256="0" * 64), "run record"),
+    ("", lambda attrs: attrs["memscore"]["layouts"].pop(), "run record"),
+    ("", lambda attrs: attrs["record_sha256"].pop("memscore"), "run record"),
+    ("", lambda attrs: attrs.update(failed_shards={"1": "RuntimeError: boom"}), "record of failed shards"),
+    ("predicted_member", lambda attrs: attrs.update(tau=9.0), "record of column predicted_member"),
+], ids=["alpha", "alpha-history", "seed", "preset", "members", "layouts", "digest", "failed-shards", "derived"])
+def test_a_record_edited_by_hand_is_named_by_verify_and_refused_by_readers_and_writers(tmp_path, array, edit,
+                                                                                       record):
+    path = _store_through_every_writer(tmp_path / "s.zarr")
+    assert ScoreStore.open(path).verify() == []
+    _edit_by_hand(path, array, edit)
+    named = [str(p).split(" (")[0] for p in ScoreStore.open(path).verify()]
+    assert f"{record} was edited after memscore wrote it" in named
+    with pytest.raises(StoreError, match=f"damaged: {record} was edited"):
+        evaluate(path)
+    with pytest.raises(StoreError, match=f"{record} was edited"):
+        rescore(path, "0.5")
+    with pytest.raises(StoreError, match=f"{record} was edited"):  # a new digest would make the edit look genuine
+        ScoreStore.open(path, mode="r+").update_record(layouts=())
+
+
+def test_a_derived_column_is_verified_by_its_values_and_the_store_it_was_made_for(tmp_path):
+    a, b = _finished(tmp_path / "a.zarr"), _finished(tmp_path / "b.zarr")
+    a.write_column("predicted_member", np.ones(6, np.int8), -1, {"tau": 0.1})
+    zarr.open_array(str(a.path / "predicted_member"), mode="r+")[0] = 0
+    assert [(p.array, p.message.split(" (")[0]) for p in ScoreStore.open(a.path).verify()] == [
+        ("predicted_member", "content differs from its record")]
+    shutil.copytree(a.path / "predicted_member", b.path / "predicted_member")
+    assert any("record of column predicted_member was made for another store" in str(p)
+               for p in ScoreStore.open(b.path).verify())
+
+
+def test_a_staged_column_is_adopted_only_by_its_own_store_with_its_record_intact(tmp_path):
+    a, b = _finished(tmp_path / "a.zarr"), _finished(tmp_path / "b.zarr")
+    a.write_column("predicted_member", np.ones(6, np.int8), -1, {"tau": 0.1})
+    b.write_column("predicted_member", np.zeros(6, np.int8), -1, {"tau": 0.2})
+    own = tmp_path / "own"
+    os.rename(b.path / "predicted_member", own)  # b's column is out: as if killed between the two renames
+    staging = tmp_path / "b.zarr.staging"
+    edited = lambda attrs: attrs.update(tau=9.0)  # noqa: E731
+    for leftover, edit in ((a.path / "predicted_member", None), (own, edited)):  # made for a; b's own, edited
+        shutil.copytree(leftover, staging / "predicted_member")
+        if edit:
+            _edit_by_hand(staging, "predicted_member", edit)
+        with pytest.raises(StoreError, match="no array 'predicted_member'"):
+            ScoreStore.open(b.path).column_attrs("predicted_member")
+        with b.lock():
+            pass
+        assert not staging.exists() and ScoreStore.open(b.path).derived_columns() == []
+    shutil.copytree(own, staging / "predicted_member")  # b's own, intact: read, then switched in
+    assert ScoreStore.open(b.path).column_attrs("predicted_member")["tau"] == 0.2
+    with b.lock():
+        pass
+    assert ScoreStore.open(b.path).derived_columns() == ["predicted_member"] and ScoreStore.open(b.path).verify() == []
+
+
+def test_a_store_read_only_on_disk_refuses_a_whole_column_before_staging_it(tmp_path, monkeypatch):
+    store = _finished(tmp_path / "s.zarr")
+    real_access = os.access
+    # root writes through chmod, so the answer of a read-only folder or mount is given here
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: real_access(path, mode, **kw)
+                        and not (Path(path) == store.path and mode & os.W_OK))
+    for write in (lambda: store.write_column("predicted_member", np.zeros(6, np.int8), -1, {}),
+                  lambda: store.write_lmem(np.zeros(6), _alpha(1.0))):
+        with pytest.raises(StoreError, match="read-only on disk"):
+            write()
+        assert not (tmp_path / "s.zarr.staging").exists()
+    assert ScoreStore.open(store.path).derived_columns() == [] and ScoreStore.open(store.path).alpha.value == 0.5

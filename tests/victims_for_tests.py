@@ -71,14 +71,53 @@ def die_once() -> nn.Module:
     return DieOnce()
 
 
-class RaiseOnDark(Blur):
-    """Raises on an all-black input (mean below -0.9), every time: the shard holding it can never be scored."""
+class OutOfMemoryOnDark(Blur):
+    """Runs out of host memory on an all-black input (mean below -0.9), every time: a fault of the process, not
+    of an image, so the shard holding it can never be scored."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.mean(dim=(1, 2, 3)) < -0.9).any():
-            raise RuntimeError("this victim cannot reconstruct a black input")
+            raise MemoryError("this victim runs out of memory on a black input")
         return super().forward(x)
 
 
-def raise_on_dark() -> nn.Module:
-    return RaiseOnDark()
+def out_of_memory_on_dark() -> nn.Module:
+    return OutOfMemoryOnDark()
+
+
+CHOSEN_ID = "3"
+"""The one image the id-aware victims below single out (the scorer's default seed 0 is assumed)."""
+
+
+def _chosen(seeds: torch.Tensor) -> torch.Tensor:
+    """[B] bool: which images of the batch are `CHOSEN_ID` (the victim sees ids only through their seeds)."""
+    from memscore.seeding import image_seed
+    return seeds == image_seed(0, CHOSEN_ID) >> 1
+
+
+class RaiseOnChosen(Blur):
+    """A blur that raises whenever its batch holds `CHOSEN_ID`: one image it cannot handle."""
+
+    def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        if _chosen(seeds).any():
+            raise RuntimeError("this victim cannot reconstruct\nimage 3")
+        return super().forward(x)
+
+
+def raise_on_chosen() -> nn.Module:
+    return RaiseOnChosen()
+
+
+class OutOfRange(Blur):
+    """A blur whose first output value is 1.5 (0.75 above [-1, 1]: 1 of 3072 values of a 32 px image, clamped), and
+    whose output for `CHOSEN_ID` is 50 times too large (most values far outside: a wrong value range)."""
+
+    def forward(self, x: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        out[:, 0, 0, 0] = 1.5
+        out[_chosen(seeds)] *= 50
+        return out
+
+
+def out_of_range() -> nn.Module:
+    return OutOfRange()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
+from ..errors import UsageError
 
 UNET_DOWNS = {"unet_64": 6, "unet_128": 7, "unet_256": 8}  # unet_64: the public UnetGenerator with 6 downs
 RESNET_BLOCKS = {"resnet_6blocks": 6, "resnet_9blocks": 9}
@@ -25,7 +26,7 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
         return lambda c: nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
     if norm == "none":
         return lambda c: nn.Identity()
-    raise ValueError(f"pix2pix norm {norm!r} is not one of {NORMS}")
+    raise UsageError(f"pix2pix norm {norm!r} is not one of {NORMS}")
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -188,7 +189,7 @@ def build_generator(
         return UnetGenerator(input_nc, output_nc, UNET_DOWNS[netG], ngf, norm, use_dropout)
     if netG in RESNET_BLOCKS:
         return ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, RESNET_BLOCKS[netG])
-    raise ValueError(f"pix2pix netG {netG!r} is not one of {sorted(UNET_DOWNS) + sorted(RESNET_BLOCKS)}")
+    raise UsageError(f"pix2pix netG {netG!r} is not one of {sorted(UNET_DOWNS) + sorted(RESNET_BLOCKS)}")
 
 
 def build_discriminator(input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> nn.Module:
@@ -208,7 +209,7 @@ class Pix2PixVictim(FrozenVictim):
 
     def __init__(self, generator: nn.Module, mode: str = "train", dropout_seed: int = 0) -> None:
         if mode not in MODES:
-            raise ValueError(f"pix2pix mode {mode!r} is not one of {MODES}")
+            raise UsageError(f"pix2pix mode {mode!r} is not one of {MODES}")
         super().__init__(generator)
         self.mode = mode
         self.dropout_seed = dropout_seed
@@ -222,7 +223,7 @@ class Pix2PixVictim(FrozenVictim):
         else:
             per_image = [int(s) for s in seeds.reshape(-1).tolist()]
             if len(per_image) != x.shape[0]:
-                raise ValueError(f"got {len(per_image)} seeds for a batch of {x.shape[0]} images")
+                raise UsageError(f"got {len(per_image)} seeds for a batch of {x.shape[0]} images")
         gens = [torch.Generator(device=x.device).manual_seed(s) for s in per_image]
         return self._run(self.generator, x, gens)
 

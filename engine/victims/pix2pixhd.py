@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
+from ..errors import UsageError
 
 NETGS = ("global", "local")
 NORMS = ("instance", "batch")
@@ -20,7 +21,7 @@ def _norm(norm: str, channels: int) -> nn.Module:
         return nn.InstanceNorm2d(channels, affine=False)
     if norm == "batch":
         return nn.BatchNorm2d(channels, affine=True)
-    raise ValueError(f"pix2pixHD norm {norm!r} is not one of {NORMS}")
+    raise UsageError(f"pix2pixHD norm {norm!r} is not one of {NORMS}")
 
 
 class ResnetBlock(nn.Module):
@@ -145,17 +146,17 @@ def build_generator(
         return LocalEnhancer(
             input_nc, output_nc, ngf, n_downsample_global, n_blocks_global, n_local_enhancers, n_blocks_local, norm
         )
-    raise ValueError(f"pix2pixHD netG {netG!r} is not one of {NETGS}")
+    raise UsageError(f"pix2pixHD netG {netG!r} is not one of {NETGS}")
 
 
 def one_hot(label: torch.Tensor, channels: int) -> torch.Tensor:
     """[B, 1, H, W] class ids -> [B, channels, H, W] float one-hot, the public `scatter_` encoding."""
     if label.dim() != 4 or label.shape[1] != 1:
-        raise ValueError(f"label map must be [B, 1, H, W] class ids, got shape {tuple(label.shape)}")
+        raise UsageError(f"label map must be [B, 1, H, W] class ids, got shape {tuple(label.shape)}")
     label = label.long()
     low, high = int(label.min()), int(label.max())
     if low < 0 or high >= channels:
-        raise ValueError(f"label map values span [{low}, {high}], outside the {channels} classes the checkpoint knows")
+        raise UsageError(f"label map values span [{low}, {high}], outside the {channels} classes the checkpoint knows")
     out = torch.zeros(label.shape[0], channels, *label.shape[2:], device=label.device)
     return out.scatter_(1, label, 1.0)
 
@@ -197,7 +198,7 @@ class Pix2PixHDVictim(FrozenVictim):
         if self.use_instance:
             if edges is None:
                 if inst is None:
-                    raise ValueError(
+                    raise UsageError(
                         "this checkpoint was trained with instance maps (no_instance=False): pass inst or edges"
                     )
                 edges = instance_edges(inst)

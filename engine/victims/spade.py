@@ -12,6 +12,7 @@ from torch.nn.utils import spectral_norm
 
 from .checkpoint import Checkpoint, load_state_dict_strict
 from .pix2pixhd import Pix2PixHDVictim, one_hot
+from ..errors import UsageError
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 NHIDDEN = 128  # width of the SPADE modulation MLP, hard-coded upstream
@@ -22,7 +23,7 @@ def parse_norm_G(norm_G: str) -> tuple[bool, str, int]:
     """'spectralspadesyncbatch3x3' -> (spectral, param-free norm, kernel size), as the public code reads it."""
     match = re.fullmatch(r"(spectral)?spade(syncbatch|batch|instance)(\d)x\d", norm_G)
     if match is None:
-        raise ValueError(f"SPADE norm_G {norm_G!r} is not of the form [spectral]spade(syncbatch|batch|instance)KxK")
+        raise UsageError(f"SPADE norm_G {norm_G!r} is not of the form [spectral]spade(syncbatch|batch|instance)KxK")
     return match.group(1) is not None, match.group(2), int(match.group(3))
 
 
@@ -84,12 +85,12 @@ class SPADEGenerator(nn.Module):
     ) -> None:
         super().__init__()
         if num_upsampling_layers not in UPSAMPLINGS:
-            raise ValueError(f"num_upsampling_layers {num_upsampling_layers!r} is not one of {sorted(UPSAMPLINGS)}")
+            raise UsageError(f"num_upsampling_layers {num_upsampling_layers!r} is not one of {sorted(UPSAMPLINGS)}")
         self.num_upsampling_layers = num_upsampling_layers
         self.sw = crop_size // 2 ** UPSAMPLINGS[num_upsampling_layers]
         self.sh = round(self.sw / aspect_ratio)
         if self.sw < 1 or self.sh < 1:
-            raise ValueError(f"crop_size {crop_size} is too small for num_upsampling_layers={num_upsampling_layers!r}")
+            raise UsageError(f"crop_size {crop_size} is too small for num_upsampling_layers={num_upsampling_layers!r}")
         nf = ngf
         self.fc = nn.Conv2d(semantic_nc, 16 * nf, kernel_size=3, padding=1)
         self.head_0 = SPADEResnetBlock(16 * nf, 16 * nf, norm_G, semantic_nc)

@@ -1,6 +1,6 @@
 """I/O benchmark: how fast Facades JPEGs become scoring tensors, DALI vs torchvision.io vs Pillow.
 
-Prints Markdown tables and writes bench/results/io.json: decode alone, the full reader (decode, cut
+Prints Markdown tables and writes bench/results/reading.json: decode alone, the full reader (decode, cut
 the A|B halves, resize x to the victim size, CNN view, difficulty grid target) at batch 32, and the
 reader's share of a scoring run (`memscore.run.run_scoring`, `recon:` victim). `--quick` for a short run.
 """
@@ -220,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 images, 3 repeats, a 64-image scoring run")
     parser.add_argument("--threads", type=int, default=2, help="decode threads for every library (default 2)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "io.json"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "reading.json"))
     args = parser.parse_args()
     if not (FACADES / "train").is_dir():
         sys.exit(f"Facades not found at {FACADES} (set MEMSCORE_FACADES)")
