@@ -25,7 +25,7 @@ from memscore.metrics import alpha_sweep, evaluate_scores
 from memscore.run import run_scoring
 from memscore.work import DatasetSpec
 from memscore.store import ScoreStore
-from memscore.train import VictimArch, read_arch, train_pix2pix
+from memscore.train import TrainingRecipe, VictimArch, read_arch, train_pix2pix
 
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "facades"
 ALPHA_GRID = np.round(np.arange(0.0, 10.0001, 0.05), 4)
@@ -132,8 +132,10 @@ def main() -> None:
         arch = read_arch(checkpoints[args.epochs]) or arch
     else:
         checkpoint = work / "victim" / "latest_net_G.pth"
-        train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, members=member_ids, arch=arch, epochs=args.epochs,
-                      checkpoint_every=args.checkpoint_every, use_jitter=not args.no_jitter,
+        recipe = TrainingRecipe(netG=arch.netG, size=arch.size, ngf=arch.ngf, norm=arch.norm, epochs=args.epochs,
+                                use_jitter=not args.no_jitter)
+        train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, recipe, members=member_ids,
+                      checkpoint_every=args.checkpoint_every,
                       on_checkpoint=lambda e, p: checkpoints.__setitem__(e, p), overwrite=True)
         checkpoints[args.epochs] = checkpoint
     train_seconds = time.perf_counter() - started

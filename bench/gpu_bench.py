@@ -66,7 +66,7 @@ def main() -> None:
         results["victim_pix2pix_images_per_s"] = rate(lambda: victim(v_in), batch, device)
 
     from memscore.config import ScoreConfig
-    from memscore.run import run_scoring
+    from memscore.run import RunOptions, run_scoring
     from memscore.work import DatasetSpec
     from memscore.synthetic import write_manifest_dataset
     manifest = write_manifest_dataset(work / "data", n_e2e, distinct=256, size=256)
@@ -75,8 +75,9 @@ def main() -> None:
     config = ScoreConfig(victim=spec, victim_size=victim_size, backbone="wide_resnet50_2", backbone_weights=str(weights),
                          precision="bf16" if device.type == "cuda" else "fp32",
                          victim_options=(("netG", netG), ("ngf", 64), ("norm", "instance"), ("use_dropout", False)))
-    summary = run_scoring(DatasetSpec(str(manifest)), config, work / "e2e.zarr", batch_size=batch, shard_size=4096,
-                          device=str(device), overwrite=True, progress=False)
+    summary = run_scoring(DatasetSpec(str(manifest)), config, work / "e2e.zarr",
+                          RunOptions(batch_size=batch, shard_size=4096, device=str(device)), overwrite=True,
+                          progress=False)
     n = summary.scored + summary.failed
     results["end_to_end"] = {"images": n, "seconds": summary.seconds, "images_per_s": n / summary.seconds,
                              "stages": summary.stages.as_dict()}

@@ -188,7 +188,7 @@ def scoring_breakdown(n: int, reader: str, work: Path) -> dict:
         config = ScoreConfig(victim=f"recon:{recon}", victim_size=128)
         start = time.perf_counter()
         run.run_scoring(unit_of_work.DatasetSpec(data=str(subset), direction="BtoA"), config, work / f"store-{reader}-{n}.zarr",
-                        batch_size=BATCH, device="cpu", overwrite=True, progress=False)
+                        run.RunOptions(batch_size=BATCH, device="cpu"), overwrite=True, progress=False)
         wall = time.perf_counter() - start
     finally:
         unit_of_work.batches, Scorer.difficulty, ReconFolder.reconstruct = saved

@@ -61,7 +61,7 @@ def run_one(spec: dict) -> dict:
     from memscore.config import ScoreConfig
     from memscore.pipeline import batches
     from memscore.devices import reader_threads
-    from memscore.run import run_scoring
+    from memscore.run import RunOptions, run_scoring
     from memscore.work import DatasetSpec
     from memscore.scores import Scorer
     from memscore.timing import StageTimes
@@ -70,8 +70,9 @@ def run_one(spec: dict) -> dict:
     batch_size = spec.get("batch_size", 32)
     peaks: list[float] = []
     measure_shard_peaks(peaks)
-    summary = run_scoring(dataset_spec, config, spec["out"], batch_size=batch_size,
-                          shard_size=spec.get("shard_size"), overwrite=True, progress=False)
+    summary = run_scoring(dataset_spec, config, spec["out"],
+                          RunOptions(batch_size=batch_size, shard_size=spec.get("shard_size")), overwrite=True,
+                          progress=False)
     peaks.append(memory_mib("VmHWM"))  # the last shard and the alpha pass
     setup_peak, shard_peaks = peaks[0], peaks[1:]
     n = summary.scored + summary.failed

@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, pix2pix_victim, write_results  # noqa: E402
 
 from memscore.config import ScoreConfig  # noqa: E402
-from memscore.run import run_scoring  # noqa: E402
+from memscore.run import RunOptions, run_scoring  # noqa: E402
 from memscore.work import DatasetSpec  # noqa: E402
-from memscore.schedule import ClusterPlan  # noqa: E402
 from memscore.synthetic import write_manifest_dataset  # noqa: E402
 
 
@@ -45,8 +44,8 @@ def main() -> None:
     def seconds(manifest: Path, workers: int, shard_size: int) -> float:
         torch.set_num_threads(cores)
         started = time.perf_counter()
-        run_scoring(DatasetSpec(str(manifest)), config, work / "s.zarr", overwrite=True, progress=False,
-                    shard_size=shard_size, cluster=ClusterPlan(workers=workers))
+        run_scoring(DatasetSpec(str(manifest)), config, work / "s.zarr",
+                    RunOptions(shard_size=shard_size, workers=workers), overwrite=True, progress=False)
         return time.perf_counter() - started
 
     manifest = write_manifest_dataset(work / "data", n, distinct=32, size=64)

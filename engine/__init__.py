@@ -1,9 +1,9 @@
 """memscore: membership-inference scores (Lrec, Ldiff, Lmem) for conditional image generators.
 
 The handful of names a notebook needs; the `memscore` command (memscore.cli) calls the same functions:
-`score` (memscore score), `rescore_store` (rescore), `evaluate`, `calibrate`, `predict`, `open_store`.
-No name here may equal a submodule's (it would hide the module: `memscore.rescore` is the module that
-holds `rescore_store`'s code).
+`score` (memscore score), `rescore` (memscore rescore: every method of `memscore.rescoring.METHODS`),
+`evaluate`, `calibrate`, `predict`, `open_store`. No name here may equal a submodule's (it would hide the
+module): `rescore` lives in `memscore.rescoring`.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import os
 
 from .attack import Calibration, Prediction, calibrate, evaluate, predict
 from .config import ScoreConfig
-from .rescore import rescore as rescore_store
-from .run import RunSummary
+from .errors import MemscoreError
+from .rescoring import Rescored, rescore
+from .run import RunOptions, RunSummary
 from .run import run_scoring as score
 from .store import AlphaRecord, ScoreStore
 from .work import DatasetSpec
@@ -23,5 +24,5 @@ def open_store(path: str | os.PathLike) -> ScoreStore:
     return ScoreStore.open(path, mode="r")
 
 
-__all__ = ["AlphaRecord", "Calibration", "DatasetSpec", "Prediction", "RunSummary", "ScoreConfig", "ScoreStore",
-           "calibrate", "evaluate", "open_store", "predict", "rescore_store", "score"]
+__all__ = ["AlphaRecord", "Calibration", "DatasetSpec", "MemscoreError", "Prediction", "Rescored", "RunOptions",
+           "RunSummary", "ScoreConfig", "ScoreStore", "calibrate", "evaluate", "open_store", "predict", "rescore", "score"]

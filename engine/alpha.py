@@ -24,12 +24,32 @@ THEIL_SEN_N_PAIRS = 1_000_000
 THEIL_SEN_SEED = 0
 
 
+LABEL_FREE_FORMS = "NUMBER | fit | fit:robust | fit:reference"
+"""How a user writes an alpha that needs no membership labels (what a store's lmem is made with)."""
+
+
 @dataclass(frozen=True)
 class AlphaSpec:
-    """A parsed alpha: ``kind`` is one of SPEC_KINDS; ``value`` is set only for "fixed"."""
+    """A parsed alpha: ``kind`` is one of SPEC_KINDS; ``value`` is set only for "fixed". Parsed once, where the
+    user's text enters (`parse_alpha`), and passed on typed; `text` is how a store records it."""
 
     kind: str
     value: float | None = None
+
+    @property
+    def text(self) -> str:
+        return repr(self.value) if self.kind == "fixed" else self.kind
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.kind == "auto"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kind == "fit:reference"
+
+    def __str__(self) -> str:
+        return self.text
 
 
 @dataclass(frozen=True)
@@ -109,9 +129,12 @@ def fit_alpha(lrec, ldiff, method: str = "ols") -> AlphaFit:
     return AlphaFit(alpha=slope, method=method, n_rows=int(x.shape[0]), r2=r2, intercept=intercept)
 
 
-def parse_alpha(spec: str | float) -> AlphaSpec:
-    """Parse a user's alpha: a finite number (or its text) -> "fixed"; or one of the named specs."""
+def parse_alpha(spec: str | float | AlphaSpec) -> AlphaSpec:
+    """Parse a user's alpha: a finite number (or its text) -> "fixed"; or one of the named specs (an AlphaSpec is
+    returned as it is)."""
     usage = "use a number (e.g. 0.5), 'fit', 'fit:robust', 'fit:reference' or 'auto'"
+    if isinstance(spec, AlphaSpec):
+        return spec
     if isinstance(spec, str):
         text = spec.strip().lower()
         if text in SPEC_KINDS[1:]:
@@ -127,6 +150,16 @@ def parse_alpha(spec: str | float) -> AlphaSpec:
     if not math.isfinite(value):
         raise UsageError(f"alpha must be finite, got {spec!r}; {usage}")
     return AlphaSpec(kind="fixed", value=value)
+
+
+def label_free_alpha(spec: str | float | AlphaSpec) -> AlphaSpec:
+    """`parse_alpha`, refusing `auto`: it chooses alpha with membership labels, so it is for evaluation
+    (`memscore evaluate --alpha auto`), never for the lmem a store holds."""
+    parsed = parse_alpha(spec)
+    if parsed.needs_labels:
+        raise UsageError(f"alpha 'auto' chooses alpha with member labels: use it with `memscore evaluate --alpha "
+                         f"auto`; for a store's lmem use {LABEL_FREE_FORMS}")
+    return parsed
 
 
 def _auto_alpha(lrec: np.ndarray, ldiff: np.ndarray, is_member, calibration_mask) -> AlphaFit:
@@ -168,7 +201,7 @@ def resolve_alpha(
     to the smallest alpha) using ``is_member`` on rows where ``calibration_mask`` is True only;
     report on the complement of that mask, never on it.
     """
-    spec = spec if isinstance(spec, AlphaSpec) else parse_alpha(spec)
+    spec = parse_alpha(spec)
     if spec.kind == "fixed":
         return AlphaFit(alpha=spec.value, method="fixed", n_rows=0, r2=None, intercept=None)
     lrec, ldiff = _pair(lrec, ldiff)

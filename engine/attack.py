@@ -21,16 +21,12 @@ from .alpha import membership_error, parse_alpha, resolve_alpha
 from .data import IdMatch, match_ids, read_id_list
 from .errors import UsageError
 from .metrics import DIRECTION, calibrate_threshold, evaluate_scores, predict_members
+from .lmem import reference_rows
 from .outputs import write_json
-from .rescore import reference_rows
+from .score_names import require_score, score_names
 from .seeding import image_seed
 from .store import ScoreStore, StatusCounts, StoreError
 
-SCORE_COLUMNS = ("lrec", "lmem")
-"""The scores every finished store has: lower means more likely a member."""
-SCORE_MARK = "membership_score"
-"""Attribute that marks a derived column as a membership score (lower = member): `lcal` (per-image
-calibration), `lira*` and `rmia*` (shadow victims). Their writers set it; readers list them with `score_names`."""
 DECISION_COLUMN = "predicted_member"
 DECISION_RULE = "member if score <= tau"
 
@@ -76,22 +72,9 @@ def _check_fraction(name: str, value: float) -> None:
         raise UsageError(f"{name} must be in (0, 1), got {value}")
 
 
-def score_names(store: ScoreStore) -> list[str]:
-    """The membership scores a store holds: lrec, lmem, then the derived ones (`SCORE_MARK`), by name."""
-    derived = [name for name in store.derived_columns() if store.column_attrs(name).get(SCORE_MARK)]
-    return list(SCORE_COLUMNS) + derived
-
-
-def _check_column(store: ScoreStore, column: str) -> None:
-    available = score_names(store)
-    if column not in available:
-        raise UsageError(f"{store.path} has no score {column!r}; it has {', '.join(available)} (lcal comes from "
-                         "`memscore rescore --method per-image`, lira/rmia from `--method lira|rmia`)")
-
-
 def _reference_rows(store: ScoreStore, spec: str, *, strict: bool = False
                     ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """`memscore.rescore.reference_rows` of the known non-members the store was scored with (`--reference`)."""
+    """`memscore.lmem.reference_rows` of the known non-members the store was scored with (`--reference`)."""
     if parse_alpha(spec).kind == "fit:reference" and not store.config.reference_ids:
         raise UsageError(f"alpha fit:reference needs known non-members, and {store.path} was scored without "
                          "--reference FILE; use fit, fit:robust or a number")
@@ -108,7 +91,7 @@ def lmem_with_alpha(store: ScoreStore) -> tuple[np.ndarray, dict[str, Any]]:
     reference_mask, reference_ids = _reference_rows(store, spec)
     fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask)
     return membership_error(lrec, ldiff, fit.alpha), {
-        "spec": spec, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows, "r2": fit.r2,
+        "spec": str(parse_alpha(spec)), "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows, "r2": fit.r2,
         "reference_ids": reference_ids, "fitted_on": "the rows scored so far (the store has no lmem yet)"}
 
 
@@ -162,14 +145,14 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
         fit = resolve_alpha(alpha, lrec, ldiff, reference_mask=reference_mask,
                             is_member=labels == 1, calibration_mask=calibration)
         lmem = membership_error(lrec, ldiff, fit.alpha)
-        alpha_record = {"spec": alpha, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows,
+        alpha_record = {"spec": str(parse_alpha(alpha)), "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows,
                         "reference_ids": reference_ids}
         if auto:
             alpha_record.update(calibration_rows=int(calibration.sum()), evaluated_on="rows not used to choose alpha")
         known = known & ~calibration
     wanted = score_names(store) if scores is None else list(scores)
     for name in wanted:
-        _check_column(store, name)
+        require_score(store, name)
     values = {"lrec": lrec, "lmem": lmem}
     result = {"store": str(store.path), **completeness(counts), "alpha": alpha_record, "direction": DIRECTION,
               "members_ids": None if members is None else members.to_dict(), "n_unlabelled_excluded": unlabelled,
@@ -248,7 +231,7 @@ def calibrate(store: StorePath | ScoreStore, nonmembers_file: StorePath, *, fpr:
     that the store lacks are ignored and counted, or refused when `strict`."""
     _check_fraction("fpr", fpr)
     store, counts = readable_store(store, partial)
-    _check_column(store, column)
+    require_score(store, column)
     if column == "lmem":
         _require_lmem(store)
     nonmembers = match_ids(read_id_list(nonmembers_file), store.column("id"), "non-members", strict=strict)
@@ -303,7 +286,7 @@ def predict(store: StorePath, *, tau: float | None = None, calibration: Calibrat
     store = ScoreStore.open(store, mode="r+")
     with store.lock():
         counts = store.require_readable(partial=partial)
-        _check_column(store, column)
+        require_score(store, column)
         if column == "lmem":
             _require_lmem(store)
         scores, fingerprint = _fingerprinted_column(store, column)

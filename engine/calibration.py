@@ -1,6 +1,7 @@
 """Per-image calibrated membership scores (`lcal`): from known non-members (the reference), learn what a
 NON-member's Lrec looks like for each image given its features, and score how far below that the image's
-Lrec falls. Lower `lcal` = more likely a member, as for every score of memscore.
+Lrec falls. Lower `lcal` = more likely a member, as for every score of memscore. Plain arrays in, scores out (no
+I/O): `memscore.lcal` reads a store's columns, writes `lcal` and checks it is current.
 
 Why: Lmem subtracts one multiple of Ldiff from every image; asking per image "how unusual is this Lrec for
 THIS image if it were a non-member?" is what raises TPR at 1% and 0.1% FPR (difficulty calibration, Watson et
@@ -30,30 +31,22 @@ is ever scored by a model that saw it, so reference rows can be evaluated alongs
 """
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from scipy.special import ndtri
 
-from .attack import SCORE_MARK
-from .data import match_ids, read_id_list
 from .errors import UsageError
 from .metrics import calibrate_threshold, float_vector
-from .store import ScoreStore, StoreError, column_digest
 
 MODELS = ("gaussian", "quantile")
+"""The non-member models; the first is the default."""
 STATISTICS = ("lmem", "lrec")
 """What the models describe: `lmem` (Lrec less the store's alpha times Ldiff; the default, measured better on a
 real victim: bench/results/calibration.json) or plain `lrec`."""
-LCAL_COLUMN = "lcal"
 LCAL_DIRECTION = "lower lcal = member; an image is called a member iff lcal <= threshold"
-INPUT_COLUMNS = ("lrec", "ldiff", "features")
-"""The store columns `lcal` is computed from; their fingerprints are recorded with it."""
+DEFAULT_FOLDS = 5
 DEFAULT_LEVEL = 0.05
 """The quantile the `quantile` model fits besides the median (the 5% quantile regression of issue #16)."""
 MIN_REFERENCE = 20
@@ -259,8 +252,8 @@ def fit_quantile(x: np.ndarray, y: np.ndarray, level: float, seed: int) -> Quant
                          {"median": median_choice, f"q{level:g}": low_choice})
 
 
-def _fit_model(model: str, x: np.ndarray, y: np.ndarray, level: float, seed: int) -> FittedModel:
-    """The one place a non-member model is fitted (so a test can watch which rows every fit saw)."""
+def fit_model(model: str, x: np.ndarray, y: np.ndarray, level: float, seed: int) -> FittedModel:
+    """The one place a non-member model (`MODELS`) is fitted, so a test can watch which rows every fit saw."""
     return fit_gaussian(x, y) if model == "gaussian" else fit_quantile(x, y, level, seed)
 
 
@@ -310,7 +303,8 @@ class PerImageScores:
         return self.center + self.scale * cut
 
 
-def _check_options(model: str, folds: int, level: float) -> None:
+def check_model_options(model: str, folds: int, level: float) -> None:
+    """Refuse a model, a fold count or a quantile level `calibrate_per_image` cannot use."""
     if model not in MODELS:
         raise UsageError(f"model must be one of {MODELS}, got {model!r}")
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
@@ -319,7 +313,7 @@ def _check_options(model: str, folds: int, level: float) -> None:
         raise UsageError(f"level must be in (0, 0.5) (a lower quantile of a non-member's Lrec), got {level}")
 
 
-def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "gaussian", folds: int = 5,
+def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = MODELS[0], folds: int = DEFAULT_FOLDS,
                         seed: int = 0, level: float = DEFAULT_LEVEL, alpha: float = 0.0) -> PerImageScores:
     """Cross-fitted calibrated scores from plain arrays (no store): see the module docstring.
 
@@ -330,7 +324,7 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
     so the difficulty trend that Lmem already removes is not shrunk with the other inputs; `center` and the
     thresholds stay on the Lrec scale.
     """
-    _check_options(model, folds, level)
+    check_model_options(model, folds, level)
     lrec = float_vector("lrec", lrec)
     n = lrec.shape[0]
     ldiff = float_vector("ldiff", ldiff, n, other="lrec")
@@ -371,7 +365,7 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
 
     for k in range(folds):
         train, scored = rows[fold[rows] != k], np.flatnonzero(fold == k)
-        fitted = _fit_model(model, design(train), statistic[train], level, seed)
+        fitted = fit_model(model, design(train), statistic[train], level, seed)
         for start in range(0, scored.size, PREDICT_CHUNK):
             chunk = scored[start:start + PREDICT_CHUNK]
             center[chunk], scale[chunk] = fitted.predict(design(chunk))
@@ -390,130 +384,3 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = "
     center = center + alpha * ldiff  # on the Lrec scale: lrec - center = statistic - its predicted centre
     return PerImageScores(lcal=(lrec - center) / scale, center=center, scale=scale, fold=fold, reference=reference,
                           model=model, level=float(level), record=record)
-
-
-# ---------------------------------------------------------------- on a store
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def ids_digest(ids) -> str:
-    """sha256 of a set of ids (order and repeats ignored): what identifies a reference set."""
-    return hashlib.sha256("\n".join(sorted(set(ids))).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _require_features(store: ScoreStore) -> None:
-    if "features" not in store.record.wide_columns:
-        raise StoreError(f"{store.path} has no per-image features column (it was scored by a memscore that did "
-                         "not keep them): per-image calibration needs them; score it again with "
-                         "`memscore score ... --overwrite`")
-
-
-def rescore_per_image(store_path: str | os.PathLike, reference_ids_file: str | os.PathLike, *,
-                      model: str = "gaussian", folds: int = 5, seed: int = 0,
-                      level: float = DEFAULT_LEVEL, statistic: str = "lmem", strict: bool = False) -> dict[str, Any]:
-    """Write column `lcal` of a finished store (cross-fitted, `calibrate_per_image`) and return its record.
-    `statistic` (`STATISTICS`): `lmem` models a non-member's Lrec - alpha * Ldiff at the store's alpha.
-    Reference ids the store lacks are ignored and counted, or refused when `strict`.
-
-    The record, kept in the column's attributes as `calibration`, holds the method, model, folds, seed, the
-    reference ids file, the digest of its ids and how it matched the store (`reference_ids`), and the
-    fingerprints of the lrec, ldiff and features it was computed from (`require_current_lcal` refuses the column
-    once any of them changed). Reference ids must be known non-members: one the store labels a member is
-    refused. Options are checked before the store is opened.
-    """
-    _check_options(model, folds, level)
-    if statistic not in STATISTICS:
-        raise UsageError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-    if not os.path.isfile(reference_ids_file):
-        raise UsageError(f"--reference {reference_ids_file}: no such file (one known non-member id per line)")
-    reference_ids = read_id_list(reference_ids_file)
-    store = ScoreStore.open(store_path, mode="r+")
-    with store.lock():
-        store.require_readable()
-        _require_features(store)
-        ids, status = store.column("id"), store.column("status")
-        reference = match_ids(reference_ids, ids, "reference", strict=strict)
-        given = reference.rows
-        labelled_members = ids[given & (store.column("member") == 1)]
-        if labelled_members.size:
-            raise UsageError(f"{reference_ids_file}: {labelled_members.size} reference ids are labelled members in "
-                             f"{store_path} (e.g. {labelled_members[0]!r}); the reference must be known non-members")
-        if not given.any():
-            raise UsageError(f"none of the {reference.n_ids} ids in {reference_ids_file} is in {store_path}")
-        uses = INPUT_COLUMNS + (("lmem",) if statistic == "lmem" else ())
-        inputs = {name: store.fingerprint(name) for name in uses}
-        alpha = store.alpha.value if statistic == "lmem" else 0.0
-        result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"),
-                                     given & (status == "ok"), model=model, folds=folds, seed=seed, level=level,
-                                     alpha=alpha)
-        lcal = result.lcal.astype(np.float32)
-        record = {**result.record, "reference_ids_file": str(Path(reference_ids_file).resolve()),
-                  "reference_sha256": ids_digest(reference_ids.ids), "n_reference_ids": reference.n_ids,
-                  "reference_ids_not_in_store": reference.n_not_in_store, "reference_ids": reference.to_dict(),
-                  "inputs_fingerprint": inputs, "lcal_sha256": column_digest(lcal, full=True), "created": _now()}
-        store.write_column(LCAL_COLUMN, lcal, float("nan"), {"calibration": record, SCORE_MARK: True})
-    return record
-
-
-def require_current_lcal(store: ScoreStore) -> dict[str, Any]:
-    """The record of the store's `lcal`, once checked against the store as it is now: refused (StoreError) when
-    there is none, when lcal's values differ from those recorded, or when lrec, ldiff or features changed since
-    it was computed (a rescored shard, another store)."""
-    try:
-        record = store.column_attrs(LCAL_COLUMN).get("calibration")
-    except StoreError:
-        record = None
-    if not record:
-        raise StoreError(f"{store.path} has no per-image calibrated score yet: run "
-                         f"`memscore rescore {store.path} --method per-image --reference NONMEMBER_IDS`")
-    if column_digest(store.column(LCAL_COLUMN), full=True) != record["lcal_sha256"]:
-        raise StoreError(f"{store.path}: lcal differs from its calibration record (damaged); run "
-                         "`memscore rescore --method per-image` again")
-    changed = [name for name, fingerprint in record["inputs_fingerprint"].items()
-               if store.fingerprint(name) != fingerprint]
-    if changed:
-        raise StoreError(f"{store.path}: {', '.join(changed)} changed after lcal was computed "
-                         f"({record['created']}); run `memscore rescore --method per-image` again")
-    return record
-
-
-@dataclass(frozen=True)
-class PerImageThresholds:
-    """Per-image Lrec thresholds at a target FPR for a store's `lcal`: call image i a member iff
-    ``lrec[i] <= lrec_threshold[i]`` (NaN where it was not scored)."""
-
-    ids: np.ndarray
-    lrec_threshold: np.ndarray
-    fpr: float
-    rule: str
-    calibration: dict[str, Any]
-    """The record of the lcal the thresholds belong to."""
-
-
-def per_image_thresholds(store: str | os.PathLike | ScoreStore, fpr: float, *,
-                         rule: str = "model") -> PerImageThresholds:
-    """`PerImageScores.thresholds_at(fpr, rule)` for a store's current `lcal`: the calibration is fitted again
-    from its record (same reference ids, model, folds, seed, level; deterministic) and refused unless it
-    reproduces the stored lcal exactly. With the quantile model and rule `model`, `fpr` must be the level it
-    was fitted at (`rescore_per_image(..., model="quantile", level=fpr)`)."""
-    store = store if isinstance(store, ScoreStore) else ScoreStore.open(store, mode="r")
-    store.require_readable()
-    record = require_current_lcal(store)
-    reference_file = record["reference_ids_file"]
-    reference_ids = read_id_list(reference_file) if os.path.isfile(reference_file) else None
-    if reference_ids is None or ids_digest(reference_ids.ids) != record["reference_sha256"]:
-        raise UsageError(f"{reference_file}, the reference lcal was computed from, is gone or changed; run "
-                         "`memscore rescore --method per-image` again with the reference you hold")
-    ids = store.column("id")
-    reference = match_ids(reference_ids, ids, "reference").rows & (store.column("status") == "ok")
-    result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"), reference,
-                                 model=record["model"], folds=record["folds"], seed=record["seed"],
-                                 level=record.get("level", DEFAULT_LEVEL), alpha=record.get("alpha", 0.0))
-    if column_digest(result.lcal.astype(np.float32), full=True) != record["lcal_sha256"]:
-        raise StoreError(f"{store.path}: fitting the calibration again did not reproduce the stored lcal (another "
-                         "memscore or scikit-learn version?); run `memscore rescore --method per-image` again")
-    return PerImageThresholds(ids=ids, lrec_threshold=result.thresholds_at(fpr, rule), fpr=float(fpr), rule=rule,
-                              calibration=record)

@@ -1,6 +1,7 @@
 """The one configuration of a scoring run.
 
-`ScoreConfig` is the single source of truth: the CLI builds it, the scorer reads it, the store
+`ScoreConfig` is the single source of truth: each setting's default, choices and bounds are declared here once
+(`memscore.settings`), the `memscore score` options are generated from them, the scorer reads it, the store
 records it verbatim and compares it on resume (a changed key is refused, naming the key).
 """
 from __future__ import annotations
@@ -9,77 +10,90 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .alpha import parse_alpha
+from .alpha import LABEL_FREE_FORMS, AlphaSpec, label_free_alpha, parse_alpha
+from .backbones import backbone_names
 from .errors import UsageError
+from .precision import PRECISIONS
+from .settings import FRACTION, NON_NEGATIVE, WHOLE_POSITIVE, check_settings, setting
+from .victims import victim_forms
 
 PRESETS = ("aligned", "reference")
 DIFFICULTY_SOURCES = ("target", "input")
 VALUE_RANGES = ("-1,1", "0,1")
-PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_ALPHA = parse_alpha("fit")
+
+
+def victim_option(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` -> (key with `-` as `_`, the value as int, float, bool or text)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key.replace("-", "_"), cast(value)
+        except ValueError:
+            pass
+    return key.replace("-", "_"), {"true": True, "false": False}.get(value.lower(), value)
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Everything that decides a score. Two runs with equal configs give equal scores: bit for bit under the same
-    process layout (threads, workers, device), to float32 rounding (relative 1e-6) across layouts, since
-    parallel reductions sum in layout-dependent order; the store records each run's layout."""
+    """Everything that decides a score, and the only home of each setting's default, choices and bounds: the
+    `memscore score` options are generated from these declarations (`memscore.settings`).
 
-    victim: str = ""
-    """Victim spec: `recon:DIR`, `torchscript:PATH`, `python:MODULE:FACTORY`, `pix2pix:CKPT`, ..."""
-    victim_weights: str | None = None
-    victim_size: int | None = None
-    """Side of the square input the victim is fed; None = the input's own size."""
-    victim_range: str = "-1,1"
-    """Value range of the victim's input and output tensors (pix2pix convention: -1,1)."""
-    victim_options: tuple[tuple[str, Any], ...] = ()
-    """Extra keyword options for the victim loader (architecture, ngf, mode, ...), as sorted pairs."""
-    backbone: str = "efficientnet_lite0"
-    backbone_weights: str | None = None
+    Two runs with equal configs give equal scores: bit for bit under the same process layout (threads, workers,
+    device), to float32 rounding (relative 1e-6) across layouts, since parallel reductions sum in
+    layout-dependent order; the store records each run's layout."""
+
+    victim: str = setting("", "the victim: " + " | ".join(victim_forms()))
+    victim_weights: str | None = setting(None, "weights for a python: victim (loaded with weights_only=True)",
+                                         optional=True)
+    victim_size: int | None = setting(None, "square input size the victim is fed (default: the size a memscore "
+                                            "checkpoint was trained at, else the input's own)",
+                                      rule=WHOLE_POSITIVE, optional=True)
+    victim_range: str = setting("-1,1", "value range of the victim's input and output tensors (pix2pix: -1,1)",
+                                choices=VALUE_RANGES)
+    victim_options: tuple[tuple[str, Any], ...] = setting(
+        (), "victim loader option, e.g. netG=unet_256, ngf=64, mode=eval (repeatable)", flag="--victim-opt",
+        metavar="KEY=VALUE", parse=victim_option, repeat=True)
+    backbone: str = setting("efficientnet_lite0", "the difficulty backbone", choices=backbone_names)
+    backbone_weights: str | None = setting(None, "backbone weights file (default: embedded / torch hub cache)",
+                                           flag="--weights", optional=True)
     weights_sha256: str = ""
-    preset: str = "aligned"
-    difficulty_source: str = "target"
-    precision: str = "fp32"
-    """Of the backbone and the victim: `bf16` runs them under bfloat16 autocast (where the hardware has it natively:
-    CUDA from Ampere on, CPUs with AMX-BF16 or AVX512-BF16; the kernel stays fp32/fp64), `auto` picks bf16 there and
-    fp32 elsewhere. A run resolves `auto` once, before anything is written, and the store records the result, so
-    workers and resumes use one precision. The `memscore` command defaults to `auto`; this API to `fp32`, the exact
-    reference values."""
-    fit_fraction: float = 0.7
-    ridge: float = 1e-6
-    seed: int = 0
-    augment: int = 1
-    """Lrec averaged over this many copies of each pair: the pair itself, then seeded flips and crops."""
-    defense_noise: float = 0.0
-    """Std of Gaussian noise added to the victim's outputs in [0, 1] (to measure a noise defence)."""
-    shadows: str | None = None
-    """Folder of shadow victims (`memscore shadows train`): each image is also reconstructed by every shadow."""
-    alpha: str = "fit"
-    reference_ids: str | None = None
-    """File of known non-member ids, for `--alpha fit:reference`."""
+    """Digest of the backbone weights the run used (resolved by the run, not given)."""
+    preset: str = setting("aligned", "preprocessing: aligned, or reference (the authors' released code)",
+                          choices=PRESETS)
+    difficulty_source: str = setting("target", "whose difficulty Ldiff measures", choices=DIFFICULTY_SOURCES)
+    precision: str = setting(
+        "auto", "network arithmetic (backbone and victim; the difficulty kernel stays fp32/fp64): auto = bf16 where "
+                "the hardware runs it natively (CUDA from Ampere on, CPUs with AMX-BF16 or AVX512-BF16), else fp32; "
+                "bf16 is refused where it would be emulated; a run resolves it once and the store records the result",
+        choices=PRECISIONS)
+    fit_fraction: float = setting(0.7, "share of pixels the difficulty fit sees (the rest measure it)", rule=FRACTION)
+    ridge: float = setting(1e-6, "relative ridge of the difficulty fit", rule=NON_NEGATIVE)
+    seed: int = setting(0, "seed of the pixel split, augmentations, noise and dropout (per image id)")
+    augment: int = setting(1, "average Lrec over K copies: the pair, then seeded flips and crops (paper's Ours-Aug)",
+                           rule=WHOLE_POSITIVE, metavar="K")
+    defense_noise: float = setting(0.0, "Gaussian noise of this std added to the victim's outputs in [0, 1] "
+                                        "(measures a noise defence)", rule=NON_NEGATIVE, metavar="SIGMA")
+    shadows: str | None = setting(None, "folder of shadow victims (`memscore shadows train`): every image is also "
+                                        "reconstructed by each shadow, for `memscore rescore --method lira|rmia`",
+                                  optional=True)
+    alpha: AlphaSpec = setting(DEFAULT_ALPHA, f"alpha of lmem = lrec - alpha * ldiff: {LABEL_FREE_FORMS}",
+                               parse=label_free_alpha)
+    reference_ids: str | None = setting(None, "ids of known non-members, for --alpha fit:reference",
+                                        flag="--reference", optional=True)
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise UsageError(f"preset must be one of {PRESETS}, got {self.preset!r}")
-        if self.difficulty_source not in DIFFICULTY_SOURCES:
-            raise UsageError(f"difficulty_source must be one of {DIFFICULTY_SOURCES}, got {self.difficulty_source!r}")
-        if self.victim_range not in VALUE_RANGES:
-            raise UsageError(f"victim_range must be one of {VALUE_RANGES}, got {self.victim_range!r}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not 0.0 < self.fit_fraction < 1.0:
-            raise UsageError(f"fit_fraction must be in (0, 1), got {self.fit_fraction}")
-        if self.augment < 1:
-            raise UsageError(f"augment must be >= 1 (1 = no augmentation), got {self.augment}")
-        if self.defense_noise < 0:
-            raise UsageError(f"defense_noise must be >= 0, got {self.defense_noise}")
-        if self.ridge < 0:
-            raise UsageError(f"ridge must be >= 0, got {self.ridge}")
-        parse_alpha(self.alpha)  # a spec that cannot be resolved is refused before anything is scored
+        object.__setattr__(self, "alpha", label_free_alpha(self.alpha))
+        object.__setattr__(self, "victim_options", tuple(sorted(dict(self.victim_options).items())))
+        check_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as recorded in the store."""
         out = dataclasses.asdict(self)
         out["victim_options"] = {k: v for k, v in self.victim_options}
+        out["alpha"] = self.alpha.text
         return out
 
     @classmethod

@@ -7,7 +7,7 @@ What goes through DALI and what does not (the Pillow reader `memscore.pillow_rea
 reference; everything here matches it within the tolerances stated in `TOLERANCE`):
 - File bytes are read on the host and fed with `fn.external_source`, so a shard is any list of
   pairs in any order, every id exactly once, and a short last batch is just a smaller batch.
-- A cheap host check (`_inspect`) reads each file's header (Pillow, no decoding) and sends to DALI
+- A cheap host check (`inspect_file`) reads each file's header (Pillow, no decoding) and sends to DALI
   only what DALI decodes exactly like `memscore.images.load_rgb`: JPEG (RGB or grayscale), PNG with
   at most 8 bits per channel, BMP and WebP, without alpha or a transparency key. Everything else
   goes to `prepare` in a thread pool, which either decodes it or reports the `Failure`: missing,
@@ -92,13 +92,15 @@ def dali_importable() -> bool:
 # ----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class _Encoded:
+class Encoded:
+    """One file DALI may decode (`inspect_file`): its bytes and its size from the header."""
+
     data: np.ndarray          # the file's bytes, uint8
     width: int
     height: int
 
 
-def _inspect(path: str) -> _Encoded | None:
+def inspect_file(path: str) -> Encoded | None:
     """The file's bytes when DALI decodes it exactly like `load_rgb` and `check_header` lets it
     through; None sends the pair to Pillow, which decodes it or names the problem."""
     if not path:
@@ -129,10 +131,10 @@ def _inspect(path: str) -> _Encoded | None:
         return None
     if fmt == "BMP" and int.from_bytes(head[2:6], "little") not in (0, len(blob)):
         return None
-    return _Encoded(data, width, height)
+    return Encoded(data, width, height)
 
 
-def _half_window(path: str, image: _Encoded, half: Half) -> tuple[list[int], list[int]] | None:
+def _half_window(path: str, image: Encoded, half: Half) -> tuple[list[int], list[int]] | None:
     """(start, shape) in (x, y) order: the whole image, or one half as `load_rgb` cuts it; None when
     the Pillow reader refuses it (too narrow to halve, under `MIN_SIDE`) and says why."""
     width, height = image.width, image.height
@@ -151,20 +153,20 @@ def _half_window(path: str, image: _Encoded, half: Half) -> tuple[list[int], lis
     return start, shape
 
 
-_LINEAR, _CUBIC = 1, 2  # filter support radius, in input pixels at scale 1
+LINEAR, CUBIC = 1, 2  # filter support radius, in input pixels at scale 1
 
 
 def _filter(t: np.ndarray, support: int) -> np.ndarray:
     """Triangle (bilinear) or Pillow's bicubic (a = -0.5), as functions of distance in input pixels."""
     t = np.abs(t)
-    if support == _LINEAR:
+    if support == LINEAR:
         return np.maximum(0.0, 1.0 - t)
     a = -0.5
     return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1, np.where(t < 2, (((t - 5) * t + 8) * t - 4) * a, 0.0))
 
 
 @functools.lru_cache(maxsize=512)
-def _edge_gain(size: int, new_size: int, support: int) -> np.ndarray:
+def edge_gain(size: int, new_size: int, support: int) -> np.ndarray:
     """Per output position along one axis: the filter's total weight over the weight that lands inside
     the image. Multiplying a zero-padded resize by it is cutting the filter at the edge and
     renormalising, as torch's antialiased bilinear and Pillow do (1 away from the edges)."""
@@ -183,7 +185,7 @@ def _resample(width: int, height: int, new_width: int, new_height: int, support:
     the region of the padded image that is the original, and the edge gain map [h, w, 1]."""
     margin_x = 0 if width == new_width else math.ceil(support * max(width / new_width, 1.0)) + 1
     margin_y = 0 if height == new_height else math.ceil(support * max(height / new_height, 1.0)) + 1
-    gain = np.outer(_edge_gain(height, new_height, support), _edge_gain(width, new_width, support))
+    gain = np.outer(edge_gain(height, new_height, support), edge_gain(width, new_width, support))
     return {"size": np.array([new_height, new_width], np.float32),
             "pad_start": np.array([-margin_x, -margin_y], np.int32),
             "pad_shape": np.array([width + 2 * margin_x, height + 2 * margin_y], np.int32),
@@ -193,7 +195,7 @@ def _resample(width: int, height: int, new_width: int, new_height: int, support:
 
 
 @dataclass
-class _Planned:
+class Planned:
     """One pair bound for DALI: its bytes, every per-sample argument the pipeline may read, and the
     resize steps that change its size (an unchanged size is no resize, as in `preprocess.resize`)."""
 
@@ -204,15 +206,15 @@ class _Planned:
     resizing: frozenset[str]
 
 
-def _plan(pair: Pair, view: View) -> _Planned | None:
+def plan_pair(pair: Pair, view: View) -> Planned | None:
     """None when the pair goes to the Pillow reader (see the module docstring for why)."""
     if pair.problem:
         return None
     shared = pair.input_path == pair.target_path
-    x = _inspect(pair.input_path)
+    x = inspect_file(pair.input_path)
     if x is None:
         return None
-    y = x if shared else _inspect(pair.target_path)
+    y = x if shared else inspect_file(pair.target_path)
     if y is None:
         return None
     windows = {"x": _half_window(pair.input_path, x, pair.input_half),
@@ -227,17 +229,17 @@ def _plan(pair: Pair, view: View) -> _Planned | None:
         feeds[f"{side}.start"], feeds[f"{side}.shape"] = np.array(start, np.int32), np.array([w, h], np.int32)
         new_h, new_w, top, left = cnn_geometry(h, w)
         feeds[f"{side}_cnn.crop"] = np.array([left, top], np.int32)
-        steps[f"{side}_cnn"] = (w, h, new_w, new_h, _LINEAR)
+        steps[f"{side}_cnn"] = (w, h, new_w, new_h, LINEAR)
     (x_w, x_h), (y_w, y_h), grid = windows["x"][1], windows["y"][1], view.grid
     if view.victim_size is not None:
-        steps["victim"] = (x_w, x_h, view.victim_size, view.victim_size, _LINEAR)
+        steps["victim"] = (x_w, x_h, view.victim_size, view.victim_size, LINEAR)
     if view.preset == "reference":  # Pillow's bicubic runs as two 8-bit passes, horizontal then vertical
-        steps["ref_w"], steps["ref_h"] = (y_w, y_h, grid, y_h, _CUBIC), (grid, y_h, grid, grid, _CUBIC)
+        steps["ref_w"], steps["ref_h"] = (y_w, y_h, grid, y_h, CUBIC), (grid, y_h, grid, grid, CUBIC)
     for step, geometry in steps.items():
         feeds.update({f"{step}.{k}": v for k, v in _resample(*geometry).items()})
     resizing = frozenset(step for step, (w, h, new_w, new_h, _) in steps.items() if (w, h) != (new_w, new_h))
     halves = pair.input_half is not None or pair.target_half is not None
-    return _Planned(pair, shared, halves, feeds, resizing)
+    return Planned(pair, shared, halves, feeds, resizing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,7 +272,7 @@ def _graph(spec: _Spec, inputs: list[str]):
     the edge pixel, whereas torch's antialiased bilinear and Pillow cut the filter at the edge and
     renormalise it (up to 0.1 apart in edge pixels at a 4x reduction). So each resize reads the
     image zero-padded beyond the filter's reach, over the region of interest that is the original,
-    and is multiplied by the host-computed gain that renormalises the cut filter (`_edge_gain`).
+    and is multiplied by the host-computed gain that renormalises the cut filter (`edge_gain`).
     """
     from nvidia.dali import fn, types
 
@@ -333,7 +335,7 @@ def _graph(spec: _Spec, inputs: list[str]):
     else:
         grid = crop if spec.source == "target" else cnn_crop("y")
         if spec.grid != CNN_CROP:  # the same geometry for every sample: constants
-            fixed = dict(_resample(CNN_CROP, CNN_CROP, spec.grid, spec.grid, _LINEAR))
+            fixed = dict(_resample(CNN_CROP, CNN_CROP, spec.grid, spec.grid, LINEAR))
             fixed["gain"] = types.Constant(fixed["gain"], device=device)
             grid = resize(grid, {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fixed.items()},
                           types.INTERP_LINEAR)
@@ -418,7 +420,7 @@ class DaliReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _spec(self, plans: list[_Planned]) -> _Spec:
+    def _spec(self, plans: list[Planned]) -> _Spec:
         view = self.view
         return _Spec(self.device.type == "cuda", plans[0].shared, any(plan.halves for plan in plans),
                      view.victim_size, view.grid, view.preset, view.difficulty_source, tuple(view.mean),
@@ -428,7 +430,7 @@ class DaliReader:
         """One batch, at most `batch_size` pairs; items and failures keep the pairs' order."""
         if len(pairs) > self.batch_size:
             raise UsageError(f"{len(pairs)} pairs given to a reader built for batches of {self.batch_size}")
-        plans = list(self._pool.map(lambda pair: _plan(pair, self.view), pairs))
+        plans = list(self._pool.map(lambda pair: plan_pair(pair, self.view), pairs))
         results: list[Prepared | Failure | None] = [None] * len(pairs)
         to_pillow = [i for i, plan in enumerate(plans) if plan is None]
         pillow_futures = {i: self._pool.submit(prepare, pairs[i], self.view) for i in to_pillow}
@@ -471,7 +473,7 @@ class DaliReader:
                                    "device='cpu' or reader='pillow' to read without it") from error
         return self._pipes[spec]
 
-    def _run(self, pipe, inputs: list[str], plans: list[_Planned]) -> list[Prepared]:
+    def _run(self, pipe, inputs: list[str], plans: list[Planned]) -> list[Prepared]:
         for name in inputs:
             pipe.feed_input(name, [plan.feeds[name] for plan in plans])
         xs, ys, views, grids = _to_torch(pipe.run(), self.device)

@@ -12,15 +12,17 @@ names are not valid UTF-8: ids are stored as text, and such a name has no text f
 member ids the dataset does not hold are counted in `Dataset.unknown_members`. `Dataset.notes()`
 words both for the run to print. Folder links inside a dataset are followed, each real folder once.
 
-Id files (members, non-members, suspects, reference, population) have one reader, `read_id_list`, and one
-way to be matched against a store's ids, `match_ids`, whose `IdMatch` every command prints and records.
+Id files (members, non-members, suspects, reference, population) have one reader, `read_id_list`, one digest,
+`ids_digest`, and one way to be matched against a store's ids, `match_ids`, whose `IdMatch` every command prints
+and records.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +34,8 @@ from .errors import UsageError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 EXAMPLES = 5  # items quoted per reason in counts and errors
 Half = Literal["left", "right"] | None
+DIRECTIONS = ("AtoB", "BtoA")
+"""Which half of an aligned pix2pix file is the conditioning input x (the other is the ground truth)."""
 
 
 class DatasetError(UsageError):
@@ -179,8 +183,8 @@ class AlignedFolder(Dataset):
     def __init__(self, root: str | os.PathLike, direction: Literal["AtoB", "BtoA"] = "AtoB",
                  members: set[str] | None = None) -> None:
         super().__init__(members)
-        if direction not in ("AtoB", "BtoA"):
-            raise UsageError(f"direction must be AtoB or BtoA, got {direction!r}")
+        if direction not in DIRECTIONS:
+            raise UsageError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
         self.root = _folder(root)
         self.files = _image_index(self.root, self.skipped)
         if not self.files:
@@ -451,6 +455,14 @@ def read_id_list(path: str | os.PathLike) -> IdList:
     ids = [image_id for image_id in map(_id_on_line, lines) if image_id]
     unique = frozenset(ids)
     return IdList(str(path), unique, len(ids) - len(unique))
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    """sha256 of a set of ids, order and repeats ignored: what a store records of its members file, a shadows
+    folder of its population and a calibration of its reference set, so the same ids give the same digest in all
+    three. An id that is not valid UTF-8 (a file name's bytes, kept by Python as lone surrogates) is digested by
+    those bytes' surrogate code points instead of failing."""
+    return hashlib.sha256("\n".join(sorted(set(ids))).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)

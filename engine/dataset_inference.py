@@ -9,10 +9,11 @@ approximately calibrated at the tens of suspects an audit has. Its power against
 the AUC of calling suspects members, P(suspect score < reference score) + ties / 2 = U / (n_suspect n_reference),
 the common-language effect size, with a stratified bootstrap CI (`memscore.metrics.bootstrap_ci`).
 
-Scores: any score where lower = member (`lrec`, `lmem`, `lcal`). With `lcal`, the reference can be the
-calibration's own reference rows: each was scored by a model that did not see it, and each suspect by one of
-the same fold models (`memscore.calibration.FOLD_POLICY`), so under the null the two sets are exchangeable.
-Suspects must not be among the reference rows.
+Scores: any membership score the store holds (`memscore.score_names`: lrec, lmem, lcal, lira*, rmia*; lower =
+member). A score whose record names the known non-members it was calibrated on (`lcal`) can use them as the
+reference: each was scored by a model that did not see it, and each suspect by one of the same fold models
+(`memscore.calibration.FOLD_POLICY`), so under the null the two sets are exchangeable. Every other score needs
+held-out non-members given as the reference. Suspects must not be among the reference rows.
 """
 from __future__ import annotations
 
@@ -26,16 +27,16 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from .calibration import LCAL_COLUMN, ids_digest, require_current_lcal
 from .data import match_ids, read_id_list
 from .errors import UsageError
+from .lcal import lcal_reference, require_current_lcal
 from .metrics import jsonable, auc, bootstrap_ci, float_vector
+from .score_names import LCAL_COLUMN, SCORES, require_score
 from .store import ScoreStore
 
 STATISTIC = "one-sided Mann-Whitney U (scipy.stats.mannwhitneyu, alternative 'less': suspects score lower)"
 SIGNIFICANCE = 0.01
 """The p-value the size curve reports the smallest suspect-set size for."""
-STORE_SCORES = ("lcal", "lmem", "lrec")
 
 
 @dataclass(frozen=True)
@@ -151,16 +152,16 @@ def dataset_test_store(store: str | os.PathLike | ScoreStore, suspect_ids_file: 
                        sizes: Sequence[int] | None = None, strict: bool = False) -> dict[str, Any]:
     """`dataset_test` and `p_value_by_size` of a finished store's `score` column, JSON-ready.
 
-    Suspects: the ids in `suspect_ids_file`. Reference: the ids in `reference_ids_file`; without one (score
-    `lcal` only), the calibration's own reference ids, which it scored out of fold, less any suspect. A
-    suspect id given as reference too is refused; `lcal` is refused once its inputs changed
-    (`memscore.calibration.require_current_lcal`). Ids the store lacks are ignored and counted (`suspect_ids`,
-    `reference_ids`: `IdMatch.to_dict`), or refused when `strict`.
+    `score`: any membership score the store holds (`memscore.score_names.score_names`). Suspects: the ids in
+    `suspect_ids_file`. Reference: the ids in `reference_ids_file`; without one (score `lcal` only), the
+    calibration's own reference ids, which it scored out of fold, less any suspect. A suspect id given as
+    reference too is refused; `lcal` is refused once its inputs changed (`memscore.lcal.require_current_lcal`).
+    Ids the store lacks are ignored and counted (`suspect_ids`, `reference_ids`: `IdMatch.to_dict`), or refused
+    when `strict`.
     """
-    if score not in STORE_SCORES:
-        raise UsageError(f"score must be one of {STORE_SCORES}, got {score!r}")
     store = store if isinstance(store, ScoreStore) else ScoreStore.open(store, mode="r")
     store.require_readable()
+    require_score(store, score)
     calibration = require_current_lcal(store) if score == LCAL_COLUMN else None
     suspects = read_id_list(suspect_ids_file)
     if reference_ids_file is not None:
@@ -171,17 +172,14 @@ def dataset_test_store(store: str | os.PathLike | ScoreStore, suspect_ids_file: 
                              f"({reference_ids_file}), e.g. {sorted(both)[0]!r}; the two sets must be disjoint")
         reference_source = str(reference_ids_file)
     elif calibration is not None:
-        recorded = calibration["reference_ids_file"]
-        reference_ids = read_id_list(recorded) if os.path.isfile(recorded) else None
-        if reference_ids is None or ids_digest(reference_ids.ids) != calibration["reference_sha256"]:
-            raise UsageError(f"{recorded}, lcal's reference, is gone or changed since lcal was computed from it; "
-                             "pass --reference IDS (held-out non-members)")
-        reference_source = f"lcal's reference ({recorded}), suspects excluded"
+        reference_ids = lcal_reference(calibration, "pass --reference IDS (held-out non-members)")
+        reference_source = f"lcal's reference ({calibration['reference_ids_file']}), suspects excluded"
         reference_ids = dataclasses.replace(reference_ids, file=reference_source,
                                             ids=reference_ids.ids - suspects.ids)
     else:
-        raise UsageError(f"score {score} needs reference ids (--reference FILE of held-out non-members); only lcal "
-                         "can default to its calibration's reference")
+        recorded = ", ".join(name for name, known in SCORES.items() if known.has_reference)
+        raise UsageError(f"score {score} needs reference ids (--reference FILE of held-out non-members); only "
+                         f"{recorded} can default to the reference it was calibrated on")
     ids = store.column("id")
     values = store.column(score).astype(np.float64)
     suspect = match_ids(suspects, ids, "suspect", strict=strict)

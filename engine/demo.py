@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from .attack import evaluate
 from .config import ScoreConfig
 from .data import AlignedFolder, read_id_list
 from .metrics import format_metrics
 from .outputs import claim_folder
-from .run import run_scoring
+from .run import RunOptions, run_scoring
 from .synthetic import write_aligned_dataset
-from .train import VictimArch, train_pix2pix
+from .train import TrainingRecipe, train_pix2pix
 from .work import DatasetSpec
 
 FULL = {"n_pairs": 96, "epochs": 25}
@@ -36,17 +34,17 @@ def run_demo(out: Path, *, quick: bool = False, size: int = 64) -> dict:
     print(f"[1/3] dataset: {n} generated pairs in {data} ({n // 2} members in {members_file})")
 
     checkpoint = out / "victim" / "latest_net_G.pth"
-    arch = VictimArch(netG="unet_64", ngf=16, norm="instance", size=size)
-    members = set(read_id_list(members_file).ids)
     # no random jitter: a small victim trained briefly must memorise its members to be worth attacking
-    train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, members=members, arch=arch, epochs=plan["epochs"],
-                  use_jitter=False, device="cuda" if torch.cuda.is_available() else "cpu", overwrite=True)
-    print(f"[2/3] victim: pix2pix {arch.netG} trained {plan['epochs']} epochs on the members -> {checkpoint}")
+    recipe = TrainingRecipe(netG="unet_64", ngf=16, norm="instance", size=size, use_jitter=False,
+                            epochs=plan["epochs"])
+    train_pix2pix(AlignedFolder(data, "BtoA"), checkpoint, recipe, members=set(read_id_list(members_file).ids),
+                  overwrite=True)
+    print(f"[2/3] victim: pix2pix {recipe.netG} trained {recipe.epochs} epochs on the members -> {checkpoint}")
 
     store_path = out / "scores.zarr"
-    config = ScoreConfig(victim=f"pix2pix:{checkpoint}", victim_size=size)  # the checkpoint carries its model
+    config = ScoreConfig(victim=f"pix2pix:{checkpoint}")  # the checkpoint carries its model and its size
     summary = run_scoring(DatasetSpec(str(data), direction="BtoA", members_file=str(members_file)), config,
-                          store_path, batch_size=16, overwrite=True)
+                          store_path, RunOptions(batch_size=16), overwrite=True)
     print(f"[3/3] scores: {summary.line()} -> {store_path}")
 
     metrics = evaluate(store_path)

@@ -56,9 +56,10 @@ def start_numba_threads() -> None:
     omp_set_num_threads(NUMBA_NUM_THREADS), and that symbol binds to torch's libgomp (torch loads it
     globally): the calling thread's torch threads become NUMBA_NUM_THREADS. Started by the first difficulty
     kernel, that switched torch's threads after a process's first batch wherever the two counts differ
-    (OMP_NUM_THREADS, a CPU affinity, torch threads set before it started), and oneDNN and torch's reductions round differently
-    with another thread count: a resumed run's first shard differed from an uninterrupted run's in the
-    last bits. Call it before the first forward (`Scorer` does) in the thread that scores."""
+    (OMP_NUM_THREADS, a CPU affinity, torch threads set before it started), and oneDNN and torch's
+    reductions round differently with another thread count: a resumed run's first shard differed from an
+    uninterrupted run's in the last bits. Call it before the first forward (`Scorer` does) in the thread
+    that scores."""
     import numba
     threads = torch.get_num_threads()
     numba.get_num_threads()  # starts the layer; a no-op once started

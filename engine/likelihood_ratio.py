@@ -3,7 +3,7 @@
 Inputs, for n images and K shadow victims trained like the victim on random halves of a population:
 `target` [n], the victim's Lrec of each image; `shadow` [n, K], each shadow's Lrec of each image (NaN:
 missing, left out); `in_shadow` [n, K], 1 where the image was in that shadow's training data, 0 where not.
-`memscore.shadows.rescore_with_shadows` reads these from a store and writes the scores back.
+`memscore.shadow_scores` reads these from a store and writes the scores back.
 
 Orientation, as everywhere in memscore: a LOWER score means "more likely a member". LiRA online returns
 the negated log likelihood ratio, RMIA the negated fraction of population samples dominated; LiRA offline
@@ -70,6 +70,8 @@ A_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist(
 """Values of RMIA's offline correction a that `choose_offline_a` tries."""
 PRIOR_DOF = 4.0
 """Weight of the global variance in each per-image variance, in observations (see the module doc)."""
+GAMMA = 1.0
+"""RMIA's default margin: z counts as dominated when LR(x) / LR(z) >= gamma."""
 DIRECTION = "lower score = member"
 
 
@@ -187,7 +189,7 @@ def lira(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, onlin
 
 
 def rmia(target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray, *, online: bool = True,
-         temperature: float | None = None, offline_a: float | None = None, gamma: float = 1.0,
+         temperature: float | None = None, offline_a: float | None = None, gamma: float = GAMMA,
          reference: np.ndarray | None = None) -> ShadowScores:
     """RMIA scores (lower = member): minus the fraction of population samples z with LR(x) / LR(z) >= gamma.
 

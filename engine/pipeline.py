@@ -7,6 +7,7 @@ and reads ahead of the caller.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,22 +23,24 @@ from .pillow_reader import prepare
 
 
 READERS = ("auto", "dali", "pillow")
-_noticed_fallback = False
 
 
 def choose_reader(reader: str = "auto") -> str:
     """`dali` or `pillow`; `auto` is DALI where `nvidia.dali` imports, else Pillow (said once on stderr)."""
-    global _noticed_fallback
     if reader not in READERS:
         raise UsageError(f"reader must be one of {READERS}, got {reader!r}")
     if reader != "auto":
         return reader
     if dali_reader.dali_importable():
         return "dali"
-    if not _noticed_fallback:
-        _noticed_fallback = True
-        print("memscore: nvidia.dali is not importable here; reading images with Pillow", file=sys.stderr, flush=True)
+    say_pillow_fallback()
     return "pillow"
+
+
+@functools.cache
+def say_pillow_fallback() -> None:
+    """Say on stderr that `auto` reads with Pillow: once per process (cached), though every shard chooses a reader."""
+    print("memscore: nvidia.dali is not importable here; reading images with Pillow", file=sys.stderr, flush=True)
 
 
 def batches(pairs: Iterable[Pair], view: View, batch_size: int, *, threads: int = 2, reader: str = "auto",

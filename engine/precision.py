@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .config import PRECISIONS
 from .errors import UsageError
 
+PRECISIONS = ("auto", "fp32", "bf16")
+"""What a user may ask for: `auto` is resolved per device (`resolve_precision`), once per run."""
 NATIVE_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 """x86 feature flags (as /proc/cpuinfo spells them) of CPU instructions that multiply bfloat16 natively."""
 CPUINFO = Path("/proc/cpuinfo")

@@ -1,11 +1,10 @@
 """The attack report of a finished score store: one HTML page and the PNG figures beside it.
 
-Metrics come from `memscore.attack.evaluate` (so the page and `memscore evaluate` agree) and alpha fits
-from memscore.alpha; this module only draws (matplotlib's Agg canvas) and writes.
+The numbers come from `memscore.report_data` (whose metrics are `memscore.attack.evaluate`'s, so the page and
+`memscore evaluate` agree); this module only draws them (matplotlib's Agg canvas) and writes the page.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import html
 import json
@@ -17,24 +16,19 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .alpha import AlphaFit, fit_alpha
-from .attack import evaluate, lmem_with_alpha, match_members, membership, readable_store
+from .alpha import AlphaFit
 from .data import Dataset, Pair
-from .metrics import CUTOFF_RULE, DIRECTION, alpha_sweep, roc
+from .metrics import CUTOFF_RULE, DIRECTION, RocCurve
 from .images import ImageError, load_rgb
 from .outputs import build_folder
-from .store import ScoreStore, StatusCounts
+from .report_data import ReportData, report_data
+from .score_names import STORED_SCORES, score_label
 
-SCORES = ("lrec", "lmem")
-"""The two scores the histograms and the scatter show; the metric table and the ROC show every score."""
-SCORE_NAMES = {"lrec": "Lrec (reconstruction error)", "lmem": "Lmem = Lrec - alpha * Ldiff",
-               "lcal": "lcal (per-image calibrated)"}
 PALETTE = ("#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#0072B2", "#D55E00", "#000000")
 """Okabe-Ito colours, one per score in the order the store lists them."""
 # (label value, legend name, colour): Okabe-Ito colours, distinguishable with colour-blindness.
 GROUPS = ((0, "non-members", "#0072B2"), (1, "members", "#D55E00"), (-1, "unlabelled", "#555555"))
 SCATTER_MAX_POINTS = 20_000  # beyond this the scatter shows a fixed-seed random sample
-SWEEP_POINTS = 81
 DPI = 110
 NO_LABELS = ("Metrics need membership labels: this store has none (member = -1 everywhere). Pass "
              "<code>members_file</code> (one member id per line), or score with <code>--members</code>.")
@@ -54,14 +48,14 @@ def _groups(labels: np.ndarray) -> list[tuple[np.ndarray, str, str]]:
     return [(labels == value, name, colour) for value, name, colour in GROUPS if (labels == value).any()]
 
 
-def _roc_figure(curves: dict[str, Any], aucs: dict[str, float], fprs: list[float], path: Path) -> str:
+def _roc_figure(curves: dict[str, RocCurve], aucs: dict[str, float], fprs: list[float], path: Path) -> str:
     figure = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = figure.add_subplot()
     n_nonmembers = curves["lrec"].n_nonmembers
     floor = 1.0 / n_nonmembers
     for colour, (column, curve) in zip(PALETTE * 2, curves.items()):
         ax.plot(curve.fpr[1:], curve.tpr[1:], color=colour, lw=2,
-                label=f"{SCORE_NAMES.get(column, column)}, AUC {aucs[column]:.4f}")
+                label=f"{score_label(column)}, AUC {aucs[column]:.4f}")
     ax.plot([floor, 1], [floor, 1], color="black", ls=":", lw=1, label="chance (TPR = FPR)")
     for target in fprs:
         if target >= floor:
@@ -94,7 +88,7 @@ def _histogram_figure(scores: dict[str, np.ndarray], labels: np.ndarray, thresho
         if thresholds.get(column) is not None:
             ax.axvline(thresholds[column], color="black", ls="--", lw=1.2,
                        label=f"best balanced-accuracy threshold {thresholds[column]:.4g}")
-        ax.set_xlabel(f"{SCORE_NAMES[column]}  (lower = member)")
+        ax.set_xlabel(f"{score_label(column)}  (lower = member)")
         ax.set_ylabel("density")
         ax.set_title(f"{column}: members vs non-members" if len(_groups(classes)) > 1 else f"{column}: all scored images")
         ax.legend(fontsize=9)
@@ -253,16 +247,15 @@ def _metric_table(metrics: dict[str, dict]) -> str:
         ids.append([""] + [f"{c}-tpr-{target:g}" for c in names])
     ci = (f"Brackets: {lrec['ci_level'] * 100:g}% stratified bootstrap intervals, {lrec['n_boot']} resamples "
           f"(seed {lrec['seed']})." if lrec["n_boot"] else "No bootstrap intervals (n_boot = 0).")
-    return (_table(["metric", *[SCORE_NAMES.get(c, c) for c in names]], rows, ids)
+    return (_table(["metric", *[score_label(c) for c in names]], rows, ids)
             + f"<p><small>{_esc(ci)} {lrec['n_members']} members and {lrec['n_nonmembers']} non-members; "
               f"{lrec['n_excluded_nan']} labelled rows without a score (failed or pending) excluded.</small></p>")
 
 
-def _failed_shards_table(store: ScoreStore, failed: dict[int, str]) -> str:
+def _failed_shards_table(failed: list[tuple[int, int, int, str]]) -> str:
     """The shards the last run could not score after every retry: which rows, and the error (cells `shard-N`)."""
     rows, ids = [], []
-    for index, error in sorted(failed.items()):
-        start, stop = store.shard_range(index)
+    for index, start, stop, error in failed:
         rows.append([str(index), f"{start}–{stop - 1}", _esc(error)])
         ids.append(["", "", f"shard-{index}"])
     return (_note(f"{len(failed)} shard(s) failed after every retry and stay pending: rerun the same "
@@ -309,42 +302,17 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
     refused, an unfinished one too unless `partial` (then the page says how many rows are pending, and
     which shards failed in the last run).
     """
-    store, status_counts = readable_store(store_path, partial)
-    pages = functools.partial(_write_pages, store, status_counts, members_file=members_file, dataset=dataset,
-                              n_boot=n_boot, thumbnails=thumbnails, partial=partial, scores=scores)
+    data = report_data(store_path, members_file=members_file, n_boot=n_boot, thumbnails=thumbnails,
+                       partial=partial, scores=scores)
+    pages = functools.partial(_write_pages, data, dataset=dataset)
     return build_folder(out_dir, "report", pages, overwrite=overwrite, inputs=(store_path,)) / "index.html"
 
 
-def _write_pages(store: ScoreStore, status_counts: StatusCounts, out: Path, *, members_file: str | None,
-                 dataset: Dataset | None, n_boot: int, thumbnails: int, partial: bool,
-                 scores: list[str] | None) -> None:
-    """The page and its figures, written into `out`."""
-    ids, status = store.column("id"), store.column("status")
-    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
-    lmem, alpha_record = lmem_with_alpha(store)
-    labels = membership(store, match_members(store, members_file))
-    scored = status == "ok"
-    fit = fit_alpha(lrec, ldiff)
+def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> None:
+    """The page and its figures, drawn from `data`, written into `out`."""
+    metrics, alpha_record, fit = data.metrics, data.alpha, data.fit
     store_alpha = alpha_record["value"]
-
-    metrics = None
-    metrics_problem = NO_LABELS
-    if (labels >= 0).any():
-        try:
-            metrics = evaluate(store, members_file, n_boot=n_boot, partial=partial,
-                               scores=None if scores is None else ["lrec", "lmem", *[c for c in scores if c not in SCORES]])
-        except ValueError as error:  # e.g. every labelled row is a member
-            metrics_problem = f"No metrics: {_esc(str(error))}."
-
-    counts = {
-        "images in the store": store.n_images,
-        "scored": status_counts.ok,
-        "failed (excluded)": status_counts.failed,
-        "pending (excluded)": status_counts.pending,
-        "members (scored)": int((scored & (labels == 1)).sum()),
-        "non-members (scored)": int((scored & (labels == 0)).sum()),
-        "unlabelled (scored; not in metrics)": int((scored & (labels < 0)).sum()),
-    }
+    metrics_problem = NO_LABELS if data.metrics_error is None else f"No metrics: {_esc(data.metrics_error)}."
     fit_line = (f"label-free OLS slope of Lrec on Ldiff over this store: {fit.alpha:.4g} "
                 f"({fit.n_rows} rows, R² {fit.r2:.3f})")
     alpha_text = (f"alpha = <b>{store_alpha:.4g}</b>, chosen as <code>{_esc(alpha_record['spec'])}</code> "
@@ -352,39 +320,32 @@ def _write_pages(store: ScoreStore, status_counts: StatusCounts, out: Path, *, m
                   + (f", R² {alpha_record['r2']:.3f}" if alpha_record.get("r2") is not None else "")
                   + (f", fitted on {_esc(alpha_record['fitted_on'])}" if alpha_record.get("fitted_on") else "")
                   + f"); {fit_line}.")
-    history = [record.to_dict() for record in store.alpha_history]
-    failed_shards = store.failed_shards
+    history = data.alpha_history
 
     sections = [
-        f"<h1>memscore report</h1><p>Store <code>{_esc(str(store.path))}</code>, written "
-        f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}. Labels from "
-        + (f"<code>{_esc(str(members_file))}</code>" if members_file else "the store's <code>member</code> column")
-        + ".</p>",
+        f"<h1>memscore report</h1><p>Store <code>{_esc(data.store)}</code>, written {data.created}. Labels from "
+        + (f"<code>{_esc(str(data.members_file))}</code>" if data.members_file
+           else "the store's <code>member</code> column") + ".</p>",
         f'<p class="rule"><b>Direction:</b> {_esc(DIRECTION)}.<br><b>Cut-off rule for TPR at a target FPR:</b> '
         f"{_esc(CUTOFF_RULE)}; a target below 1/(number of non-members) is refused.<br>"
         f"<b>Scores:</b> Lrec = mean |V(x) − y|; Ldiff = difficulty; Lmem = Lrec − alpha · Ldiff.</p>",
-        "<h2>Counts and alpha</h2>" + _key_value_table(counts) + f"<p>{alpha_text}</p>"
+        "<h2>Counts and alpha</h2>" + _key_value_table(data.counts) + f"<p>{alpha_text}</p>"
         + (f"<p><small>Earlier alpha choices: {_esc(history)}</small></p>" if history else ""),
         "<h2>Metrics</h2>" + (_metric_table(metrics) if metrics else _note(metrics_problem)),
     ]
-    if status_counts.pending:
-        sections.insert(2, _note(f'<b id="partial">Partial store:</b> {status_counts.pending} of {store.n_images} rows '
+    if data.status.pending:
+        sections.insert(2, _note(f'<b id="partial">Partial store:</b> {data.status.pending} of {data.n_images} rows '
                                  "are still pending (not scored); every figure and number below covers the scored "
                                  "rows only. Rerun the same <code>memscore score</code> command to finish it."))
-    if failed_shards:
-        sections.insert(-1, "<h2>Failed shards</h2>" + _failed_shards_table(store, failed_shards))
-    derived = [c for c in (metrics["scores"] if metrics else []) if c not in SCORES]
+    if data.failed_shards:
+        sections.insert(-1, "<h2>Failed shards</h2>" + _failed_shards_table(data.failed_shards))
+    derived = [c for c in (metrics["scores"] if metrics else []) if c not in STORED_SCORES]
     if derived:
         sections.append("<h2>How the calibrated scores were made</h2>" + _derived_scores_table(metrics, derived))
 
-    thresholds = {c: metrics[c]["balanced_accuracy_threshold"] if metrics else None for c in SCORES}
-    known = labels >= 0
     if metrics:
-        values_of = {"lrec": lrec, "lmem": lmem}
-        curves = {c: roc(values_of.get(c, store.column(c).astype(np.float64))[known], labels[known] == 1)
-                  for c in metrics["scores"]}
         fprs = [p["target_fpr"] for p in metrics["lrec"]["tpr_at_fpr"]]
-        name = _roc_figure(curves, {c: metrics[c]["auc"] for c in metrics["scores"]}, fprs, out / "roc.png")
+        name = _roc_figure(data.curves, {c: metrics[c]["auc"] for c in metrics["scores"]}, fprs, out / "roc.png")
         sections.append("<h2>ROC curve</h2>" + _figure(
             name, "Log-log ROC of every score: TPR against FPR, each point a threshold (member iff score ≤ "
                   "threshold). The FPR axis starts at 1/(number of non-members), the smallest FPR this data "
@@ -392,15 +353,16 @@ def _write_pages(store: ScoreStore, status_counts: StatusCounts, out: Path, *, m
     else:
         sections.append("<h2>ROC curve</h2>" + _note(metrics_problem))
 
-    name = _histogram_figure({"lrec": lrec, "lmem": lmem}, labels, thresholds, out / "histograms.png")
+    name = _histogram_figure({"lrec": data.lrec, "lmem": data.lmem}, data.labels, data.thresholds,
+                             out / "histograms.png")
     sections.append("<h2>Score distributions</h2>" + _figure(
         name, "Histograms (density) of Lrec and Lmem by class, as in the paper's Figures 3 and 6: the "
               "better the score, the better one vertical line (a threshold) separates members from "
               "non-members." + (" Dashed: the best balanced-accuracy threshold." if metrics else "")))
 
-    boundary = (store_alpha, thresholds["lmem"]) if thresholds["lmem"] is not None else None
-    name, drawn = _scatter_figure(lrec, ldiff, labels, fit, boundary, out / "scatter.png")
-    n_finite = int((np.isfinite(lrec) & np.isfinite(ldiff)).sum())
+    boundary = (store_alpha, data.thresholds["lmem"]) if data.thresholds["lmem"] is not None else None
+    name, drawn = _scatter_figure(data.lrec, data.ldiff, data.labels, fit, boundary, out / "scatter.png")
+    n_finite = int((np.isfinite(data.lrec) & np.isfinite(data.ldiff)).sum())
     sample = f" Showing a fixed-seed random {drawn} of {n_finite} images." if drawn < n_finite else ""
     sections.append("<h2>Reconstruction error vs difficulty</h2>" + _figure(
         name, "Lrec against Ldiff, as in the paper's Figures 5 and 7: harder images are reconstructed worse, "
@@ -408,11 +370,8 @@ def _write_pages(store: ScoreStore, status_counts: StatusCounts, out: Path, *, m
               + (" Dashed: the decision line Lmem = threshold with the store's alpha; images below it are "
                  "called members." if boundary else "") + sample))
 
-    if metrics:
-        lo = min(0.0, 1.5 * min(store_alpha, fit.alpha))
-        hi = max(1.0, 1.5 * max(store_alpha, fit.alpha))
-        grid = np.union1d(np.linspace(lo, hi, SWEEP_POINTS), [store_alpha, fit.alpha])
-        alphas, aucs = alpha_sweep(lrec[known], ldiff[known], labels[known] == 1, grid)
+    if data.sweep is not None:
+        alphas, aucs = data.sweep
         marks = [(store_alpha, f"store ({alpha_record['spec']})", "-"), (fit.alpha, "label-free fit", "--")]
         name = _alpha_figure(alphas, aucs, marks, out / "alpha.png")
         sections.append("<h2>Choice of alpha</h2>" + _figure(
@@ -422,10 +381,9 @@ def _write_pages(store: ScoreStore, status_counts: StatusCounts, out: Path, *, m
     else:
         sections.append("<h2>Choice of alpha</h2>" + _note(metrics_problem))
 
-    sections.append("<h2>Easiest and hardest images by Ldiff</h2>"
-                    + _thumbnail_section(dataset, thumbnails, ids, ldiff, labels, out))
+    sections.append("<h2>Easiest and hardest images by Ldiff</h2>" + _thumbnail_section(data, dataset, out))
 
-    record = store.record.to_dict()
+    record = data.record
     meta = {k: v for k, v in record.items() if k not in ("config", "versions")}
     sections.append("<h2>Configuration</h2><h3>Scoring configuration</h3>" + _key_value_table(record["config"])
                     + "<h3>Versions</h3>" + _key_value_table(record["versions"])
@@ -435,26 +393,22 @@ def _write_pages(store: ScoreStore, status_counts: StatusCounts, out: Path, *, m
                         + json.dumps(metrics).replace("</", "<\\/") + "</script>")
 
     (out / "index.html").write_text("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                    f"<title>memscore report: {_esc(store.path.name)}</title><style>{CSS}</style></head>"
+                    f"<title>memscore report: {_esc(Path(data.store).name)}</title><style>{CSS}</style></head>"
                     f"<body>{''.join(sections)}</body></html>\n", encoding="utf-8")
 
 
-def _thumbnail_section(dataset: Dataset | None, k: int, ids: np.ndarray, ldiff: np.ndarray, labels: np.ndarray,
-                       out: Path) -> str:
-    """The Figure 1 section: the `k` lowest- and highest-Ldiff images, or a note saying why not."""
+def _thumbnail_section(data: ReportData, dataset: Dataset | None, out: Path) -> str:
+    """The Figure 1 section: the lowest- and highest-Ldiff images, or a note saying why not."""
     if dataset is None:
         return _note("No thumbnails: the store records ids only, not image paths. Pass the scored "
                      "<code>dataset</code> to <code>write_report</code> to show the easiest and hardest images.")
-    finite = np.flatnonzero(np.isfinite(ldiff))
-    k = min(k, finite.size // 2)
-    if k < 1:
+    if not data.easiest.size:
         return _note("No thumbnails: too few images with a difficulty score (or thumbnails = 0).")
-    order = finite[np.argsort(ldiff[finite], kind="stable")]
-    easiest, hardest = order[:k], order[::-1][:k]
+    ids, easiest, hardest = data.ids, data.easiest, data.hardest
     wanted = set(ids[np.r_[easiest, hardest]].tolist())
     pairs = _find_pairs(dataset, wanted)
     name = _thumbnail_figure([("easiest (lowest Ldiff)", easiest), ("hardest (highest Ldiff)", hardest)],
-                             ids, ldiff, labels, pairs, out / "thumbnails.png")
+                             ids, data.ldiff, data.labels, pairs, out / "thumbnails.png")
     missing = sorted(wanted - set(pairs))
     listed = (f'<p><small>Easiest, lowest first: <span id="easiest-ids">{_esc(", ".join(ids[easiest]))}</span>. '
               f'Hardest, highest first: <span id="hardest-ids">{_esc(", ".join(ids[hardest]))}</span>.</small></p>')

@@ -8,9 +8,7 @@ shards are skipped on a rerun, damaged ones are scored again, and a changed conf
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import functools
-import hashlib
 import math
 import sys
 import time
@@ -22,16 +20,17 @@ from tqdm import tqdm
 
 from .backbones import feature_width, resolve_weights, weights_sha256
 from .config import ScoreConfig
-from .data import read_id_list
-from .devices import resolve_device
-from .errors import UsageError
+from .data import ids_digest, read_id_list
+from .devices import resolve_device, use_threads
+from .lmem import alpha_pass, check_alpha_options
 from .outputs import remove_folder, require_replaceable
 from .precision import resolve_precision
-from .rescore import alpha_pass, check_alpha_options
 from .schedule import ClusterPlan, execute
+from .settings import WHOLE_NON_NEGATIVE, WHOLE_POSITIVE, check_settings, setting
 from .scores import OUT_OF_RANGE_TOLERANCE, Row
-from .store import ScoreStore, StoreError, disk_full_message, store_lock
-from .timing import StageTimes
+from .store import ScoreStore, StoreError, disk_full_guard, store_lock
+from .timing import StageTimes, utc_now
+from .victims import trained_size
 from .work import DatasetSpec, Shard, ShardJob, ShardOutcome, process_scorer, score_shard_task
 
 DEFAULT_SHARD_SIZE = 1024
@@ -93,14 +92,6 @@ class RunSummary:
 
 
 
-def members_digest(members_file: str | None) -> str | None:
-    """What identifies the member labels a run gives (None: no --members file)."""
-    if not members_file:
-        return None
-    ids = sorted(read_id_list(members_file).ids)
-    return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, members_sha256: str | None, *,
                     ignore: tuple[str, ...] = ()) -> None:
     """Refuse to resume a store made with another configuration, dataset size or member labels."""
@@ -117,6 +108,15 @@ def check_resumable(store: ScoreStore, config: ScoreConfig, n_images: int, membe
         now = "none" if members_sha256 is None else "a different one"
         raise StoreError(f"{store.path} was scored with {had}, this run gives {now}: the member column would mix "
                          "two labellings. Rerun with the same --members, or pass --overwrite to start fresh")
+
+
+def resolve_config(config: ScoreConfig, device: str = "auto") -> ScoreConfig:
+    """The configuration a run records: precision `auto` resolved for `device`, and the victim's input size read
+    from its checkpoint when none is given (`memscore.victims.trained_size`). Resolved once, before anything is
+    written: workers and resumes use what the store says, so one store never mixes fp32 and bf16 scores (and bf16
+    where it would be emulated is refused before anything is touched)."""
+    return dataclasses.replace(config, precision=resolve_precision(config.precision, resolve_device(device)),
+                               victim_size=config.victim_size or trained_size(config.victim))
 
 
 def run_inputs(dataset_spec: DatasetSpec, config: ScoreConfig) -> tuple[str, ...]:
@@ -137,16 +137,34 @@ def wide_columns(config: ScoreConfig) -> dict[str, int]:
     return widths
 
 
-def check_run_options(batch_size: int, shard_size: int | None) -> None:
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    if shard_size is not None and shard_size < 1:
-        raise StoreError(f"shard size must be at least 1 image, got {shard_size}")
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out, not what it computes (the `memscore score` options are generated from these
+    declarations): scores agree across these choices to float32 rounding (tests/test_run.py)."""
+
+    batch_size: int = setting(32, "images per batch", rule=WHOLE_POSITIVE)
+    shard_size: int | None = setting(None, "images per shard (= store chunk); default 1024, or about 16 shards per "
+                                           "local Dask worker; a resumed store keeps its own", rule=WHOLE_POSITIVE,
+                                     optional=True)
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = setting(0, "CPU threads for this process (0: torch's choice; local Dask workers share the cores)",
+                           rule=WHOLE_NON_NEGATIVE)
+    workers: int = setting(0, "score on a local Dask cluster of N worker processes (one per GPU where there are "
+                              "GPUs; 0: in this process)", rule=WHOLE_NON_NEGATIVE)
+    scheduler: str | None = setting(None, "score on an existing Dask cluster, e.g. tcp://HOST:8786 (the store path "
+                                          "must be reachable from every worker)", optional=True)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    @property
+    def cluster(self) -> ClusterPlan:
+        return ClusterPlan(self.workers, self.scheduler)
 
 
 def process_layout(device: str, cluster: ClusterPlan, precision: str) -> dict:
     """How this run splits the work: results agree across layouts to float32 rounding, not bit for bit."""
-    return {"started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "device": device,
+    return {"started": utc_now(), "device": device,
             "precision": precision, "workers": cluster.workers, "scheduler": cluster.scheduler,
             "threads": cluster.threads_per_worker() if cluster.distributed else torch.get_num_threads()}
 
@@ -178,41 +196,35 @@ class Progress:
         self.bar.close()
 
 
-def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path, *, batch_size: int = 32,
-                shard_size: int | None = None, device: str = "auto", overwrite: bool = False,
-                progress: bool = True, cluster: ClusterPlan = ClusterPlan()) -> RunSummary:
-    """Score a dataset into `out`, resuming a matching store; here, or on Dask when `cluster` asks.
+def run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: str | Path, options: RunOptions = RunOptions(),
+                *, overwrite: bool = False, progress: bool = True) -> RunSummary:
+    """Score a dataset into `out`, resuming a matching store; in this process, or on Dask when `options` asks.
 
-    `shard_size` None: `default_shard_size` (a resumed store keeps its own). Every option is checked before
-    the store is touched; a fresh store that ends with no shard done is removed again."""
-    try:
-        return _run_scoring(dataset_spec, config, Path(out), batch_size, shard_size, device, overwrite, progress,
-                            cluster)
-    except OSError as error:
-        message = disk_full_message(out, error, "the store")
-        if message is None:
-            raise
-        raise StoreError(message) from error
+    Every option is checked before the store is touched; a fresh store that ends with no shard done is removed
+    again. `overwrite` replaces only a store memscore made, holding none of the run's inputs."""
+    with disk_full_guard(out, "the store"):
+        return _run_scoring(dataset_spec, config, Path(out), options, overwrite, progress)
 
 
-def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batch_size: int, shard_size: int | None,
-                 device: str, overwrite: bool, progress: bool, cluster: ClusterPlan) -> RunSummary:
+def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, options: RunOptions, overwrite: bool,
+                 progress: bool) -> RunSummary:
     started = time.perf_counter()
-    check_run_options(batch_size, shard_size)
+    if options.threads:
+        use_threads(options.threads)
+    cluster, device = options.cluster, options.device
     check_alpha_options(config.alpha, config.reference_ids)
-    # `auto` is resolved here, once, and recorded: workers and resumes use what the store says, so one store never
-    # mixes fp32 and bf16 scores (and bf16 where it would be emulated is refused before anything is touched)
-    config = dataclasses.replace(config, precision=resolve_precision(config.precision, resolve_device(device)))
+    config = resolve_config(config, device)
     inputs = run_inputs(dataset_spec, config)
     if overwrite:  # refused before anything is read or loaded: memscore replaces only a store it made
         require_replaceable(out, "store", inputs)
     dataset = dataset_spec.open()
-    members_sha256 = members_digest(dataset_spec.members_file)
+    members_file = dataset_spec.members_file  # what identifies the member labels (None: no --members file)
+    members_sha256 = ids_digest(read_id_list(members_file).ids) if members_file else None
     if out.exists() and not overwrite:  # a changed configuration is refused before weights are looked for
         check_resumable(ScoreStore.open(out), config, len(dataset), members_sha256, ignore=("weights_sha256",))
     config = ScoreConfig.from_dict({**config.to_dict(), "weights_sha256": weights_sha256(
         resolve_weights(config.backbone, config.backbone_weights))})
-    job = ShardJob(dataset_spec, config, str(out.resolve()), batch_size, device, cluster.threads_per_worker())
+    job = ShardJob(dataset_spec, config, str(out.resolve()), options.batch_size, device, cluster.threads_per_worker())
     with store_lock(out):
         resuming = out.exists() and not overwrite
         damaged: list[int] = []
@@ -224,7 +236,7 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, batc
         if not cluster.distributed:
             process_scorer(config, device)  # load the models before a store is created: a bad victim fails here
         if not resuming:
-            shard_size = default_shard_size(len(dataset), cluster) if shard_size is None else shard_size
+            shard_size = options.shard_size or default_shard_size(len(dataset), cluster)
             store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite,
                                       members_sha256=members_sha256, wide_columns=wide_columns(config),
                                       inputs=inputs)
@@ -276,13 +288,7 @@ def _finish(store: ScoreStore, config: ScoreConfig) -> None:
     if current.store_id != store.store_id:
         raise StoreError(f"{store.path} was replaced by another run while this one wrote it; nothing reported "
                          "from this run is in it: rerun the command")
-    if not current.done_shards().all():
-        raise StoreError(f"{store.path}: {int((~current.done_shards()).sum())} shard(s) are not done after the run; "
-                         "rerun the same command to finish it")
-    problems = [p for p in current.verify() if p.array != "lmem"]  # the alpha pass below rewrites lmem
-    if problems:
-        raise StoreError(f"{store.path} is damaged after the run ({problems[0]}); rerun the same command to "
-                         "score the damaged shards again")
+    current.require_scored()
     if not (current.column("status") == "ok").any():
         raise StoreError(f"nothing could be scored: every image failed (reasons in {store.path}/reason, "
                          f"`memscore failures {store.path}`)")

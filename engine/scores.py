@@ -146,14 +146,13 @@ class Scorer:
             self.victim = open_victim(self.config.victim, weights=self.config.victim_weights, device=self.device,
                                       value_range=self.config.victim_range, seed=self.config.seed,
                                       **dict(self.config.victim_options))
-        self.shadow_victims, self.shadow_members = [], []
+        self.shadow_victims, self.shadow_set = [], None
         if self.config.shadows:
             from .shadows import read_shadow_set
-            shadow_set = read_shadow_set(self.config.shadows)
+            self.shadow_set = read_shadow_set(self.config.shadows)
             self.shadow_victims = [open_victim(shadow.victim_spec, device=self.device,
                                                value_range=self.config.victim_range, seed=self.config.seed)
-                                   for shadow in shadow_set.shadows]
-            self.shadow_members = [shadow.members for shadow in shadow_set.shadows]
+                                   for shadow in self.shadow_set.shadows]
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
         self.precision = resolve_precision(self.config.precision, self.device)
 
@@ -247,9 +246,11 @@ class Scorer:
         """Each shadow victim's Lrec (NaN where a shadow's output was unusable) and the shadows' memberships."""
         if not self.shadow_victims:
             return
+        from .shadows import in_shadow_matrix  # imported with the shadow set in __post_init__: costs nothing here
         items = [item for _, item in scored]
         per_shadow = [self.reconstruction_errors(items, victim, "shadows") for victim in self.shadow_victims]
+        in_shadow = in_shadow_matrix([row.id for row, _ in scored], self.shadow_set)
         for index, (row, _) in enumerate(scored):
             row.lrec_shadow = np.array([np.nan if isinstance(results[index], str) else results[index].lrec
                                         for results in per_shadow], dtype=np.float32)
-            row.in_shadow = np.array([row.id in members for members in self.shadow_members], dtype=np.int8)
+            row.in_shadow = in_shadow[index]

@@ -1,5 +1,5 @@
 """Shadow victims: K pix2pix models trained like the victim on seeded random halves of a population, for
-LiRA and RMIA (`memscore.likelihood_ratio`), and the store-level rescoring that applies those to a store.
+LiRA and RMIA (`memscore.likelihood_ratio`; on a store, `memscore.shadow_scores`).
 
 A folder of shadows holds `shadows.json` (the manifest: recipe, K, seed, population digest, and per shadow
 its member ids file, checkpoint and done flag) and one `shadow_NN/` folder per shadow. Shadows are
@@ -12,7 +12,6 @@ retrained. A rerun with another recipe, K, seed, population or direction is refu
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import sys
@@ -24,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from .attack import SCORE_MARK
-from .data import match_ids, open_dataset, read_id_list
-from .devices import resolve_device, use_threads
+from .data import ids_digest, open_dataset, read_id_list
+from .devices import use_threads
 from .errors import MemscoreError, UsageError
-from .likelihood_ratio import DEFAULT_TRANSFORM, PRIOR_DOF, Transform, lira, rmia
 from .schedule import ClusterPlan, execute
-from .store import ScoreStore, StoreError, store_lock
-from .train import VictimArch, train_pix2pix
+from .settings import Rule
+from .store import store_lock
+from .train import TrainingRecipe, train_pix2pix
 
 MANIFEST = "shadows.json"
 MANIFEST_FORMAT = 1
+EVEN_SHADOWS = Rule(lambda k: isinstance(k, int) and k >= 2 and k % 2 == 0, "an even number of shadows, at least 2")
 MANIFEST_KEYS = ("format", "recipe", "k", "seed", "direction", "population", "data", "shadows")
 SHADOW_KEYS = {"index", "members", "checkpoint", "done"}
 CHECKPOINT = "generator.pth"
@@ -44,24 +43,6 @@ PARTIAL_SUFFIX = ".partial"
 
 class ShadowError(MemscoreError):
     """A shadow folder that cannot be used or resumed as asked; the message says what changed or what to do."""
-
-
-@dataclass(frozen=True)
-class ShadowRecipe:
-    """How every shadow is trained: the `train-victim` options, which should match the victim's."""
-
-    netG: str = "unet_128"
-    size: int = 128
-    ngf: int = 16
-    norm: str = "instance"
-    use_dropout: bool = False
-    use_jitter: bool = True
-    epochs: int = 20
-    batch_size: int = 4
-
-    def arch(self) -> VictimArch:
-        """The generator architecture `memscore.train.train_pix2pix` takes."""
-        return VictimArch(netG=self.netG, ngf=self.ngf, norm=self.norm, use_dropout=self.use_dropout, size=self.size)
 
 
 @dataclass(frozen=True)
@@ -83,7 +64,7 @@ class ShadowSet:
     """The finished shadows of a folder, in index order, and how they were made."""
 
     path: Path
-    recipe: ShadowRecipe
+    recipe: TrainingRecipe
     seed: int
     k: int
     population_sha256: str
@@ -99,15 +80,10 @@ class ShadowJob:
     direction: str
     members_file: str
     checkpoint: str
-    recipe: ShadowRecipe
+    recipe: TrainingRecipe
     seed: int
     device: str
     threads: int
-
-
-def population_digest(ids: Sequence[str] | set[str]) -> str:
-    """sha256 of the population's ids, sorted: the same set of ids gives the same digest in any order."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
 
 
 def membership_plan(population: Sequence[str] | set[str], k: int, seed: int) -> tuple[list[str], np.ndarray]:
@@ -117,9 +93,9 @@ def membership_plan(population: Sequence[str] | set[str], k: int, seed: int) -> 
     n // 2 of a seeded permutation) and shadow 2p + 1 on the other half, so every id is IN for exactly k / 2
     shadows and OUT for k / 2 (what online LiRA and RMIA need); K must therefore be even.
     """
-    if k < 2 or k % 2:
-        raise UsageError(f"K must be an even number of shadows, at least 2 (complementary halves: every id is in "
-                         f"exactly K/2 of them), got {k}")
+    if not EVEN_SHADOWS.accepts(k):
+        raise UsageError(f"K must be {EVEN_SHADOWS.text} (complementary halves: every id is in exactly K/2 of "
+                         f"them), got {k}")
     ids = sorted(set(population))
     if len(ids) < 2:
         raise UsageError(f"a population of {len(ids)} ids cannot be split into halves; give at least 2")
@@ -137,7 +113,7 @@ def shadow_seed(seed: int, index: int) -> int:
 
 
 def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k: int, out_dir: str | os.PathLike,
-                  recipe: ShadowRecipe, *, seed: int = 0, plan: ClusterPlan = ClusterPlan(), direction: str = "AtoB",
+                  recipe: TrainingRecipe, *, seed: int = 0, plan: ClusterPlan = ClusterPlan(), direction: str = "AtoB",
                   device: str = "auto", fresh: bool = False) -> ShadowSet:
     """Train the shadows of `out_dir` that are not done yet (all K on the first run); return the finished set.
 
@@ -155,7 +131,7 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
                           f"{', '.join(missing[:5])}; give a population of ids the dataset holds")
     wanted = {"format": MANIFEST_FORMAT, "recipe": dataclasses.asdict(recipe), "k": k, "seed": seed,
               "direction": direction,
-              "population": {"file": str(population_file), "n": len(ids), "sha256": population_digest(ids)}}
+              "population": {"file": str(population_file), "n": len(ids), "sha256": ids_digest(ids)}}
     with store_lock(out):  # one training run per folder: a second one is refused naming the first
         manifest = _prepare(out, wanted, str(data), fresh)
         jobs = []
@@ -197,10 +173,8 @@ def train_shadow(job: ShadowJob) -> tuple[int, float]:
     started = time.perf_counter()
     checkpoint = Path(job.checkpoint)
     partial = checkpoint.with_name(checkpoint.name + PARTIAL_SUFFIX)
-    recipe = job.recipe
-    train_pix2pix(open_dataset(job.data, direction=job.direction), partial, members=read_id_list(job.members_file).ids,
-                  arch=recipe.arch(), epochs=recipe.epochs, batch_size=recipe.batch_size, seed=job.seed,
-                  device=str(resolve_device(job.device)), use_jitter=recipe.use_jitter, progress=False,
+    train_pix2pix(open_dataset(job.data, direction=job.direction), partial, job.recipe,
+                  members=read_id_list(job.members_file).ids, seed=job.seed, device=job.device, progress=False,
                   overwrite=True)  # the partial file of an interrupted try is this folder's own
     os.replace(partial, checkpoint)
     return job.index, time.perf_counter() - started
@@ -230,70 +204,18 @@ def read_shadow_set(out_dir: str | os.PathLike, *, partial: bool = False) -> Sha
             raise ShadowError(f"{out}: shadow {entry['index']} is marked done but {checkpoint} is missing; rerun "
                               "`memscore shadows train --fresh` (or restore the file)")
         shadows.append(Shadow(entry["index"], checkpoint, read_id_list(out / entry["members"]).ids))
-    return ShadowSet(out, ShadowRecipe(**manifest["recipe"]), manifest["seed"], manifest["k"],
+    return ShadowSet(out, TrainingRecipe(**manifest["recipe"]), manifest["seed"], manifest["k"],
                      manifest["population"]["sha256"], tuple(shadows))
 
 
 def in_shadow_matrix(ids: Sequence[str], shadow_set: ShadowSet) -> np.ndarray:
     """int8 [len(ids), K]: 1 where the shadow was trained on the id, 0 where not (ids outside the population
-    are 0 for every shadow: never trained on, usable as OUT by every shadow)."""
+    are 0 for every shadow: never trained on, usable as OUT by every shadow). Set lookups, not a sorted search:
+    the scorer calls it for every batch, so its cost follows the batch, not the population."""
     matrix = np.zeros((len(ids), len(shadow_set.shadows)), dtype=np.int8)
-    ids = np.asarray(ids, dtype=str)
     for column, shadow in enumerate(shadow_set.shadows):
-        matrix[:, column] = np.isin(ids, sorted(shadow.members))
+        matrix[:, column] = [image_id in shadow.members for image_id in ids]
     return matrix
-
-
-# --- scores from shadows, on a store ----------------------------------------------------------------------
-
-def score_column_name(method: str, online: bool = True, fixed_variance: bool = False) -> str:
-    """The store column a shadow-calibrated score is written to: lira, lira_fixed, lira_offline,
-    lira_offline_fixed, rmia, rmia_offline."""
-    if method == "lira":
-        return "lira" + ("" if online else "_offline") + ("_fixed" if fixed_variance else "")
-    if method == "rmia":
-        return "rmia" + ("" if online else "_offline")
-    raise UsageError(f"method must be lira or rmia, got {method!r}")
-
-
-def rescore_with_shadows(store_path: str | os.PathLike, method: str = "lira", *, online: bool = True,
-                         fixed_variance: bool = False, transform: Transform = DEFAULT_TRANSFORM,
-                         prior_dof: float = PRIOR_DOF, temperature: float | None = None,
-                         offline_a: float | None = None, gamma: float = 1.0,
-                         reference: str | os.PathLike | None = None, column: str | None = None,
-                         strict: bool = False) -> dict[str, Any]:
-    """Write a LiRA or RMIA score column (lower = member) from the store's `lrec`, `lrec_shadow` [n, K] and
-    `in_shadow` [n, K]; return the record kept in the column's attributes.
-
-    `transform`, `fixed_variance`, `prior_dof`: LiRA's (`memscore.likelihood_ratio.lira`); `temperature`,
-    `offline_a` (None: chosen from the shadows), `gamma`, `reference` (a file of ids, the population samples z;
-    default every scored image; ids the store lacks are ignored and counted in the record's `reference_ids`, or
-    refused when `strict`): RMIA's (`memscore.likelihood_ratio.rmia`). `column`: default `score_column_name`.
-    """
-    default_name = score_column_name(method, online, fixed_variance)  # refuses an unknown method
-    name = column or default_name
-    store = ScoreStore.open(store_path, mode="r+")
-    with store.lock():
-        store.require_readable()  # refuses an unfinished or damaged store, saying how to mend it
-        lrec, lrec_shadow, in_shadow = (store.column(c) for c in ("lrec", "lrec_shadow", "in_shadow"))
-        if lrec_shadow.ndim != 2 or lrec_shadow.shape != in_shadow.shape or lrec_shadow.shape[0] != lrec.shape[0]:
-            raise StoreError(f"{store_path}: lrec_shadow {lrec_shadow.shape} and in_shadow {in_shadow.shape} must both "
-                             f"be [{lrec.shape[0]}, K]; rescore the store with `memscore score --shadows DIR`")
-        samples = None
-        if method == "lira":
-            found = lira(lrec, lrec_shadow, in_shadow, online=online, fixed_variance=fixed_variance,
-                         transform=transform, prior_dof=prior_dof)
-        else:
-            if reference is not None:
-                samples = match_ids(read_id_list(reference), store.column("id"), "reference", strict=strict)
-            found = rmia(lrec, lrec_shadow, in_shadow, online=online, temperature=temperature, offline_a=offline_a,
-                         gamma=gamma, reference=None if samples is None else samples.rows)
-        record = {**found.record(), "column": name, "k": int(lrec_shadow.shape[1]),
-                  "reference_file": None if reference is None else str(reference),
-                  "reference_ids": None if samples is None else samples.to_dict(),
-                  "uses": {c: store.fingerprint(c) for c in ("lrec", "lrec_shadow", "in_shadow")}}
-        store.write_column(name, found.scores, np.nan, {**record, SCORE_MARK: True})
-    return record
 
 
 # --- the manifest ------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ store first and switched in by renaming: a reader sees the old column or the new
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import errno
 import hashlib
 import json
@@ -39,6 +38,7 @@ import zarr
 from .config import ScoreConfig
 from .errors import StoreError
 from .outputs import remove_folder, require_replaceable
+from .timing import utc_now
 
 FORMAT_VERSION = 3
 """2: shards carry digests; 3: the `out_of_range` column. An older store lacks what this one writes and verifies."""
@@ -169,10 +169,6 @@ def _record_name(column: str | None, key: str) -> str:
     return _RECORD_NAMES.get((column, key), default)
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def versions() -> dict[str, str]:
     import importlib.metadata as md
     found = {}
@@ -298,7 +294,7 @@ def store_lock(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _acquire(lock_path: Path) -> None:
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "since": utc_now()}
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         try:
@@ -347,12 +343,18 @@ def _write_json_atomically(path: Path, document: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def disk_full_message(path: str | os.PathLike, error: OSError, what: str) -> str | None:
-    """A clear message for a full disk while writing `what`, or None for other OS errors."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return None
-    return (f"{path}: the disk is full while writing {what} ({error.strerror}). Nothing already finished is lost: "
-            "free some space and rerun the same command to resume")
+@contextmanager
+def disk_full_guard(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turn a full disk or quota (ENOSPC, EDQUOT) while writing `what` under `path` into a StoreError that says
+    nothing finished is lost and how to resume, instead of a traceback; other OS errors pass unchanged. One guard
+    for every store write, so a full disk reads the same whether a run's set-up or one shard's write hit it."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreError(f"{path}: the disk is full while writing {what} ({error.strerror}). Nothing already "
+                         "finished is lost: free some space and rerun the same command to resume") from error
 
 
 class ScoreStore:
@@ -407,7 +409,7 @@ class ScoreStore:
             group.create_array("shard_done", shape=(n_shards,), chunks=(1,), dtype=bool, fill_value=False,
                                dimension_names=["shard"])
             record = RunRecord(config=config, n_images=n_images, shard_size=shard_size, n_shards=n_shards,
-                               store_id=uuid.uuid4().hex, created=_now(), versions=versions(),
+                               store_id=uuid.uuid4().hex, created=utc_now(), versions=versions(),
                                members_sha256=members_sha256, wide_columns=wide_columns)
             group.attrs.put(_with_digests({}, {"memscore": record.to_dict()}))
             if path.exists():
@@ -509,7 +511,7 @@ class ScoreStore:
         self._require_records_intact()
         values = COLUMN_BY_NAME["lmem"].values(lmem)
         alpha = dataclasses.replace(alpha, lmem_sha256=column_digest(values, full=True),
-                                    created=alpha.created or _now())
+                                    created=alpha.created or utc_now())
         history = [r.to_dict() for r in self.alpha_history]
         if self.alpha is not None:
             history.append(self.alpha.to_dict())
@@ -571,9 +573,6 @@ class ScoreStore:
         status = self.column("status")
         return StatusCounts(self.n_images, int((status == "ok").sum()), int((status == "failed").sum()),
                             int((status == "").sum()))
-
-    def is_complete(self) -> bool:
-        return bool(self.done_shards().all()) and self.alpha is not None
 
     def fingerprint(self, column: str) -> dict[str, Any]:
         """What identifies one score exactly: equal fingerprints <=> the same values in the same store."""
@@ -668,6 +667,19 @@ class ScoreStore:
             raise StoreError(f"{self.path} is not finished: {what}. Rerun the same `memscore score` command to "
                              "finish it, or pass --partial to use the rows scored so far")
         return counts
+
+    def require_scored(self) -> None:
+        """Refuse a store an alpha pass cannot write Lmem into: a shard not done, or a problem `verify` finds in
+        anything but lmem. Lmem is left out because the alpha pass rewrites it whole (a damaged lmem is what
+        `memscore rescore` repairs). The end of a run and `memscore rescore` both check this before writing Lmem."""
+        pending = int((~self.done_shards()).sum())
+        if pending:
+            raise StoreError(f"{self.path}: {pending} shard(s) are not scored yet; rerun the same `memscore score` "
+                             "command to finish it")
+        problems = [p for p in self.verify() if p.array != "lmem"]
+        if problems:
+            raise StoreError(f"{self.path} is damaged ({problems[0]}); `memscore verify {self.path}` lists every "
+                             "problem, and rerunning the same `memscore score` command scores the damaged shards again")
 
     # --- internals -------------------------------------------------------------------------------
 

@@ -2,16 +2,24 @@
 
 Stages: `decode` (time the scorer waited for the reader), `victim`, `backbone`, `kernel`
 (difficulty fit), `write` (store). On CUDA a stage synchronises before it stops its clock, so
-asynchronous kernels are charged to the stage that launched them.
+asynchronous kernels are charged to the stage that launched them. `utc_now` is the one clock for the
+timestamps records carry (a store's creation, an alpha pass, a lock's owner, a run's layout).
 """
 from __future__ import annotations
 
+import datetime
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+
+
+def utc_now() -> str:
+    """The current time as UTC ISO 8601 to the second: every record stamps time this one way, so stamps from
+    different modules (and machines in different time zones) compare and sort as text."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class StageTimes:

@@ -3,7 +3,7 @@
 U-Net generator and PatchGAN discriminator from `memscore.victims.pix2pix`, vanilla GAN loss plus
 L1, Adam, constant learning rate for the first half of the epochs and a linear decay to zero over
 the second, and the public random jitter (resize to 286/256 of the size, random crop, random flip;
-`use_jitter=False` turns it off), with the public settings below. Trained on the member split only.
+`use_jitter=False` turns it off), with the public settings below; `TrainingRecipe` holds what a user chooses. Trained on the member split only.
 The checkpoint carries its own model arguments, nanoGPT style (`{"model": state_dict, "model_args":
 VictimArch}`), so `--victim pix2pix:CKPT` and `open_victim("pix2pix:CKPT")` load it with no options.
 """
@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import Dataset
+from .devices import resolve_device
 from .errors import PathError, UsageError
 from .images import ImageError, load_rgb
 from .outputs import write_file
 from .preprocess import resize, to_tensor
+from .settings import WHOLE_POSITIVE, check_settings, setting
 from .victims.checkpoint import MODEL_ARGS_KEY, read_checkpoint
-from .victims.pix2pix import build_discriminator, build_generator
+from .victims.pix2pix import NORMS, RESNET_BLOCKS, UNET_DOWNS, build_discriminator, build_generator
 
 # The public recipe (junyanz/pytorch-CycleGAN-and-pix2pix train options for pix2pix)
 LEARNING_RATE = 2e-4  # --lr
@@ -34,6 +36,32 @@ JITTER_LOAD_RATIO = 286 / 256  # --load_size 286 for --crop_size 256: images are
 FLIP_PROBABILITY = 0.5  # unless --no_flip
 INIT_STD = 0.02  # --init_type normal --init_gain 0.02
 D_LAYERS = 3  # --netD basic
+NDF = 16  # discriminator width (the tests train a smaller one)
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How a pix2pix victim is trained: `memscore train-victim` and every shadow of `memscore shadows train` use
+    this one recipe (its options are generated from these declarations; shadows should match their victim)."""
+
+    netG: str = setting("unet_128", "generator", choices=tuple(UNET_DOWNS) + tuple(RESNET_BLOCKS))
+    size: int = setting(128, "square training size (the victim is then fed this size)", rule=WHOLE_POSITIVE)
+    ngf: int = setting(16, "generator width (filters of the first layer)", rule=WHOLE_POSITIVE)
+    norm: str = setting("instance", "normalisation layers", choices=NORMS)
+    use_dropout: bool = setting(False, "dropout in the generator (the public pix2pix default for U-Nets)",
+                                flag="--dropout")
+    use_jitter: bool = setting(True, "no random resize-crop and flip (the public recipe has them)",
+                               flag="--no-jitter")
+    epochs: int = setting(20, "training epochs (constant rate for the first half, linear decay over the second)",
+                          rule=WHOLE_POSITIVE)
+    batch_size: int = setting(4, "pairs per step", rule=WHOLE_POSITIVE)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+    def arch(self) -> VictimArch:
+        """The generator's model arguments, as its checkpoint records them."""
+        return VictimArch(netG=self.netG, ngf=self.ngf, norm=self.norm, use_dropout=self.use_dropout, size=self.size)
 
 
 @dataclass(frozen=True)
@@ -90,14 +118,16 @@ def jitter(x: torch.Tensor, y: torch.Tensor, size: int, generator: torch.Generat
     return torch.stack(crops_x), torch.stack(crops_y)
 
 
-def train_pix2pix(dataset: Dataset, out: str | Path, *, members: set[str] | None = None, arch: VictimArch = VictimArch(),
-                  epochs: int = 20, batch_size: int = 4, ndf: int = 16, seed: int = 0, device: str = "cpu",
-                  use_jitter: bool = True, checkpoint_every: int = 0, progress: bool = True,
+def train_pix2pix(dataset: Dataset, out: str | Path, recipe: TrainingRecipe = TrainingRecipe(), *,
+                  members: set[str] | None = None, seed: int = 0, device: str = "auto", ndf: int = NDF,
+                  checkpoint_every: int = 0, progress: bool = True,
                   on_checkpoint: Callable[[int, Path], None] | None = None, overwrite: bool = False) -> Path:
-    """Train on the member pairs of `dataset`; write `out` (generator state dict and model arguments). An existing
-    `out` is refused before training unless `overwrite`."""
+    """Train on the member pairs of `dataset` with `recipe`; write `out` (generator state dict and model arguments).
+    An existing `out` is refused before training unless `overwrite`. `device`: as `memscore.devices.resolve_device`."""
     if Path(out).exists() and not overwrite:
         raise PathError(f"{out} already exists; pass --overwrite to replace it, or choose another name")
+    device = resolve_device(device)
+    arch, epochs, batch_size, use_jitter = recipe.arch(), recipe.epochs, recipe.batch_size, recipe.use_jitter
     torch.manual_seed(seed)
     load_size = round(arch.size * JITTER_LOAD_RATIO) if use_jitter else arch.size
     x_all, y_all, skipped = load_pairs(dataset, members, load_size)

@@ -20,7 +20,7 @@ from .data import Dataset, open_dataset, read_id_list
 from .devices import reader_threads, resolve_device, use_threads
 from .pipeline import batches
 from .scores import Row, Scorer
-from .store import ScoreStore, StoreError, disk_full_message, shard_columns
+from .store import ScoreStore, StoreError, disk_full_guard, shard_columns
 
 
 @dataclass(frozen=True)
@@ -166,14 +166,8 @@ def score_shard(shard: Shard, dataset: Dataset, scorer: Scorer, store: ScoreStor
         if on_batch is not None:
             on_batch(new_rows)
     ordered = ordered_rows(rows, [pair.id for pair in pairs])
-    with scorer.times.stage("write"):
-        try:
-            store.write_shard(shard.index, shard_columns(ordered, store.shard_columns))
-        except OSError as error:
-            message = disk_full_message(store.path, error, f"shard {shard.index}")
-            if message is None:
-                raise
-            raise StoreError(message) from error
+    with scorer.times.stage("write"), disk_full_guard(store.path, f"shard {shard.index}"):
+        store.write_shard(shard.index, shard_columns(ordered, store.shard_columns))
     failed = sum(row.status != "ok" for row in ordered)
     clamped = sum(row.status == "ok" and row.out_of_range > 0 for row in ordered)
     release_freed_memory()  # the next shard starts from the live memory alone (memscore.allocator)

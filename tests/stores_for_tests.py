@@ -1,13 +1,16 @@
 """Score stores with known contents for the readers' tests (attack, report, cli), written through the store's
-own API: Lrec grows with Ldiff and members sit lower, so the attack works on them."""
+own API: Lrec grows with Ldiff and members sit lower, so the attack works on them; and the shadow columns
+`memscore score --shadows` adds, for the LiRA and RMIA tests."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from memscore.config import ScoreConfig
-from memscore.rescore import alpha_pass
+from memscore.lmem import alpha_pass
+from memscore.shadows import membership_plan
 from memscore.store import ScoreStore
 
 
@@ -46,3 +49,21 @@ def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: 
     if alpha is not None:
         alpha_pass(store, alpha)
     return ScoreStore.open(path, mode="r")
+
+
+def store_with_shadow_columns(path: Path, n: int = 80, k: int = 4, seed: int = 0
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A finished synthetic store plus `lrec_shadow` / `in_shadow` arrays written directly (the scorer's
+    columns, as `memscore score --shadows` writes them): a shadow's Lrec of an image follows the image's
+    difficulty (from its Ldiff), lower where the shadow trained on it. Returns (lrec, lrec_shadow, in_shadow)."""
+    store = synthetic_store(path, n=n, shard_size=25)
+    ids, plan = membership_plan([str(i) for i in range(n)], k, seed)
+    in_shadow = np.array([plan[ids.index(str(i))] for i in range(n)], dtype=np.int8)  # store rows are "0".."n-1"
+    noise = np.random.default_rng(seed).standard_normal((n, k))
+    difficulty = 0.02 + 3.0 * store.column("ldiff")[:, None]
+    lrec_shadow = (difficulty + 0.04 * noise - 0.1 * in_shadow).astype(np.float32)
+    group = zarr.open_group(str(path), mode="a")
+    for name, values in (("lrec_shadow", lrec_shadow), ("in_shadow", in_shadow)):
+        group.create_array(name, shape=values.shape, chunks=(25, k), dtype=values.dtype, fill_value=0,
+                           dimension_names=["image", "shadow"])[:] = values
+    return store.column("lrec"), lrec_shadow, in_shadow

@@ -1,5 +1,5 @@
 """The notebook API (`memscore.score`, `memscore.open_store`, `memscore.evaluate`, `memscore.calibrate`, `memscore.predict`,
-`memscore.rescore_store`) on generated data: the same functions the `memscore` command calls. And no public name of
+`memscore.rescore`) on generated data: the same functions the `memscore` command calls. And no public name of
 the package hides a submodule (`from memscore import metrics` must be the module)."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_no_public_name_hides_a_submodule():
 def test_the_command_calls_the_api_functions():
     for name in ("evaluate", "calibrate", "predict"):
         assert getattr(cli, name) is getattr(memscore, name)
-    assert cli.rescore is memscore.rescore_store and cli.run_scoring is memscore.score
+    assert cli.rescore is memscore.rescore and cli.run_scoring is memscore.score
 
 
 def test_score_evaluate_rescore_calibrate_predict(tmp_path):
@@ -40,8 +40,9 @@ def test_score_evaluate_rescore_calibrate_predict(tmp_path):
     members = np.asarray(store.column("member"))
     metrics = memscore.evaluate(path)
     assert metrics["lmem"]["auc"] == auc(np.asarray(store.column("lmem")), members == 1)
-    record = memscore.rescore_store(path, "0.5")
-    assert isinstance(record, memscore.AlphaRecord) and memscore.open_store(path).alpha.value == 0.5
+    rescored = memscore.rescore(path, alpha="0.5")
+    assert isinstance(rescored, memscore.Rescored) and (rescored.method, rescored.column) == ("alpha", "lmem")
+    assert memscore.open_store(path).alpha.to_dict() == rescored.record and rescored.record["value"] == 0.5
     nonmembers = tmp_path / "nonmembers.txt"
     nonmembers.write_text("".join(f"{i}\n" for i in store.column("id")[members == 0]))
     calibration = memscore.calibrate(path, nonmembers, fpr=0.2)

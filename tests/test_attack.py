@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
+from memscore import rescore
 from memscore.attack import Calibration, calibrate, calibration_split, evaluate, predict
 from memscore.metrics import evaluate_scores
-from memscore.rescore import rescore
 from memscore.store import ScoreStore, StoreError
 from stores_for_tests import synthetic_store
 
@@ -57,7 +57,7 @@ def test_an_interrupted_store_is_refused_unless_partial_and_then_says_so(interru
     scored = interrupted.column("status") == "ok"
     assert result["lrec"]["n_members"] + result["lrec"]["n_nonmembers"] == int(scored.sum())
     # no lmem yet: the store's own alpha spec, fitted on the rows scored so far, and labelled as such
-    assert result["alpha"]["spec"] == interrupted.config.alpha and result["alpha"]["n_rows"] == int(scored.sum())
+    assert result["alpha"]["spec"] == str(interrupted.config.alpha) and result["alpha"]["n_rows"] == int(scored.sum())
     assert "scored so far" in result["alpha"]["fitted_on"]
     assert result["n_unlabelled_excluded"] == 0 and result["lrec"]["n_excluded_nan"] == 0
     # labels from a file: the pending rows (no id yet) are neither members nor non-members
@@ -100,7 +100,7 @@ def test_a_calibration_is_refused_once_the_score_changed(finished, tmp_path):
     store = tmp_path / "s.zarr"
     shutil.copytree(finished.path, store)
     calibration = calibrate(store, _nonmembers_file(finished, tmp_path / "non.txt"), fpr=0.25)
-    rescore(store, "3")
+    rescore(store, alpha="3")
     with pytest.raises(StoreError, match="alpha: calibrated on .*'value': 3.0.*calibrate` again"):
         predict(store, calibration=calibration)
     assert "predicted_member" not in ScoreStore.open(store).derived_columns()

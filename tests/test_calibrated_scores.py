@@ -1,5 +1,6 @@
 """The calibrated scores through the command line, end to end: per-image calibration (lcal) and dataset
-inference on a store with features; shadow victims trained, scored beside the victim and turned into LiRA."""
+inference on a store with features; shadow victims trained, scored beside the victim and turned into LiRA; dataset
+inference on a shadow score."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import numpy as np
 from memscore.cli import main
 from memscore.store import ScoreStore
 from memscore.synthetic import write_aligned_dataset
-from stores_for_tests import synthetic_store
+from stores_for_tests import store_with_shadow_columns, synthetic_store
 
 
 def test_per_image_calibration_dataset_test_report_and_export(tmp_path, capsys):
@@ -73,3 +74,24 @@ def test_shadow_victims_are_trained_scored_beside_the_victim_and_give_lira(tmp_p
     assert main(["evaluate", str(store), "--score", "lira_offline", "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["lira_offline"]["made_by"]["k"] == 2
     assert np.isfinite(ScoreStore.open(store).column("lira_offline")).all()
+
+
+def test_dataset_test_takes_a_shadow_score_with_a_reference(tmp_path, capsys):
+    store = tmp_path / "s.zarr"
+    store_with_shadow_columns(store, n=200, k=4)
+    ids, member = ScoreStore.open(store).column("id"), ScoreStore.open(store).column("member")
+    (tmp_path / "suspects.txt").write_text("\n".join(ids[member == 1][:40]) + "\n")
+    (tmp_path / "heldout.txt").write_text("\n".join(ids[member == 0][:40]) + "\n")
+    for method, column in (("lira", "lira"), ("rmia", "rmia_offline")):
+        extra = [] if method == "lira" else ["--offline"]
+        assert main(["rescore", str(store), "--method", method, *extra]) == 0
+        assert f"{column} written ({method}" in capsys.readouterr().out
+        test = ["dataset-test", str(store), "--suspect", str(tmp_path / "suspects.txt"), "--score", column,
+                "--bootstrap", "0"]
+        assert main(test) == 2  # no reference is recorded with a shadow score: it must be given
+        assert f"score {column} needs reference ids (--reference FILE" in capsys.readouterr().err
+        written = tmp_path / f"{column}.json"
+        assert main([*test, "--reference", str(tmp_path / "heldout.txt"), "--json", str(written)]) == 0
+        assert f"40 suspect vs 40 reference images on {column}" in capsys.readouterr().out
+        result = json.loads(written.read_text())
+        assert result["score"] == column and result["test"]["p_value"] < 0.01

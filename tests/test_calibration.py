@@ -4,20 +4,14 @@ features, log b(x) linear."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.special import ndtri
 
 from memscore import calibration
-from memscore.calibration import (NOT_SCORED, calibrate_per_image, ids_digest, per_image_thresholds,
-                                require_current_lcal, rescore_per_image)
-from memscore.config import ScoreConfig
+from memscore.calibration import NOT_SCORED, calibrate_per_image
 from memscore.metrics import evaluate_scores, tpr_at_fpr
-from memscore.rescore import alpha_pass
-from memscore.store import ScoreStore, StoreError
-from stores_for_tests import synthetic_store
 
 
 @dataclass(frozen=True)
@@ -133,7 +127,7 @@ def test_no_row_is_scored_by_a_model_that_saw_it(monkeypatch):
     n = data.lrec.size
     features = np.column_stack([data.features.astype(np.float64), np.arange(n)])  # last column: the row id
     fits = []
-    real_fit = calibration._fit_model
+    real_fit = calibration.fit_model
 
     class Watched:
         def __init__(self, fitted, trained_on):
@@ -148,7 +142,7 @@ def test_no_row_is_scored_by_a_model_that_saw_it(monkeypatch):
         fits.append(Watched(real_fit(model, x, y, level, seed), set(x[:, -2].astype(int).tolist())))
         return fits[-1]
 
-    monkeypatch.setattr(calibration, "_fit_model", watched_fit)
+    monkeypatch.setattr(calibration, "fit_model", watched_fit)
     result = calibrate_per_image(data.lrec, data.ldiff, features, data.reference, folds=4, seed=7)
     assert len(fits) == 4  # one model per fold
     scored_by = {}
@@ -214,121 +208,9 @@ def test_options_and_small_references_are_refused():
         calibrate_per_image(*args, data.reference.astype(int))
 
 
-# ---------------------------------------------------------------- on a store
-
-
-def calibration_store(path: Path, data: Synthetic, shard_size: int = 250) -> ScoreStore:
-    """A finished store holding `data` (ids "0".."n-1", the member labels, features) written through the store's
-    own API, with lmem at the fitted alpha."""
-    n, width = data.features.shape
-    store = ScoreStore.create(path, n, shard_size, ScoreConfig(victim="recon:synthetic"),
-                              wide_columns={"features": width})
-    for index in range(store.n_shards):
-        write_rows(store, index, data)
-    alpha_pass(store, "fit")
-    return ScoreStore.open(path)
-
-
-def write_rows(store: ScoreStore, index: int, data: Synthetic, lrec: np.ndarray | None = None) -> None:
-    rows = slice(*store.shard_range(index))
-    size = rows.stop - rows.start
-    store.write_shard(index, {
-        "id": [str(i) for i in range(rows.start, rows.stop)], "lrec": (data.lrec if lrec is None else lrec)[rows],
-        "ldiff": data.ldiff[rows], "features": data.features[rows], "status": ["ok"] * size, "reason": [""] * size,
-        "member": data.member[rows].astype(np.int8), "out_height": np.full(size, 32, np.int32),
-        "out_width": np.full(size, 32, np.int32), "out_of_range": np.zeros(size, np.float32)})
-
-
-def write_ids(path: Path, rows: np.ndarray) -> Path:
-    path.write_text("".join(f"{row}\n" for row in np.flatnonzero(rows)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def small() -> Synthetic:
-    return synthetic(n=600, seed=8)
-
-
-def test_rescore_per_image_writes_lcal_and_its_record(tmp_path, small):
-    store = calibration_store(tmp_path / "s.zarr", small)
-    reference_file = write_ids(tmp_path / "reference.txt", small.reference)
-    record = rescore_per_image(store.path, reference_file, model="gaussian", folds=4, seed=3, statistic="lrec")
-    expected = calibrate_per_image(small.lrec.astype(np.float32), small.ldiff.astype(np.float32), small.features,
-                                   small.reference, folds=4, seed=3)
-    store = ScoreStore.open(store.path)
-    np.testing.assert_array_equal(store.column("lcal"), expected.lcal.astype(np.float32))
-    assert store.column_attrs("lcal")["calibration"] == record == require_current_lcal(store)
-    assert (record["method"], record["model"], record["folds"], record["seed"]) == ("per-image", "gaussian", 4, 3)
-    assert record["reference_ids_file"] == str(reference_file.resolve())
-    assert record["reference_sha256"] == ids_digest(str(i) for i in np.flatnonzero(small.reference))
-    assert record["n_reference"] == small.reference.sum() and record["reference_ids_not_in_store"] == 0
-    assert set(record["inputs_fingerprint"]) == {"lrec", "ldiff", "features"}
-    assert record["inputs_fingerprint"]["features"] == store.fingerprint("features")
-    assert "lcal" in store.derived_columns() and store.verify() == []
-
-
-def test_the_lmem_statistic_models_lrec_less_alpha_ldiff_and_follows_the_stores_alpha(tmp_path, small, data):
+def test_the_lmem_statistic_models_lrec_less_alpha_ldiff(data):
     shifted = calibrate_per_image(data.lrec - 2.0 * data.ldiff, data.ldiff, data.features, data.reference)
     with_alpha = calibrate_per_image(data.lrec, data.ldiff, data.features, data.reference, alpha=2.0)
     np.testing.assert_allclose(with_alpha.lcal, shifted.lcal, rtol=1e-9, atol=1e-12)  # the same model of lmem
     np.testing.assert_allclose(with_alpha.center, shifted.center + 2.0 * data.ldiff, rtol=1e-9)  # on Lrec's scale
     assert with_alpha.record["alpha"] == 2.0 and "lmem" in with_alpha.record["statistic"]
-    store = calibration_store(tmp_path / "s.zarr", small)
-    reference_file = write_ids(tmp_path / "reference.txt", small.reference)
-    record = rescore_per_image(store.path, reference_file, folds=4, seed=3)  # the default statistic: lmem
-    store = ScoreStore.open(store.path)
-    expected = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"),
-                                   small.reference, folds=4, seed=3, alpha=store.alpha.value)
-    np.testing.assert_array_equal(store.column("lcal"), expected.lcal.astype(np.float32))
-    assert record["alpha"] == store.alpha.value and set(record["inputs_fingerprint"]) == {"lrec", "ldiff", "features",
-                                                                                          "lmem"}
-    from memscore.rescore import rescore
-    rescore(store.path, "0.5")
-    with pytest.raises(StoreError, match="lmem changed after lcal was computed"):
-        require_current_lcal(ScoreStore.open(store.path))
-
-
-def test_lcal_is_refused_once_the_store_changed_after_it(tmp_path, small):
-    store = calibration_store(tmp_path / "s.zarr", small)
-    rescore_per_image(store.path, write_ids(tmp_path / "reference.txt", small.reference))
-    writer = ScoreStore.open(store.path, mode="r+")
-    with writer.lock():
-        write_rows(writer, 1, small, lrec=small.lrec + 0.01)  # a shard scored again, with other values
-    with pytest.raises(StoreError, match="lrec changed after lcal was computed .* rescore --method per-image"):
-        require_current_lcal(ScoreStore.open(store.path))
-    rescore_per_image(store.path, tmp_path / "reference.txt")
-    assert require_current_lcal(ScoreStore.open(store.path))["n_reference"] == small.reference.sum()
-
-
-def test_rescore_per_image_refusals(tmp_path, small):
-    store = calibration_store(tmp_path / "s.zarr", small)
-    with pytest.raises(ValueError, match="no such file"):
-        rescore_per_image(store.path, tmp_path / "missing.txt")
-    members = write_ids(tmp_path / "members.txt", small.member | small.reference)
-    with pytest.raises(ValueError, match=r"reference ids are labelled members in .* known non-members"):
-        rescore_per_image(store.path, members)
-    (tmp_path / "strangers.txt").write_text("x1\nx2\n")
-    with pytest.raises(ValueError, match="none of the 2 ids in .*strangers.txt is in"):
-        rescore_per_image(store.path, tmp_path / "strangers.txt")
-    with pytest.raises(StoreError, match="has no per-image calibrated score yet: run `memscore rescore"):
-        require_current_lcal(store)
-    old = synthetic_store(tmp_path / "old.zarr")  # a store without features
-    with pytest.raises(StoreError, match="has no per-image features column"):
-        rescore_per_image(old.path, write_ids(tmp_path / "r.txt", old.column("member") == 0))
-
-
-def test_per_image_thresholds_of_a_store_reproduce_its_calibration(tmp_path, small):
-    store = calibration_store(tmp_path / "s.zarr", small)
-    reference_file = write_ids(tmp_path / "reference.txt", small.reference)
-    rescore_per_image(store.path, reference_file, folds=3, seed=2)
-    found = per_image_thresholds(store.path, 0.1)
-    expected = calibrate_per_image(small.lrec.astype(np.float32), small.ldiff.astype(np.float32), small.features,
-                                   small.reference, folds=3, seed=2,
-                                   alpha=ScoreStore.open(store.path).alpha.value).thresholds_at(0.1)
-    np.testing.assert_array_equal(found.lrec_threshold, expected)
-    assert found.ids.tolist() == [str(i) for i in range(small.lrec.size)] and found.calibration["seed"] == 2
-    fresh = small.fresh_nonmembers
-    assert abs(np.mean(small.lrec[fresh] <= found.lrec_threshold[fresh]) - 0.1) < 0.05
-    reference_file.write_text("1\n")
-    with pytest.raises(ValueError, match="the reference lcal was computed from, is gone or changed"):
-        per_image_thresholds(store.path, 0.1)

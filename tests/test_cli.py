@@ -187,15 +187,15 @@ def test_ids_the_store_lacks_are_counted_aloud_and_refused_with_strict(argv, wri
 
 
 @pytest.mark.parametrize("option, message", [
-    (["--workers", "-1"], "--workers: must be at least 0"),
-    (["--batch-size", "0"], "--batch-size: must be at least 1"),
-    (["--shard-size", "0"], "--shard-size: must be at least 1"),
-    (["--threads", "-2"], "--threads: must be at least 0"),
-    (["--augment", "0"], "--augment: must be at least 1"),
+    (["--workers", "-1"], "--workers: must be a whole number >= 0"),
+    (["--batch-size", "0"], "--batch-size: must be a whole number >= 1"),
+    (["--shard-size", "0"], "--shard-size: must be a whole number >= 1"),
+    (["--threads", "-2"], "--threads: must be a whole number >= 0"),
+    (["--augment", "0"], "--augment: must be a whole number >= 1"),
     (["--fit-fraction", "1"], "--fit-fraction: must be strictly between 0 and 1"),
     (["--ridge=-1e-6"], "--ridge: must be a finite number >= 0"),
     (["--alpha", "garbage"], "--alpha: alpha 'garbage' not understood"),
-    (["--alpha", "auto"], "--alpha: 'auto' chooses alpha with member labels"),
+    (["--alpha", "auto"], "--alpha: alpha 'auto' chooses alpha with member labels"),
     (["--victim-opt", "ngf"], "--victim-opt: expected KEY=VALUE"),
 ])
 def test_score_options_are_refused_by_the_parser_before_anything_runs(option, message, tmp_path, capsys):
@@ -207,13 +207,13 @@ def test_score_options_are_refused_by_the_parser_before_anything_runs(option, me
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["evaluate", "STORE", "--bootstrap", "-1"], "--bootstrap: must be at least 0"),
+    (["evaluate", "STORE", "--bootstrap", "-1"], "--bootstrap: must be a whole number >= 0"),
     (["evaluate", "STORE", "--calibration-fraction", "0"], "--calibration-fraction: must be strictly between"),
     (["calibrate", "STORE", "--nonmembers", "x", "--fpr", "1.5"], "--fpr: must be strictly between 0 and 1"),
     (["calibrate", "STORE", "--nonmembers", "x", "--fpr", "0"], "--fpr: must be strictly between 0 and 1"),
     (["rescore", "STORE", "--alpha", "garbage"], "--alpha: alpha 'garbage' not understood"),
     (["rescore", "STORE", "--alpha", "nan"], "--alpha: alpha must be finite"),
-    (["train-victim", "DATA", "--out", "x", "--epochs", "0"], "--epochs: must be at least 1"),
+    (["train-victim", "DATA", "--out", "x", "--epochs", "0"], "--epochs: must be a whole number >= 1"),
 ])
 def test_reader_options_are_refused_and_the_store_stays_as_it_was(argv, message, scored, capsys):
     store = scored[3]

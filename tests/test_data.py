@@ -3,6 +3,7 @@ dataset refuses (repeated ids, bad member cells), skips and counts (other file t
 (folder links, each real folder once) and confines (file names made from ids); id files as editors save them."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import pytest
 
 from PIL import Image
 
-from memscore.data import (AlignedFolder, DatasetError, Manifest, PairedFolders, confined_path, match_ids,
-                           open_dataset, read_id_list)
+from memscore.data import (AlignedFolder, DatasetError, Manifest, PairedFolders, confined_path, ids_digest,
+                           match_ids, open_dataset, read_id_list)
 from memscore.errors import UsageError
 from memscore.synthetic import write_aligned_dataset
 
@@ -240,6 +241,17 @@ def test_an_id_file_that_is_not_utf8_is_refused_naming_the_file(tmp_path):
     path.write_bytes(b"caf\xe9\n")
     with pytest.raises(UsageError, match=r"latin1.txt is not UTF-8 text"):
         read_id_list(path)
+
+
+def test_the_ids_digest_ignores_order_and_repeats_keeps_its_recorded_values_and_takes_any_id():
+    """One digest for members, population and reference sets. Its value for UTF-8 ids is pinned: stores' members_sha256,
+    shadow manifests' population sha256 and calibrations' reference_sha256 were recorded with it and must still match.
+    An id that is not UTF-8 (a file name's bytes, kept as lone surrogates) is digested, not refused."""
+    assert ids_digest(["b", "a", "b"]) == ids_digest({"a", "b"}) == ids_digest(iter(["a", "b"]))
+    assert ids_digest(["train/1", "café"]) == hashlib.sha256("café\ntrain/1".encode("utf-8")).hexdigest()
+    assert ids_digest([]) == hashlib.sha256(b"").hexdigest()
+    raw = os.fsdecode(b"caf\xe9")  # "caf\udce9"
+    assert ids_digest([raw, "a"]) == hashlib.sha256(b"a\ncaf\xed\xb3\xa9").hexdigest()  # the surrogate's own bytes
 
 
 def test_matching_ids_counts_what_the_store_lacks_and_strict_refuses_it(tmp_path):

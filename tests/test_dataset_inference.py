@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from memscore.calibration import calibrate_per_image, rescore_per_image
+from memscore import rescore
+from memscore.calibration import calibrate_per_image
 from memscore.dataset_inference import dataset_test, dataset_test_store, default_sizes, p_value_by_size
-from test_calibration import calibration_store, synthetic, write_ids
+from test_calibration import synthetic
+from test_lcal import calibration_store, write_ids
 
 
 def _skewed(rng: np.random.Generator, size: int, shift: float = 0.0) -> np.ndarray:
@@ -105,7 +107,7 @@ def test_default_sizes():
 def test_dataset_test_on_a_store(tmp_path):
     data = synthetic(n=800, member_fraction=0.25, reference_fraction=0.6, seed=9)
     store = calibration_store(tmp_path / "s.zarr", data)
-    rescore_per_image(store.path, write_ids(tmp_path / "reference.txt", data.reference))
+    rescore(store.path, "per-image", reference=write_ids(tmp_path / "reference.txt", data.reference))
     members = write_ids(tmp_path / "members.txt", data.member)
     result = dataset_test_store(store.path, members, n_boot=100, draws=20)
     assert result["score"] == "lcal" and result["reference"].startswith("lcal's reference")
@@ -129,13 +131,16 @@ def test_dataset_test_on_a_store(tmp_path):
         dataset_test_store(store.path, members, score="lrec")
     lrec = dataset_test_store(store.path, members, tmp_path / "reference.txt", score="lrec", n_boot=0, draws=5)
     assert lrec["test"]["auc"] < result["test"]["auc"]  # calibration makes the members stand out more
+    # A score the store does not hold is refused, saying how it is made.
+    with pytest.raises(ValueError, match="has no score 'lira'; it has lrec, lmem, lcal .*--method lira"):
+        dataset_test_store(store.path, members, tmp_path / "reference.txt", score="lira")
 
 
 def test_default_reference_refused_once_its_file_changed(tmp_path):
     data = synthetic(n=300, seed=10)
     store = calibration_store(tmp_path / "s.zarr", data)
     reference = write_ids(tmp_path / "reference.txt", data.reference)
-    rescore_per_image(store.path, reference)
+    rescore(store.path, "per-image", reference=reference)
     suspects = write_ids(tmp_path / "members.txt", data.member)
     assert dataset_test_store(store.path, suspects, n_boot=0, draws=2)["test"]["n_reference"] == data.reference.sum()
     reference.write_text("0\n")

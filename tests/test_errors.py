@@ -56,8 +56,9 @@ def test_shadow_errors_are_one_line_and_exit_2(data, tmp_path, capsys):
     strangers.write_text("train/0\nnot/an/id\n")
     _one_line_error(capsys, main(["shadows", "train", str(data), "--population", str(strangers), "--k", "2",
                                   "--out", str(tmp_path / "sh")]), "not in the dataset")
-    _one_line_error(capsys, main(["shadows", "train", str(data), "--population", str(population), "--k", "3",
-                                  "--out", str(tmp_path / "sh")]), "even number of shadows")
+    with pytest.raises(SystemExit) as stopped:  # the parser applies the rule the help states
+        main(["shadows", "train", str(data), "--population", str(population), "--k", "3", "--out", str(tmp_path / "sh")])
+    assert stopped.value.code == 2 and "even number of shadows" in capsys.readouterr().err
     truncated = tmp_path / "truncated"
     truncated.mkdir()
     (truncated / "shadows.json").write_text(json.dumps({"format": 1, "k": 2}))

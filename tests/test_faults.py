@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from memscore import rescore
 from memscore.cli import main
-from memscore.rescore import rescore
 from memscore.store import ScoreStore
 from memscore.synthetic import write_aligned_dataset
 from victims_for_tests import CHOSEN_ID
@@ -64,8 +64,8 @@ def test_sigkill_during_rescore_leaves_the_old_or_the_new_alpha_never_a_mix(data
     assert main(_score_args(dataset, out)) == 0
     fresh = tmp_path / "fresh.zarr"
     shutil.copytree(out, fresh)
-    script = ("import itertools, sys\nfrom memscore.rescore import rescore\nprint('ready', flush=True)\n"
-              "for i in itertools.count():\n    rescore(sys.argv[1], ('0.5', '3')[i % 2])\n")
+    script = ("import itertools, sys\nfrom memscore import rescore\nprint('ready', flush=True)\n"
+              "for i in itertools.count():\n    rescore(sys.argv[1], alpha=('0.5', '3')[i % 2])\n")
     rng = random.Random(1234)
     fitted = ScoreStore.open(out).alpha.value
     seen = set()
@@ -77,8 +77,8 @@ def test_sigkill_during_rescore_leaves_the_old_or_the_new_alpha_never_a_mix(data
         process.wait()
         seen.add(_assert_old_or_new_lmem(out, {fitted, 0.5, 3.0}))
     assert len(seen) >= 2, "the kills should land at different alphas"
-    rescore(out, "3")
-    rescore(fresh, "3")
+    rescore(out, alpha="3")
+    rescore(fresh, alpha="3")
     _assert_bit_identical(_scores(out), _scores(fresh))
     assert not Path(f"{out}.staging").exists() and not Path(f"{out}.lock").exists()
 
@@ -105,6 +105,84 @@ def test_sigkill_during_score_then_rerun_converges_bit_for_bit(dataset, tmp_path
             assert store.counts().pending == N - 2 * int(store.done_shards().sum())
         assert main(_score_args(dataset, out)) == 0
         _assert_bit_identical(_scores(reference), _scores(out))
+
+
+THREADS_APART = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+"""torch's CPU threads (1, from OMP_NUM_THREADS) unlike numba's (2). numba's OpenMP layer, when it starts, sets the
+calling thread's OpenMP threads, torch's included (memscore.devices.start_numba_threads): started by the first
+difficulty kernel, it switched torch from 1 thread to 2 after a process's first batch, and oneDNN and torch's
+reductions round differently with 2 threads than with 1."""
+
+KILL_AFTER_FIRST_SHARD = """
+import os, signal, sys
+import memscore.run as run
+execute = run.execute
+def first_shard_then_sigkill(*args, **kwargs):
+    for outcome in execute(*args, **kwargs):
+        yield outcome  # the shard is written and marked done
+        os.kill(os.getpid(), signal.SIGKILL)
+run.execute = first_shard_then_sigkill
+from memscore.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_after_its_first_shard_resumes_bit_identical_to_an_uninterrupted_run(tmp_path, env):
+    """Every run in its own process, as a user's: uninterrupted; SIGKILLed once its first shard is done; the rerun.
+    The rerun's first shard (the uninterrupted run's second) must come out bit for bit the same, so must lmem."""
+    data = write_aligned_dataset(tmp_path / "data", 16, size=256)  # large enough for torch to split the Lrec mean
+    env = {**env, **THREADS_APART}
+
+    def score(out, *python):
+        command = [sys.executable, *(python or ["-m", "memscore.cli"]), "score", str(data), "--out", str(out),
+                   "--victim", "python:victims_for_tests:blur", "--shard-size", "8", "--batch-size", "8",
+                   "--no-progress"]
+        return subprocess.run(command, env=env, capture_output=True, text=True)
+
+    reference, out = tmp_path / "ref.zarr", tmp_path / "s.zarr"
+    uninterrupted = score(reference)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    killed = score(out, "-c", KILL_AFTER_FIRST_SHARD)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert ScoreStore.open(out).done_shards().tolist() == [True, False]
+    rerun = score(out)
+    assert rerun.returncode == 0 and "skipped (already done) 8" in rerun.stdout, rerun.stdout + rerun.stderr
+    a, b = ScoreStore.open(reference), ScoreStore.open(out)
+    assert (a.column("status") == "ok").all() and (b.column("status") == "ok").all()
+    for name in ("lrec", "ldiff", "lmem", "features"):
+        assert np.array_equal(a.column(name), b.column(name)), name
+        assert a.column(name).tobytes() == b.column(name).tobytes(), name
+
+
+THREAD_COUNTS = """
+import sys, torch
+from memscore.devices import use_threads
+torch.get_num_threads()  # torch settles this thread's count at its first call, as any torch work before would
+if sys.argv[1] == "use_threads":
+    use_threads(1)
+else:  # a scorer, then the difficulty kernel (which runs numba's parallel kernels)
+    from memscore.config import ScoreConfig
+    from memscore.kernels.difficulty import predictability_error
+    from memscore.scores import Scorer
+    Scorer(ScoreConfig(victim="python:victims_for_tests:blur"))
+    before = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(0)
+    stages = [torch.rand(2, 8, 4, 4, generator=generator)]
+    mask = torch.rand(2, 16 * 16, generator=generator) < 0.7
+    predictability_error(stages, torch.rand(2, 3, 16, 16, generator=generator), mask)
+    print(before, end=" ")
+print(torch.get_num_threads())
+"""
+
+
+@pytest.mark.parametrize("how", ["use_threads", "scorer"])
+def test_torch_keeps_its_threads_when_numba_starts_its_own(env, how):
+    """`use_threads(1)` gives torch 1 thread (it gave numba's count, 2, when it started numba's layer); a scorer keeps
+    torch's thread count through its first difficulty kernel (that kernel switched torch to numba's count)."""
+    done = subprocess.run([sys.executable, "-c", THREAD_COUNTS, how], env={**env, **THREADS_APART},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == (["1"] if how == "use_threads" else ["1", "1"])
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small tmpfs needs root")
@@ -182,7 +260,7 @@ def test_an_exception_for_one_image_fails_it_alone_and_the_rest_scores_bit_for_b
     for name in ("lrec", "ldiff", "out_of_range", "features"):
         expected, got = _by_id(reference, name), _by_id(out, name)
         assert np.stack([got[i] for i in others]).tobytes() == np.stack([expected[i] for i in others]).tobytes(), name
-    assert ScoreStore.open(out).is_complete()
+    ScoreStore.open(out).require_readable()  # finished (every shard done, lmem written) and intact, or raises
 
 
 def test_on_dask_an_exception_for_one_image_fails_it_alone_and_the_store_finishes(dataset, tmp_path, env):

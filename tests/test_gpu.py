@@ -7,7 +7,7 @@ import torch
 import xarray as xr
 
 from memscore.config import ScoreConfig
-from memscore.run import run_scoring
+from memscore.run import RunOptions, run_scoring
 from memscore.work import DatasetSpec
 from memscore.seeding import fit_mask
 from memscore.synthetic import write_aligned_dataset
@@ -32,7 +32,7 @@ def test_scoring_on_cuda_matches_cpu_and_bf16_stays_close(tmp_path):
     runs = {}
     for name, device, precision in (("cpu", "cpu", "fp32"), ("cuda", "cuda", "fp32"), ("bf16", "cuda", "bf16")):
         config = ScoreConfig(victim="python:victims_for_tests:blur", precision=precision)
-        run_scoring(spec, config, tmp_path / f"{name}.zarr", device=device, progress=False)
+        run_scoring(spec, config, tmp_path / f"{name}.zarr", RunOptions(device=device), progress=False)
         runs[name] = xr.open_zarr(tmp_path / f"{name}.zarr")
     for column in ("lrec", "ldiff"):
         np.testing.assert_allclose(runs["cuda"][column].values, runs["cpu"][column].values, rtol=1e-3)

@@ -133,7 +133,7 @@ def test_edge_gain_is_torch_renormalisation():
     """torch's antialiased bilinear weights = the full triangle's weights, cut at the image edge and
     multiplied by the gain (which is 1 away from the edges)."""
     size, new = 37, 9
-    gain = dali_reader._edge_gain(size, new, dali_reader._LINEAR)
+    gain = dali_reader.edge_gain(size, new, dali_reader.LINEAR)
     eye = torch.eye(size, dtype=torch.float64)[:, None, None, :]
     expected = torch.nn.functional.interpolate(eye, size=(1, new), mode="bilinear", align_corners=False,
                                                antialias=True)[:, 0, 0, :].T.numpy()
@@ -255,7 +255,7 @@ def test_routing_sends_what_dali_cannot_match_to_pillow(odd_files):
     to_pillow = {"palette-transparent.png", "rgba.png", "gray16.png", "rgb16.png", "zero.jpg", "truncated.jpg",
                  "corrupt.jpg", "missing.jpg"}
     for name, path in odd_files.items():
-        routed = dali_reader._inspect(str(path)) is None
+        routed = dali_reader.inspect_file(str(path)) is None
         assert routed == (name in to_pillow), name
 
 
@@ -351,7 +351,7 @@ def test_refused_files_fail_alone_and_good_pairs_read_as_without_them(refused, r
             assert reason.startswith(os.fsencode(path).decode("utf-8", "backslashreplace") + ": ")
             reason.encode("utf-8")  # storable: a name that is not UTF-8 shows as \xNN escapes
             assert reason == prepare(pair, view).reason  # DALI hands every refused file to Pillow
-            assert dali_reader._plan(pair, view) is None
+            assert dali_reader.plan_pair(pair, view) is None
     good = [pair for pair in pairs if pair.id not in words]
     alone = items(read(good, view, batch_size=5, reader=reader))
     mixed = items(read_batches)
@@ -411,7 +411,7 @@ def test_reader_names_are_checked(small_pairs):
 def test_auto_falls_back_to_pillow_with_one_notice(small_pairs, monkeypatch, capsys):
     import memscore.pipeline as pipeline
     monkeypatch.setattr(dali_reader, "dali_importable", lambda: False)
-    monkeypatch.setattr(pipeline, "_noticed_fallback", False)
+    pipeline.say_pillow_fallback.cache_clear()  # as in a fresh process
     for _ in range(2):
         read_batches = list(batches(small_pairs[:3], make_view(32), 2))
         assert [item.pair.id for item in items(read_batches)] == ["img0", "img1", "img2"]

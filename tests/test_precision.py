@@ -82,9 +82,7 @@ def _victims() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:
     labels = torch.randint(0, 5, (2, 1, 64, 64), generator=torch.Generator().manual_seed(1))
     image = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
     hd = pix2pixhd.build_generator("global", input_nc=5, ngf=8, n_downsample_global=2, n_blocks_global=2, norm="batch")
-    for module in hd.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.register_forward_hook(pix2pixhd._per_image_batch_norm)
+    pix2pixhd.per_image_batch_norm(hd)
     return {
         "pix2pix": (pix2pix.Pix2PixVictim(_randomized(pix2pix.build_generator("unet_64", 3, 3, 16, "batch", True))), image),
         "pix2pixhd": (pix2pixhd.Pix2PixHDVictim(_randomized(hd), label_nc=5, use_instance=False), labels),

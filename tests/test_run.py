@@ -15,7 +15,7 @@ from PIL import Image
 
 from memscore.cli import main
 from memscore.config import ScoreConfig
-from memscore.run import default_shard_size, run_scoring
+from memscore.run import RunOptions, default_shard_size, run_scoring
 from memscore.schedule import ClusterPlan
 from memscore.store import ScoreStore, StoreError
 from memscore.synthetic import write_aligned_dataset
@@ -52,7 +52,8 @@ def _run(dataset, out, **kwargs):
     config = ScoreConfig(victim=kwargs.pop("victim", "python:victims_for_tests:blur"), alpha=kwargs.pop("alpha", "fit"),
                          seed=kwargs.pop("seed", 0))
     spec = kwargs.pop("spec", DatasetSpec(str(dataset)))
-    return run_scoring(spec, config, out, progress=False, **kwargs)
+    overwrite = kwargs.pop("overwrite", False)
+    return run_scoring(spec, config, out, RunOptions(**kwargs), overwrite=overwrite, progress=False)
 
 
 def test_scores_are_complete_and_independent_of_batch_size_order_and_form(dataset, tmp_path):
@@ -228,7 +229,7 @@ def test_a_failed_fresh_run_leaves_no_store_and_bad_options_touch_nothing(datase
     assert not out.exists()
     _run(dataset, out)
     before = ScoreStore.open(out).fingerprint("lmem")
-    with pytest.raises(ValueError, match="batch size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         _run(dataset, out, batch_size=0)
     assert ScoreStore.open(out).fingerprint("lmem") == before
 
@@ -245,7 +246,8 @@ def test_overwrite_while_another_run_writes_is_refused_before_anything_is_delete
     finally:
         other.kill()
         other.wait()
-    assert ScoreStore.open(out).fingerprint("lrec") == before and ScoreStore.open(out).is_complete()
+    assert ScoreStore.open(out).fingerprint("lrec") == before
+    ScoreStore.open(out).require_readable()  # still finished and intact, or raises
 
 
 def test_a_resume_with_other_member_labels_is_refused(dataset, tmp_path):
@@ -272,7 +274,7 @@ def test_resume_is_refused_when_the_dataset_size_or_the_backbone_weights_change(
     shutil.copy(embedded_lite0_weights(), weights)
     out = tmp_path / "s.zarr"
     config = ScoreConfig(victim="python:victims_for_tests:blur", backbone_weights=str(weights))
-    run_scoring(DatasetSpec(str(dataset)), config, out, progress=False, shard_size=4)
+    run_scoring(DatasetSpec(str(dataset)), config, out, RunOptions(shard_size=4), progress=False)
     ScoreStore.open(out, mode="r+").reset_shards([0])
     state = torch.load(weights, weights_only=True)
     first = next(iter(state))

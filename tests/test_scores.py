@@ -23,7 +23,7 @@ from memscore.synthetic import write_aligned_dataset
 @pytest.fixture(scope="module")
 def items(tmp_path_factory):
     root = write_aligned_dataset(tmp_path_factory.mktemp("d"), 6, size=32)
-    scorer = Scorer(ScoreConfig(victim="python:victims_for_tests:blur"))
+    scorer = Scorer(ScoreConfig(victim="python:victims_for_tests:blur", precision="fp32"))  # the exact reference
     batch = next(batches(AlignedFolder(root, "BtoA").pairs(), scorer.view, 6))
     return scorer, batch
 

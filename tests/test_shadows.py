@@ -1,27 +1,27 @@
 """memscore.shadows: the membership plan, training K tiny real shadows (resumed after an interruption without
-retraining a finished one, refused when the recipe changes, on real Dask processes), reading them back, and
-writing LiRA / RMIA columns to a store."""
+retraining a finished one, refused when the recipe changes, on real Dask processes), reading them back, and the
+shadows experiment of the bench on a store with shadow columns."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
-import zarr
 
 import memscore.shadows as shadows
 from memscore.errors import UsageError
-from memscore.likelihood_ratio import lira, rmia
+from memscore.likelihood_ratio import lira
 from memscore.metrics import auc
 from memscore.schedule import ClusterPlan
-from memscore.shadows import (ShadowError, ShadowRecipe, in_shadow_matrix, membership_plan, read_shadow_set,
-                            rescore_with_shadows, train_shadows)
+from memscore.shadows import ShadowError, in_shadow_matrix, membership_plan, read_shadow_set, train_shadows
 from memscore.store import ScoreStore, StoreError
 from memscore.synthetic import write_aligned_dataset
+from memscore.train import TrainingRecipe
 from memscore.victims import open_victim
-from tests.stores_for_tests import synthetic_store
+from tests.stores_for_tests import store_with_shadow_columns
 
-RECIPE = ShadowRecipe(netG="unet_64", size=64, ngf=4, use_jitter=True, epochs=1, batch_size=2)
+RECIPE = TrainingRecipe(netG="unet_64", size=64, ngf=4, use_jitter=True, epochs=1, batch_size=2)
 
 
 def test_every_id_is_in_for_half_the_shadows_and_plans_are_reproducible():
@@ -56,10 +56,10 @@ def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset,
     real_train = shadows.train_pix2pix
     calls = []
 
-    def interrupted(dataset_, out, **options):
+    def interrupted(dataset_, out, *recipe, **options):
         if "shadow_01" in str(out):
             raise KeyboardInterrupt  # the run is killed while shadow 1 trains
-        return real_train(dataset_, out, **options)
+        return real_train(dataset_, out, *recipe, **options)
 
     monkeypatch.setattr(shadows, "train_pix2pix", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -71,9 +71,9 @@ def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset,
     with pytest.raises(ShadowError, match="shadows 1 of 2 are not trained yet"):
         read_shadow_set(tmp_path / "sh")
 
-    def counted(dataset_, out, **options):
+    def counted(dataset_, out, *recipe, **options):
         calls.append(str(out))
-        return real_train(dataset_, out, **options)
+        return real_train(dataset_, out, *recipe, **options)
 
     monkeypatch.setattr(shadows, "train_pix2pix", counted)
     finished = train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=1)
@@ -102,7 +102,7 @@ def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset,
 
 def _placeholder_trainer(calls: list):
     """A stand-in for train_pix2pix that records where it was asked to write and writes a placeholder there."""
-    def train(dataset_, out, **options):
+    def train(dataset_, out, *recipe, **options):
         calls.append(out)
         out.write_bytes(b"not a trained model")
     return train
@@ -114,8 +114,7 @@ def test_a_changed_recipe_seed_k_or_population_is_refused(dataset, tmp_path, mon
     out = tmp_path / "sh"
     train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1)
     with pytest.raises(ShadowError, match=r"recipe: \{.*epochs=1.*\} -> \{.*epochs=5"):
-        train_shadows(dataset / "data", dataset / "population.txt", 2, out, ShadowRecipe(**{**RECIPE.__dict__,
-                                                                                            "epochs": 5}), seed=1)
+        train_shadows(dataset / "data", dataset / "population.txt", 2, out, dataclasses.replace(RECIPE, epochs=5), seed=1)
     with pytest.raises(ShadowError, match="seed: 1 -> 2"):
         train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=2)
     with pytest.raises(ShadowError, match="k: 2 -> 4"):
@@ -164,48 +163,6 @@ def test_an_edited_member_list_is_refused(dataset, tmp_path, monkeypatch):
         train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)
 
 
-def _store_with_shadow_columns(path, n=80, k=4, seed=0):
-    """A finished synthetic store plus `lrec_shadow` / `in_shadow` arrays written directly (the scorer's
-    columns, as `memscore score --shadows` will write them): a shadow's Lrec of an image follows the image's
-    difficulty (from its Ldiff), lower where the shadow trained on it."""
-    store = synthetic_store(path, n=n, shard_size=25)
-    ids, plan = membership_plan([str(i) for i in range(n)], k, seed)
-    in_shadow = np.array([plan[ids.index(str(i))] for i in range(n)], dtype=np.int8)  # store rows are "0".."n-1"
-    noise = np.random.default_rng(seed).standard_normal((n, k))
-    difficulty = 0.02 + 3.0 * store.column("ldiff")[:, None]
-    lrec_shadow = (difficulty + 0.04 * noise - 0.1 * in_shadow).astype(np.float32)
-    group = zarr.open_group(str(path), mode="a")
-    for name, values in (("lrec_shadow", lrec_shadow), ("in_shadow", in_shadow)):
-        group.create_array(name, shape=values.shape, chunks=(25, k), dtype=values.dtype, fill_value=0,
-                           dimension_names=["image", "shadow"])[:] = values
-    return store.column("lrec"), lrec_shadow, in_shadow
-
-
-def test_rescore_with_shadows_writes_the_score_and_what_it_used(tmp_path):
-    lrec, lrec_shadow, in_shadow = _store_with_shadow_columns(tmp_path / "s.zarr")
-    record = rescore_with_shadows(tmp_path / "s.zarr", "lira", online=False, fixed_variance=True)
-    store = ScoreStore.open(tmp_path / "s.zarr")
-    assert record["column"] == "lira_offline_fixed" and record["k"] == 4
-    np.testing.assert_array_equal(store.column("lira_offline_fixed"),
-                                  lira(lrec, lrec_shadow, in_shadow, online=False, fixed_variance=True).scores)
-    attrs = store.column_attrs("lira_offline_fixed")
-    assert attrs["options"] == {"online": False, "fixed_variance": True, "transform": "log", "prior_dof": None}
-    assert attrs["uses"]["lrec"] == store.fingerprint("lrec") and attrs["direction"] == "lower score = member"
-    (tmp_path / "ref.txt").write_text("".join(f"{i}\n" for i in range(0, 80, 2)))
-    record = rescore_with_shadows(tmp_path / "s.zarr", "rmia", gamma=1.5, reference=tmp_path / "ref.txt")
-    expected = rmia(lrec, lrec_shadow, in_shadow, gamma=1.5, reference=np.arange(80) % 2 == 0).scores
-    np.testing.assert_array_equal(ScoreStore.open(tmp_path / "s.zarr").column("rmia"), expected)
-    assert record["options"]["reference_rows"] == 40 and record["fitted"]["temperature"] > 0
-
-
-def test_rescore_without_shadow_columns_is_refused(tmp_path):
-    synthetic_store(tmp_path / "s.zarr")
-    with pytest.raises(StoreError, match="no array 'lrec_shadow'"):
-        rescore_with_shadows(tmp_path / "s.zarr", "lira")
-    with pytest.raises(ValueError, match="method must be lira or rmia"):
-        rescore_with_shadows(tmp_path / "s.zarr", "loss", column="loss_score")
-
-
 def test_a_folder_another_run_is_training_in_is_refused(dataset, tmp_path):
     (tmp_path / "sh.lock").write_text(json.dumps({"host": "another-host", "pid": 1, "since": "earlier"}))
     with pytest.raises(StoreError, match="being written by another run .*another-host"):
@@ -217,7 +174,7 @@ def test_the_shadows_experiment_runs_end_to_end_on_a_synthetic_store(dataset, tm
     from bench.shadows_experiment import k_values, main, shadow_blocks
     monkeypatch.setattr(shadows, "train_pix2pix", _placeholder_trainer([]))
     train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)  # for its manifest
-    lrec, lrec_shadow, in_shadow = _store_with_shadow_columns(tmp_path / "s.zarr", n=300, k=6)
+    lrec, lrec_shadow, in_shadow = store_with_shadow_columns(tmp_path / "s.zarr", n=300, k=6)
     member = ScoreStore.open(tmp_path / "s.zarr").column("member") == 1
     (tmp_path / "members.txt").write_text("".join(f"{i}\n" for i in np.flatnonzero(member)))
     results = main(["--store", str(tmp_path / "s.zarr"), "--members", str(tmp_path / "members.txt"),

@@ -3,6 +3,7 @@ read-only handles, locking and the typed records."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -15,12 +16,13 @@ import pytest
 import xarray as xr
 import zarr
 
+from memscore import rescore
 from memscore.attack import evaluate, predict
 from memscore.config import ScoreConfig
-from memscore.rescore import alpha_pass, rescore
+from memscore.lmem import alpha_pass
 from memscore.scores import Row
-from memscore.store import (COLUMNS, SHARD_COLUMNS, WIDE_COLUMNS, AlphaRecord, ScoreStore, StoreError, shard_columns,
-                          store_lock, wide_column)
+from memscore.store import (COLUMNS, SHARD_COLUMNS, WIDE_COLUMNS, AlphaRecord, ScoreStore, StoreError, disk_full_guard,
+                          shard_columns, store_lock, wide_column)
 from stores_for_tests import synthetic_store
 
 
@@ -155,6 +157,35 @@ def test_unfinished_stores_are_refused_unless_partial(tmp_path):
         store.require_readable()
 
 
+def test_scored_means_every_shard_done_and_intact_except_lmem(tmp_path):
+    """What the end of a run and `rescore` both require before an alpha pass: lmem may be missing or damaged (the
+    pass rewrites it whole), a pending shard or damage anywhere else may not."""
+    store = ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig())
+    store.write_shard(0, _rows(["a", "b"], [0.1, 0.2]))
+    with pytest.raises(StoreError, match=r"1 shard\(s\) are not scored yet; rerun the same `memscore score`"):
+        store.require_scored()
+    store.write_shard(1, _rows(["c", "d"], [0.1, 0.2]))
+    store.require_scored()  # no lmem yet: the alpha pass writes it
+    finished = _finished(tmp_path / "f.zarr")
+    zarr.open_array(str(finished.path / "lmem"), mode="r+")[0] = 9.0
+    ScoreStore.open(finished.path).require_scored()  # a damaged lmem is what `rescore` repairs
+    os.remove(finished.path / "lrec" / "c" / "1")
+    with pytest.raises(StoreError, match=r"damaged \(shard 1 array lrec: .*`memscore verify .*f.zarr` lists"):
+        ScoreStore.open(finished.path).require_scored()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["disk-full", "quota"])
+def test_a_full_disk_under_the_guard_is_one_store_error_and_other_os_errors_pass(tmp_path, code):
+    with pytest.raises(StoreError, match=r"s.zarr: the disk is full while writing shard 3 \(.+\)\. Nothing already "
+                                         "finished is lost: free some space and rerun the same command") as raised:
+        with disk_full_guard(tmp_path / "s.zarr", "shard 3"):
+            raise OSError(code, os.strerror(code))
+    assert raised.value.__cause__.errno == code
+    with pytest.raises(PermissionError):
+        with disk_full_guard(tmp_path / "s.zarr", "shard 3"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+
 def test_an_interrupted_column_switch_reads_as_old_or_new_and_is_completed_under_the_lock(tmp_path):
     store = _finished(tmp_path / "s.zarr")
     old = store.column("lmem")
@@ -263,7 +294,7 @@ def _store_through_every_writer(path: Path) -> Path:
     store.write_shard(last, shard)
     store.set_failed_shards({})
     alpha_pass(store, "fit")
-    rescore(path, "0.5")
+    rescore(path, alpha="0.5")
     predict(path, tau=0.2)
     return path
 
@@ -289,7 +320,7 @@ def test_a_record_edited_by_hand_is_named_by_verify_and_refused_by_readers_and_w
     with pytest.raises(StoreError, match=f"damaged: {record} was edited"):
         evaluate(path)
     with pytest.raises(StoreError, match=f"{record} was edited"):
-        rescore(path, "0.5")
+        rescore(path, alpha="0.5")
     with pytest.raises(StoreError, match=f"{record} was edited"):  # a new digest would make the edit look genuine
         ScoreStore.open(path, mode="r+").update_record(layouts=())
 

@@ -9,10 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from memscore.cli import victim_options
+from memscore.cli import build_parser
+from memscore.config import ScoreConfig
 from memscore.data import AlignedFolder
+from memscore.run import resolve_config
+from memscore.settings import settings_from_arguments
 from memscore.synthetic import write_aligned_dataset
-from memscore.train import VictimArch, read_arch, train_pix2pix
+from memscore.train import TrainingRecipe, VictimArch, read_arch, train_pix2pix
 from memscore.victims import open_victim, trained_size
 from memscore.victims.checkpoint import CheckpointError
 
@@ -23,8 +26,10 @@ ARCH = VictimArch(netG="unet_64", ngf=4, norm="instance", use_dropout=False, siz
 def trained(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("train")
     write_aligned_dataset(root / "data", 4, size=64, split={"train": range(4)})
-    return str(train_pix2pix(AlignedFolder(root / "data", "BtoA"), root / "victim" / "g.pth", arch=ARCH, epochs=1,
-                             batch_size=2, ndf=4, use_jitter=False, progress=False))
+    recipe = TrainingRecipe(netG=ARCH.netG, size=ARCH.size, ngf=ARCH.ngf, norm=ARCH.norm, use_jitter=False, epochs=1,
+                            batch_size=2)
+    return str(train_pix2pix(AlignedFolder(root / "data", "BtoA"), root / "victim" / "g.pth", recipe, ndf=4,
+                             device="cpu", progress=False))
 
 
 def _outputs(victim, x: torch.Tensor) -> torch.Tensor:
@@ -32,16 +37,17 @@ def _outputs(victim, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(victim.reconstruct(items))
 
 
-def test_trained_victim_opens_with_no_options_as_the_cli_opens_it(trained):
+def test_trained_victim_opens_with_no_options_as_the_cli_opens_it(trained, tmp_path):
     spec = f"pix2pix:{trained}"
-    options, size = victim_options(spec, [], None)
-    assert size == ARCH.size == trained_size(spec) and read_arch(trained) == ARCH
+    api = resolve_config(ScoreConfig(victim=spec), "cpu")
+    args = build_parser().parse_args(["score", "--victim", spec, "--out", str(tmp_path / "s.zarr")])
+    assert resolve_config(settings_from_arguments(ScoreConfig, args), "cpu") == api  # one resolution for both
+    assert api.victim_size == ARCH.size == trained_size(spec) and read_arch(trained) == ARCH
+    assert resolve_config(ScoreConfig(victim=spec, victim_size=32), "cpu").victim_size == 32  # explicit size wins
     x = torch.rand(3, 3, 64, 64)
-    api = _outputs(open_victim(spec), x)
-    cli = _outputs(open_victim(spec, **options), x)
+    opened = _outputs(open_victim(spec), x)
     explicit = _outputs(open_victim(spec, **ARCH.load_options()), x)  # what the CLI passed before
-    assert torch.equal(api, cli) and torch.equal(api, explicit)
-    assert victim_options(spec, [("mode", "eval")], 32) == ({"mode": "eval"}, 32)  # explicit size wins
+    assert torch.equal(opened, explicit)
 
 
 def test_explicit_options_win_over_the_checkpoint_arguments(trained):

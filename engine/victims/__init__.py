@@ -186,10 +186,15 @@ class VictimSpec:
         return f"{self.kind}:{self.target}"
 
 
+def victim_forms() -> tuple[str, ...]:
+    """How each registered kind of victim is written (`recon:DIR`, `pix2pix:CKPT`, ...), in registry order."""
+    return tuple(entry.usage for entry in VICTIM_KINDS.values())
+
+
 def parse_victim_spec(spec: str) -> VictimSpec:
     """`KIND:TARGET` -> VictimSpec; VictimError naming the valid forms when the spec has none of them."""
     kind, sep, target = spec.partition(":")
-    forms = ", ".join(entry.usage for entry in VICTIM_KINDS.values())
+    forms = ", ".join(victim_forms())
     if not sep and kind not in VICTIM_KINDS:
         raise VictimError(f"victim spec {spec!r} is not KIND:TARGET; a victim is one of: {forms}")
     if kind not in VICTIM_KINDS:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
 from ..errors import UsageError
+from .checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
 
 UNET_DOWNS = {"unet_64": 6, "unet_128": 7, "unet_256": 8}  # unet_64: the public UnetGenerator with 6 downs
 RESNET_BLOCKS = {"resnet_6blocks": 6, "resnet_9blocks": 9}

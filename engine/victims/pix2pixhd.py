@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
 from ..errors import UsageError
+from .checkpoint import Checkpoint, FrozenVictim, load_state_dict_strict
 
 NETGS = ("global", "local")
 NORMS = ("instance", "batch")
@@ -206,7 +206,16 @@ class Pix2PixHDVictim(FrozenVictim):
         return self.generator(x)
 
 
-def _per_image_batch_norm(module: nn.BatchNorm2d, args: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
+def per_image_batch_norm(generator: nn.Module) -> nn.Module:
+    """Make every BatchNorm of `generator` normalise each image by its own statistics, as the public test script
+    does (it never calls eval(), and runs one image at a time in train mode): the same scores at any batch size."""
+    for module in generator.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_hook(_instance_statistics)
+    return generator
+
+
+def _instance_statistics(module: nn.BatchNorm2d, args: tuple[torch.Tensor], output: torch.Tensor) -> torch.Tensor:
     return F.instance_norm(args[0], weight=module.weight, bias=module.bias, eps=module.eps)
 
 
@@ -244,7 +253,4 @@ def load(
         "(0 = image input with --input_nc), --no_instance, --n_downsample_global, --n_blocks_global, "
         "--n_local_enhancers, --n_blocks_local, --norm; --instance_feat/--label_feat models are not supported",
     )
-    for module in generator.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.register_forward_hook(_per_image_batch_norm)
-    return Pix2PixHDVictim(generator, label_nc, use_instance=not no_instance)
+    return Pix2PixHDVictim(per_image_batch_norm(generator), label_nc, use_instance=not no_instance)

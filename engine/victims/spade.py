@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
+from ..errors import UsageError
 from .checkpoint import Checkpoint, load_state_dict_strict
 from .pix2pixhd import Pix2PixHDVictim, one_hot
-from ..errors import UsageError
 
 UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
 NHIDDEN = 128  # width of the SPADE modulation MLP, hard-coded upstream

@@ -1,0 +1,70 @@
+"""LiRA and RMIA on a store: the shadow-calibrated scores (the `lira` and `rmia` methods of `memscore.rescore`)
+written as columns from what `memscore score --shadows` stored beside the victim's Lrec.
+
+The scores themselves are `memscore.likelihood_ratio` (pure, no I/O); the shadows are trained by
+`memscore.shadows`. Options' defaults are declared once, by the methods of `memscore.rescore`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .data import IdMatch, match_ids, read_id_list
+from .likelihood_ratio import ShadowScores, Transform, lira, rmia
+from .score_names import SCORE_MARK, shadow_column
+from .store import ScoreStore, StoreError
+
+SHADOW_COLUMNS = ("lrec", "lrec_shadow", "in_shadow")
+"""The store columns a shadow score is computed from; their fingerprints are recorded with it."""
+Scorer = Callable[[ScoreStore, np.ndarray, np.ndarray, np.ndarray], tuple[ShadowScores, IdMatch | None]]
+"""(store, lrec [n], lrec_shadow [n, K], in_shadow [n, K]) -> the scores, and how a reference file matched."""
+
+
+def write_lira(store_path: str | os.PathLike, *, online: bool, fixed_variance: bool, transform: Transform,
+               prior_dof: float) -> dict[str, Any]:
+    """Write the LiRA column (`shadow_column`: lira, lira_offline, lira_fixed, lira_offline_fixed; lower = member)
+    of a finished store and return the record kept in its attributes. The options are those of
+    `memscore.likelihood_ratio.lira`."""
+    return _write(store_path, shadow_column("lira", online, fixed_variance), lambda store, lrec, shadow, in_shadow: (
+        lira(lrec, shadow, in_shadow, online=online, fixed_variance=fixed_variance, transform=transform,
+             prior_dof=prior_dof), None))
+
+
+def write_rmia(store_path: str | os.PathLike, *, online: bool, temperature: float | None, offline_a: float | None,
+               gamma: float, reference: str | os.PathLike | None, strict: bool = False) -> dict[str, Any]:
+    """Write the RMIA column (rmia, rmia_offline; lower = member) of a finished store and return the record kept
+    in its attributes. The options are those of `memscore.likelihood_ratio.rmia`; `reference`: a file of the ids
+    used as population samples z (None: every scored image); ids the store lacks are ignored and counted in the
+    record's `reference_ids`, or refused when `strict`."""
+    def score(store: ScoreStore, lrec: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray
+              ) -> tuple[ShadowScores, IdMatch | None]:
+        samples = None if reference is None else match_ids(read_id_list(reference), store.column("id"), "reference",
+                                                           strict=strict)
+        return rmia(lrec, shadow, in_shadow, online=online, temperature=temperature, offline_a=offline_a, gamma=gamma,
+                    reference=None if samples is None else samples.rows), samples
+
+    return _write(store_path, shadow_column("rmia", online), score, reference)
+
+
+def _write(store_path: str | os.PathLike, column: str, score: Scorer, reference: str | os.PathLike | None = None
+           ) -> dict[str, Any]:
+    """Under the store's lock: read the shadow columns of a finished, intact store, score, and write `column`
+    with its record (what the method found, K, the `reference` ids file and how it matched, the inputs'
+    fingerprints)."""
+    store = ScoreStore.open(store_path, mode="r+")
+    with store.lock():
+        store.require_readable()  # refuses an unfinished or damaged store, saying how to mend it
+        lrec, lrec_shadow, in_shadow = (store.column(c) for c in SHADOW_COLUMNS)
+        if lrec_shadow.ndim != 2 or lrec_shadow.shape != in_shadow.shape or lrec_shadow.shape[0] != lrec.shape[0]:
+            raise StoreError(f"{store_path}: lrec_shadow {lrec_shadow.shape} and in_shadow {in_shadow.shape} must both "
+                             f"be [{lrec.shape[0]}, K]; rescore the store with `memscore score --shadows DIR`")
+        found, samples = score(store, lrec, lrec_shadow, in_shadow)
+        record = {**found.record(), "column": column, "k": int(lrec_shadow.shape[1]),
+                  "reference_file": None if reference is None else str(reference),
+                  "reference_ids": None if samples is None else samples.to_dict(),
+                  "uses": {c: store.fingerprint(c) for c in SHADOW_COLUMNS}}
+        store.write_column(column, found.scores, np.nan, {**record, SCORE_MARK: True})
+    return record
