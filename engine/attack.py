@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from .alpha import membership_error, parse_alpha, resolve_alpha
+from .blind import BLIND_BOOT, blind_baseline, blind_unavailable
 from .data import IdMatch, match_ids, read_id_list
 from .errors import UsageError
-from .metrics import DIRECTION, calibrate_threshold, evaluate_scores, predict_members
+from .metrics import (DIRECTION, HOLDOUT_RULE, calibrate_threshold, evaluate_scores, held_out_rates, holdout_split,
+                      jsonable, predict_members)
 from .lmem import reference_rows
 from .outputs import write_json
 from .score_names import require_score, score_names
@@ -104,11 +106,39 @@ def _require_lmem(store: ScoreStore) -> None:
 # ---------------------------------------------------------------- evaluate
 
 
+def store_blind_baseline(store: ScoreStore, rows: np.ndarray, is_member: np.ndarray, attack_scores: dict[str, np.ndarray],
+                         n_boot: int) -> dict[str, Any]:
+    """`memscore.blind.blind_baseline` on the store's `features` and `ldiff` at `rows` (a mask), with the attack
+    scores' AUC within its strata; a record saying why not where the store has no features or too few rows."""
+    if "features" not in store.record.wide_columns:
+        return blind_unavailable(f"{store.path} has no per-image features column (scored by an older memscore, or "
+                                 "without features): the blind baseline is unavailable")
+    try:
+        return blind_baseline(store.column("features")[rows], store.column("ldiff").astype(np.float64)[rows],
+                              is_member, seed=store.config.seed, n_boot=n_boot or BLIND_BOOT,
+                              attack_scores={name: values[rows] for name, values in attack_scores.items()})
+    except UsageError as refusal:
+        return blind_unavailable(f"the blind baseline is unavailable: {refusal}")
+
+
+
+def held_out_thresholds(columns: dict[str, np.ndarray], is_member: np.ndarray, fraction: float, seed: int
+                        ) -> dict[str, Any]:
+    """Per score, thresholds chosen on one part of the rows and measured on the other
+    (`memscore.metrics.held_out_rates`), the `fraction` held out drawn by `memscore.metrics.holdout_split`."""
+    held_out = holdout_split(is_member, fraction, seed)
+    return {"fraction": fraction, "seed": seed, "rule": HOLDOUT_RULE, "n_held_out": int(held_out.sum()),
+            "n_choosing": int((~held_out).sum()),
+            "scores": {name: jsonable([dataclasses.asdict(point) for point in held_out_rates(values, is_member, held_out)])
+                       for name, values in columns.items()}}
+
+
 def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = None, *, n_boot: int = 0,
              alpha: str | None = None, calibration_fraction: float = 0.5, partial: bool = False,
-             scores: list[str] | None = None, strict: bool = False) -> dict[str, Any]:
+             scores: list[str] | None = None, strict: bool = False, holdout: float | None = None) -> dict[str, Any]:
     """Attack metrics of `lrec`, `lmem` and every derived score the store holds, or of `scores` (lower score =
-    member), JSON-ready: one entry per score under its name, and `scores` listing them in order.
+    member), JSON-ready: one entry per score under its name, and `scores` listing them in order; and
+    `blind_baseline` (`store_blind_baseline`: membership from the images alone, on the same rows).
 
     Labels: `members_file` (one member id per line), else the store's `member` column; unlabelled rows are
     left out and counted. The result's `members_ids` says how the file matched the store (`IdMatch.to_dict`);
@@ -117,11 +147,15 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
     calibration split (`calibration_fraction` of the labelled rows, by `calibration_split`) and reports every metric on the other rows only. `partial`:
     accept an unfinished store; the result's `partial` and `pending` say how many rows were not scored yet,
     and lmem, not written before the last shard, is taken at the store's alpha spec fitted on the rows
-    scored so far (the result's alpha says so).
+    scored so far (the result's alpha says so). `holdout`: the fraction of the evaluated rows (stratified by label,
+    seeded by the store's seed) on which thresholds chosen on the others are measured (`held_out_thresholds`;
+    the result's `holdout`, None without it).
     """
     if alpha is not None:
         parse_alpha(alpha)
     _check_fraction("calibration_fraction", calibration_fraction)
+    if holdout is not None:
+        _check_fraction("holdout", holdout)
     if n_boot < 0:
         raise UsageError(f"n_boot must be >= 0, got {n_boot}")
     store, counts = readable_store(store, partial)
@@ -157,11 +191,14 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
     result = {"store": str(store.path), **completeness(counts), "alpha": alpha_record, "direction": DIRECTION,
               "members_ids": None if members is None else members.to_dict(), "n_unlabelled_excluded": unlabelled,
               "scores": wanted}
-    for name in wanted:
-        column = values[name] if name in values else store.column(name).astype(np.float64)
+    columns = {name: values[name] if name in values else store.column(name).astype(np.float64) for name in wanted}
+    for name, column in columns.items():
         result[name] = evaluate_scores(column[known], labels[known] == 1, n_boot=n_boot).to_dict()
         if name not in values:
             result[name]["made_by"] = store.column_attrs(name)
+    result["blind_baseline"] = store_blind_baseline(store, known, labels[known] == 1, columns, n_boot)
+    result["holdout"] = None if holdout is None else held_out_thresholds(
+        {name: column[known] for name, column in columns.items()}, labels[known] == 1, holdout, store.config.seed)
     return result
 
 

@@ -11,10 +11,12 @@ import numpy as np
 
 from .alpha import parse_alpha
 from .attack import DECISION_COLUMN, calibrate, evaluate, match_members, predict, readable_store
+from .blind import format_blind_baseline
+from .claims import DEFAULT_FDR, PROCEDURES, claims_store
 from .config import ScoreConfig
-from .data import DIRECTIONS, read_id_list
+from .data import DIRECTIONS, EXAMPLES, read_id_list
 from .errors import MemscoreError
-from .metrics import format_metrics
+from .metrics import format_held_out, format_metrics
 from .outputs import write_file, write_json
 from .rescoring import DEFAULT_METHOD, METHODS, command_options, rescore
 from .run import RunOptions, run_scoring
@@ -89,7 +91,7 @@ def _print_id_files(*matches: dict[str, Any] | None) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.store, args.members, n_boot=args.bootstrap, alpha=args.alpha,
                       calibration_fraction=args.calibration_fraction, partial=args.partial, scores=args.score,
-                      strict=args.strict)
+                      strict=args.strict, holdout=args.holdout)
     _state_pending(args.store, result["pending"])
     first, alpha = result[result["scores"][0]], result["alpha"]
     _print_id_files(result["members_ids"], alpha.get("reference_ids"))
@@ -103,6 +105,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"alpha = {alpha['value']:.4g} ({alpha['spec']}{chosen})")
     for name in result["scores"]:
         print(format_metrics(name, result[name]))
+        if result["holdout"]:
+            print(format_held_out(name, result["holdout"]["scores"][name], result[name]["ci_level"]))
+    print(format_blind_baseline(result["blind_baseline"]))
     if args.json:
         write_json(args.json, result, overwrite=args.overwrite)
         print(f"metrics written to {args.json}")
@@ -154,7 +159,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         store, _ = readable_store(args.store, partial=args.partial)
         print(match_members(store, args.members, strict=args.strict).line())
     index = write_report(args.store, Path(args.out), members_file=args.members, dataset=dataset,
-                         n_boot=args.bootstrap, partial=args.partial, scores=args.score, overwrite=args.overwrite)
+                         n_boot=args.bootstrap, partial=args.partial, scores=args.score, overwrite=args.overwrite,
+                         holdout=args.holdout)
     print(f"report written to {index} (open it in a browser; no server needed)")
     return 0
 
@@ -236,6 +242,29 @@ def cmd_dataset_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    result = claims_store(args.store, args.reference, score=args.score, fdr=args.fdr, procedure=args.procedure,
+                          strict=args.strict, partial=args.partial)
+    _state_pending(args.store, result["pending"])
+    _print_id_files(result["reference_ids"])
+    found = result["claims"]
+    pi0 = f", pi0 = {found['pi0']:.3g}" if args.procedure == "storey" else ""
+    print(f"{found['n_claimed']} of {found['n_tested']} images claimed as members at FDR {100 * args.fdr:g}% "
+          f"({found['procedure_name']}{pi0}): expected false claims <= {found['expected_false_claims']:.3g}")
+    print(f"not tested: {result['n_reference_scored']} reference images ({result['reference_note']}); "
+          f"without a {args.score} score: {result['n_not_scored']}")
+    if result["smallest_p_value"] > args.fdr:
+        print(f"no p-value can fall below 1/(reference + 1) = {result['smallest_p_value']:.3g}: give more reference "
+              "non-members to make claims at this FDR possible")
+    if result["claimed_ids"]:
+        more = ", ..." if len(result["claimed_ids"]) > EXAMPLES else ""
+        print("claimed, lowest p-value first: " + ", ".join(map(repr, result["claimed_ids"][:EXAMPLES])) + more)
+    if args.json:
+        write_json(args.json, result, overwrite=args.overwrite)
+        print(f"claims and per-image p-values written to {args.json}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(Path(args.out), quick=args.quick)
@@ -262,6 +291,12 @@ def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_score_argument(p: argparse.ArgumentParser, meaning: str) -> None:
     p.add_argument("--score", action="append", metavar="NAME", help=f"{meaning}: {describe_scores()}")
+
+
+def _add_holdout_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--holdout", type=FRACTION_OPTION, metavar="FRACTION",
+                   help="also choose each operating point's threshold on the other rows and report the FPR and TPR "
+                        "it reaches on this share of them (seeded, stratified by label)")
 
 
 def _add_overwrite_argument(p: argparse.ArgumentParser, what: str) -> None:
@@ -308,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate lmem at this alpha instead of the store's: NUMBER | fit | fit:robust | "
                         "auto (chosen with labels on a calibration split, reported on the rest)")
     p.add_argument("--calibration-fraction", type=FRACTION_OPTION, default=0.5, help="share of labelled rows for --alpha auto")
+    _add_holdout_argument(p)
     _add_score_argument(p, "evaluate only this score (repeatable; default: every score the store holds)")
     _add_partial_argument(p)
     _add_strict_argument(p)
@@ -334,12 +370,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite_argument(p, "--json file")
     _add_strict_argument(p)
     p.set_defaults(func=cmd_dataset_test)
+    p = sub.add_parser("claims", help="which images were in the victim's training data? (a conformal p-value per "
+                                      "image from held-out non-members; claims with the false-discovery rate "
+                                      "controlled)")
+    p.add_argument("store")
+    p.add_argument("--reference", required=True, help="file of held-out non-member ids (never claimed)")
+    p.add_argument("--score", default="lcal", help="the score to test (lower = member): any the store holds, "
+                                                   f"{describe_scores()}")
+    p.add_argument("--fdr", type=FRACTION_OPTION, default=DEFAULT_FDR,
+                   help="the false-discovery rate: the expected share of false claims among the claims")
+    p.add_argument("--procedure", default="bh", choices=tuple(PROCEDURES),
+                   help="; ".join(f"{name}: {label}" for name, label in PROCEDURES.items())
+                        + " (estimates the share of non-members; more claims when many images are members)")
+    p.add_argument("--json", help="write the claims and every image's p-value here")
+    _add_overwrite_argument(p, "--json file")
+    _add_strict_argument(p)
+    _add_partial_argument(p)
+    p.set_defaults(func=cmd_claims)
     p = sub.add_parser("report", help="a self-contained HTML report with plots")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for index.html and its PNGs")
     _add_overwrite_argument(p, "report folder")
     p.add_argument("--members", help="file of member ids (default: the store's member column)")
     p.add_argument("--bootstrap", type=COUNT, default=200)
+    _add_holdout_argument(p)
     _add_score_argument(p, "show only this score in the metrics and ROC (repeatable; default: every score)")
     _add_dataset_arguments(p, "the scored dataset, for thumbnails of the easiest and hardest images")
     _add_partial_argument(p)

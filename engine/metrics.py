@@ -1,6 +1,7 @@
 """Membership-inference metrics as pure functions of (scores, labels): ROC, AUC, TPR at low FPR,
-balanced accuracy, bootstrap CIs, alpha sweeps, label-free threshold calibration, and the plain-text
-rendering of a metric report. No I/O: `memscore.attack` applies these to a store.
+balanced accuracy, bootstrap and exact (Clopper-Pearson) CIs, alpha sweeps, label-free threshold calibration,
+thresholds chosen on one part of the rows and measured on the other, and the plain-text rendering of a metric
+report. No I/O: `memscore.attack` applies these to a store.
 
 Direction, everywhere in this module: a LOWER score means "more likely a member", and a threshold
 ``tau`` calls an image a member iff ``score <= tau``. Rows whose score is NaN are excluded and
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import beta
 
 from .errors import UsageError
 
@@ -44,7 +46,12 @@ class RocCurve:
 
 @dataclass(frozen=True)
 class TprAtFpr:
-    """TPR at a target FPR under ``CUTOFF_RULE``; ``refused`` says why when n_nonmembers < 1/target."""
+    """TPR at a target FPR under ``CUTOFF_RULE``; ``refused`` says why when n_nonmembers < 1/target.
+
+    ``ci``: the bootstrap interval of the TPR. ``tpr_exact_ci`` / ``fpr_exact_ci``: Clopper-Pearson intervals
+    of the true- and false-positive counts at ``threshold`` held fixed (it was chosen on these same rows, so
+    they describe this threshold's rates, not the choice; held-out thresholds: ``held_out_rates``).
+    """
 
     target_fpr: float
     tpr: float | None
@@ -52,6 +59,10 @@ class TprAtFpr:
     threshold: float | None
     refused: str | None = None
     ci: tuple[float, float] | None = None
+    true_positives: int | None = None
+    false_positives: int | None = None
+    tpr_exact_ci: tuple[float, float] | None = None
+    fpr_exact_ci: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +168,19 @@ def _check_resolvable(target_fpr: float, n_nonmembers: int) -> None:
 # ---------------------------------------------------------------- curve and metrics
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a binomial proportion with ``k`` successes in ``n`` trials:
+    beta quantiles, 0 when k = 0 and 1 when k = n; it covers the true proportion with at least ``level``."""
+    if not 0 <= k <= n or n < 1:
+        raise UsageError(f"a binomial count needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    if not 0.0 < level < 1.0:
+        raise UsageError(f"level must be in (0, 1), got {level}")
+    tail = (1.0 - level) / 2
+    low = float(beta.ppf(tail, k, n - k + 1)) if k > 0 else 0.0
+    high = float(beta.ppf(1.0 - tail, k + 1, n - k)) if k < n else 1.0
+    return low, high
+
+
 def _curve(scores: np.ndarray, labels: np.ndarray, n_nan: int) -> RocCurve:
     """The ROC of clean inputs: one point per distinct score (ties move as one block)."""
     order = np.argsort(scores)  # order within a tie is irrelevant: ties are grouped below
@@ -197,7 +221,15 @@ def _tpr_at_fpr_of(curve: RocCurve, target_fpr: float) -> TprAtFpr:
         tpr=float(curve.tpr[best]),
         achieved_fpr=float(curve.fpr[best]),
         threshold=float(curve.thresholds[best]),
+        true_positives=round(float(curve.tpr[best]) * curve.n_members),
+        false_positives=round(float(curve.fpr[best]) * curve.n_nonmembers),
     )
+
+
+def _with_exact_intervals(point: TprAtFpr, curve: RocCurve, level: float) -> TprAtFpr:
+    """``point`` with the Clopper-Pearson intervals of its counts (kept out of the bootstrap's inner loop)."""
+    return dataclasses.replace(point, tpr_exact_ci=clopper_pearson(point.true_positives, curve.n_members, level),
+                               fpr_exact_ci=clopper_pearson(point.false_positives, curve.n_nonmembers, level))
 
 
 def _balanced_accuracy_of(curve: RocCurve) -> tuple[float, float]:
@@ -221,7 +253,8 @@ def tpr_at_fpr(scores, is_member, target_fpr: float) -> TprAtFpr:
 
     Raises UnresolvableFpr (a ValueError) when there are fewer than 1/target_fpr non-members.
     """
-    return _tpr_at_fpr_of(roc(scores, is_member), target_fpr)
+    curve = roc(scores, is_member)
+    return _with_exact_intervals(_tpr_at_fpr_of(curve, target_fpr), curve, 0.95)
 
 
 def balanced_accuracy(scores, is_member) -> tuple[float, float]:
@@ -272,14 +305,15 @@ def evaluate_scores(
     seed: int = 0,
     level: float = 0.95,
 ) -> MetricReport:
-    """AUC, best balanced accuracy and TPR at each FPR in ``fprs``, with stratified bootstrap CIs
-    when ``n_boot > 0``. A target the non-member count cannot resolve is recorded as refused."""
+    """AUC, best balanced accuracy and TPR at each FPR in ``fprs`` with exact (Clopper-Pearson) intervals
+    of its TPR and achieved FPR, and stratified bootstrap CIs when ``n_boot > 0``, all at ``level``. A target
+    the non-member count cannot resolve is recorded as refused."""
     scores, labels, n_nan = _clean(scores, is_member)
     curve = _curve(scores, labels, n_nan)
     resolvable, tprs = [], []
     for target in fprs:
         try:
-            tprs.append(_tpr_at_fpr_of(curve, target))
+            tprs.append(_with_exact_intervals(_tpr_at_fpr_of(curve, target), curve, level))
             resolvable.append(target)
         except UnresolvableFpr as refusal:
             tprs.append(TprAtFpr(float(target), tpr=None, achieved_fpr=None, threshold=None, refused=str(refusal)))
@@ -362,17 +396,117 @@ def predict_members(scores, tau: float) -> np.ndarray:
     return float_vector("scores", scores) <= tau
 
 
+# ---------------------------------------------------------------- thresholds chosen on other rows
+
+HOLDOUT_RULE = ("threshold set by calibrate_threshold on the choosing part's non-members (the label-free "
+                "attacker's rule), then applied unchanged to the held-out part")
+
+
+@dataclass(frozen=True)
+class HeldOutPoint:
+    """A threshold chosen on some rows for ``target_fpr`` and what it reaches on the others: ``chosen_fpr`` on
+    the choosing non-members, ``fpr`` / ``tpr`` (with counts and Clopper-Pearson intervals, exact here since
+    the threshold is independent of these rows) on the held-out ones; ``refused`` when the choosing part has
+    fewer than 1/target non-members."""
+
+    target_fpr: float
+    threshold: float | None = None
+    chosen_fpr: float | None = None
+    fpr: float | None = None
+    tpr: float | None = None
+    false_positives: int | None = None
+    true_positives: int | None = None
+    n_nonmembers: int | None = None
+    n_members: int | None = None
+    fpr_exact_ci: tuple[float, float] | None = None
+    tpr_exact_ci: tuple[float, float] | None = None
+    refused: str | None = None
+
+
+def holdout_split(is_member, fraction: float, seed: int) -> np.ndarray:
+    """True for the held-out rows: ``round(fraction * n)`` of the members and of the non-members (stratified by
+    label), drawn by a permutation seeded with ``seed``."""
+    if not 0.0 < fraction < 1.0:
+        raise UsageError(f"the holdout fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(is_member, dtype=bool)
+    held_out = np.zeros(labels.shape[0], dtype=bool)
+    rng = np.random.default_rng(seed)
+    for rows in (np.flatnonzero(labels), np.flatnonzero(~labels)):
+        held_out[rng.permutation(rows)[:round(fraction * rows.size)]] = True
+    return held_out
+
+
+def held_out_rates(scores, is_member, held_out, *, fprs: Sequence[float] = (0.1, 0.01, 0.001),
+                   level: float = 0.95) -> list[HeldOutPoint]:
+    """For each target FPR, the threshold ``calibrate_threshold`` sets on the non-members outside ``held_out``
+    (a row mask), and the FPR and TPR it reaches on the rows inside. NaN scores count on neither side."""
+    scores = float_vector("scores", scores)
+    labels = member_labels(is_member, scores.shape[0])
+    held_out = member_labels(held_out, scores.shape[0])
+    finite = ~np.isnan(scores)
+    choosing = scores[finite & ~held_out & ~labels]
+    test_members, test_nonmembers = scores[finite & held_out & labels], scores[finite & held_out & ~labels]
+    _require_both_classes(np.r_[np.ones(test_members.size, bool), np.zeros(test_nonmembers.size, bool)],
+                          "among the held-out rows")
+    points = []
+    for target in fprs:
+        try:
+            tau = calibrate_threshold(choosing, target)
+        except UnresolvableFpr as refusal:
+            points.append(HeldOutPoint(float(target), refused=f"choosing part: {refusal}"))
+            continue
+        fp, tp = int((test_nonmembers <= tau).sum()), int((test_members <= tau).sum())
+        points.append(HeldOutPoint(
+            float(target), threshold=tau, chosen_fpr=float((choosing <= tau).mean()), fpr=fp / test_nonmembers.size,
+            tpr=tp / test_members.size, false_positives=fp, true_positives=tp, n_nonmembers=test_nonmembers.size,
+            n_members=test_members.size, fpr_exact_ci=clopper_pearson(fp, test_nonmembers.size, level),
+            tpr_exact_ci=clopper_pearson(tp, test_members.size, level)))
+    return points
+
+
+def format_rate(value: float, count: int, n: int, exact: Sequence[float], level: float,
+                bootstrap: Sequence[float] | None = None) -> str:
+    """A rate as text with its counts and intervals: ``0.4000 (12/30; exact 95% [0.2266, 0.5940])``, then
+    ``; bootstrap [lo, hi]`` when a bootstrap interval is given."""
+    boot = f"; bootstrap [{bootstrap[0]:.4f}, {bootstrap[1]:.4f}]" if bootstrap else ""
+    return f"{value:.4f} ({count}/{n}; exact {level * 100:g}% [{exact[0]:.4f}, {exact[1]:.4f}]{boot})"
+
+
+def format_threshold(threshold: float | None) -> str:
+    """A threshold as text; None (JSON's -inf) means nothing is called a member."""
+    return "none: no image called a member" if threshold is None else f"{threshold:.5g}"
+
+
+def format_held_out(name: str, points: list[dict], level: float = 0.95) -> str:
+    """``held_out_rates`` (as dicts) as text: per target, the FPR chosen on one part and the FPR and TPR its
+    threshold reaches on the other."""
+    lines = [f"{name}, thresholds chosen on one part, measured on the held-out part:"]
+    for point in points:
+        if point["refused"]:
+            lines.append(f"  FPR {point['target_fpr']:g}: refused ({point['refused']})")
+            continue
+        fpr = format_rate(point["fpr"], point["false_positives"], point["n_nonmembers"], point["fpr_exact_ci"], level)
+        tpr = format_rate(point["tpr"], point["true_positives"], point["n_members"], point["tpr_exact_ci"], level)
+        lines.append(f"  FPR {point['target_fpr']:g}: chosen FPR {point['chosen_fpr']:.4f}, held-out FPR {fpr}, "
+                     f"held-out TPR {tpr}, threshold {format_threshold(point['threshold'])}")
+    return "\n".join(lines)
+
+
 def format_metrics(name: str, report: dict) -> str:
     """``MetricReport.to_dict()`` as text: AUC (with its CI), balanced accuracy, then one line per
-    target FPR, refused targets with their reason."""
+    target FPR with the counts and intervals of its TPR and achieved FPR, refused targets with their reason."""
     auc_ci = f" [{report['auc_ci'][0]:.4f}, {report['auc_ci'][1]:.4f}]" if report.get("auc_ci") else ""
     lines = [f"{name}: AUC {report['auc']:.4f}{auc_ci}, balanced accuracy {report['balanced_accuracy']:.4f}"
              f" (threshold {report['balanced_accuracy_threshold']:.5g})"]
+    level = report["ci_level"]
     for point in report["tpr_at_fpr"]:
         if point["refused"]:
             lines.append(f"  TPR @ FPR {point['target_fpr']:g}: refused ({point['refused']})")
         else:
-            threshold = "none: no image called a member" if point["threshold"] is None else f"{point['threshold']:.5g}"
-            lines.append(f"  TPR @ FPR {point['target_fpr']:g}: {point['tpr']:.4f} "
-                         f"(achieved FPR {point['achieved_fpr']:.4f}, threshold {threshold})")
+            tpr = format_rate(point["tpr"], point["true_positives"], report["n_members"], point["tpr_exact_ci"],
+                              level, point["ci"])
+            fpr = format_rate(point["achieved_fpr"], point["false_positives"], report["n_nonmembers"],
+                              point["fpr_exact_ci"], level)
+            lines.append(f"  TPR @ FPR {point['target_fpr']:g}: {tpr}, achieved FPR {fpr}, "
+                         f"threshold {format_threshold(point['threshold'])}")
     return "\n".join(lines)

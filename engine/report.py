@@ -225,10 +225,17 @@ def _threshold(value: float | None) -> str:
     return "−∞ (no image called a member)" if value is None else f"{value:.5g}"
 
 
-def _tpr_cell(point: dict) -> str:
+def _exact(interval: list[float]) -> str:
+    return f"exact [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _tpr_cell(point: dict, n_members: int, n_nonmembers: int) -> str:
+    """TPR (bootstrap interval), then its count and exact interval, the achieved FPR's, and the threshold."""
     if point["refused"]:
         return f'<span class="refused">refused</span><br><small>{_esc(point["refused"])}</small>'
-    return (f"{point['tpr']:.4f}{_ci(point['ci'])}<br><small>achieved FPR {point['achieved_fpr']:.4f}, "
+    return (f"{point['tpr']:.4f}{_ci(point['ci'])}<br><small>{point['true_positives']}/{n_members} members, "
+            f"{_exact(point['tpr_exact_ci'])}<br>achieved FPR {point['achieved_fpr']:.4f} "
+            f"({point['false_positives']}/{n_nonmembers}, {_exact(point['fpr_exact_ci'])}), "
             f"threshold {_threshold(point['threshold'])}</small>")
 
 
@@ -243,13 +250,75 @@ def _metric_table(metrics: dict[str, dict]) -> str:
     ids = [[""] + [f"{c}-auc" for c in names], [""] + [f"{c}-ba" for c in names]]
     for i, point in enumerate(lrec["tpr_at_fpr"]):
         target = point["target_fpr"]
-        rows.append([f"TPR at FPR {target * 100:g}%"] + [_tpr_cell(metrics[c]["tpr_at_fpr"][i]) for c in names])
+        rows.append([f"TPR at FPR {target * 100:g}%"] + [
+            _tpr_cell(metrics[c]["tpr_at_fpr"][i], metrics[c]["n_members"], metrics[c]["n_nonmembers"]) for c in names])
         ids.append([""] + [f"{c}-tpr-{target:g}" for c in names])
     ci = (f"Brackets: {lrec['ci_level'] * 100:g}% stratified bootstrap intervals, {lrec['n_boot']} resamples "
           f"(seed {lrec['seed']})." if lrec["n_boot"] else "No bootstrap intervals (n_boot = 0).")
+    ci += (f" 'exact': {lrec['ci_level'] * 100:g}% Clopper-Pearson (exact binomial) intervals of the TPR and the "
+           "achieved FPR from their counts, at the threshold taken as fixed.")
     return (_table(["metric", *[score_label(c) for c in names]], rows, ids)
             + f"<p><small>{_esc(ci)} {lrec['n_members']} members and {lrec['n_nonmembers']} non-members; "
               f"{lrec['n_excluded_nan']} labelled rows without a score (failed or pending) excluded.</small></p>")
+
+
+def _held_out_cell(point: dict) -> str:
+    if point["refused"]:
+        return f'<span class="refused">refused</span><br><small>{_esc(point["refused"])}</small>'
+    return (f"held-out FPR {point['fpr']:.4f} <small>({point['false_positives']}/{point['n_nonmembers']}, "
+            f"{_exact(point['fpr_exact_ci'])})</small><br>held-out TPR {point['tpr']:.4f} <small>"
+            f"({point['true_positives']}/{point['n_members']}, {_exact(point['tpr_exact_ci'])})</small><br><small>"
+            f"chosen FPR {point['chosen_fpr']:.4f}, threshold {_threshold(point['threshold'])}</small>")
+
+
+def _held_out_table(record: dict[str, Any]) -> str:
+    """Per target FPR and score, the FPR chosen on one part and the FPR and TPR reached on the held-out part
+    (cells `NAME-holdout-TARGET`)."""
+    names = list(record["scores"])
+    rows, ids = [], []
+    for i, point in enumerate(record["scores"][names[0]]):
+        rows.append([f"FPR {point['target_fpr'] * 100:g}%"] + [_held_out_cell(record["scores"][c][i]) for c in names])
+        ids.append([""] + [f"{c}-holdout-{point['target_fpr']:g}" for c in names])
+    return (f"<p>{_esc(record['rule'])}: {record['n_choosing']} rows choose, {record['n_held_out']} held out "
+            f"({record['fraction']:g}, stratified by label, seed {record['seed']}). The held-out rates are what a "
+            "threshold set in advance reaches; their exact intervals hold since those rows did not set it.</p>"
+            + _table(["target", *[score_label(c) for c in names]], rows, ids))
+
+
+def _blind_section(record: dict[str, Any]) -> str:
+    """The blind baseline (`memscore.blind`): its AUC and TPR at 1% FPR, its warning, and each attack score's AUC
+    within quintiles of the blind score (cells `blind-auc`, `blind-tpr-0.01`, `NAME-stratum-K`)."""
+    if not record["available"]:
+        return _note(f'<span id="blind-unavailable">{_esc(record["reason"])}</span>')
+    metrics = record["metrics"]
+    rows = [["ROC-AUC", f"{metrics['auc']:.4f}{_ci(metrics['auc_ci'])}"]]
+    ids = [["", "blind-auc"]]
+    for point in metrics["tpr_at_fpr"]:
+        rows.append([f"TPR at FPR {point['target_fpr'] * 100:g}%",
+                     _tpr_cell(point, metrics["n_members"], metrics["n_nonmembers"])])
+        ids.append(["", f"blind-tpr-{point['target_fpr']:g}"])
+    verdict = (_note(f'<b id="blind-warning">Warning:</b> {_esc(record["warning"])}.') if record["warning"] else
+               '<p id="blind-fair">The AUC interval covers 0.5 (or lies below it): no sign that members and '
+               "non-members differ as images.</p>")
+    names = list(record["strata"])
+    strata_rows, strata_ids = [], []
+    for k, stratum in enumerate(record["strata"][names[0]] if names else []):
+        low, high = stratum["blind_range"]
+        strata_rows.append([f"{stratum['stratum']} <small>(blind score {low:.3g} to {high:.3g}; "
+                            f"{stratum['n_members']} members, {stratum['n_nonmembers']} non-members)</small>"]
+                           + [_auc_text(record["strata"][c][k]["auc"]) for c in names])
+        strata_ids.append([""] + [f"{c}-stratum-{stratum['stratum']}" for c in names])
+    return (f"<p>{_esc(record['label'])}: {_esc(record['model'])}; inputs {_esc(record['inputs'])}, seed "
+            f"{record['seed']}. Each image is scored by a model that never saw it.</p>"
+            + _table(["metric", "blind baseline"], rows, ids) + verdict
+            + "<h3>Attack AUC within strata of the blind score</h3><p><small>Quintiles of the blind score: within "
+              "one, members and non-members look alike as images, so an AUC that stays high there is the "
+              "victim's, not the split's.</small></p>"
+            + _table(["blind-score quintile", *[score_label(c) for c in names]], strata_rows, strata_ids))
+
+
+def _auc_text(value: float | None) -> str:
+    return "— <small>(one class absent)</small>" if value is None else f"{value:.4f}"
 
 
 def _failed_shards_table(failed: list[tuple[int, int, int, str]]) -> str:
@@ -287,7 +356,8 @@ def _key_value_table(mapping: dict[str, Any]) -> str:
 
 def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, members_file: str | None = None,
                  dataset: Dataset | None = None, n_boot: int = 200, thumbnails: int = 8,
-                 partial: bool = False, scores: list[str] | None = None, overwrite: bool = False) -> Path:
+                 partial: bool = False, scores: list[str] | None = None, overwrite: bool = False,
+                 holdout: float | None = None) -> Path:
     """Write `out_dir/index.html` and its PNGs for the store at `store_path`; returns the HTML path.
 
     The folder is built beside `out_dir` and switched in whole (`memscore.outputs.build_folder`): an existing
@@ -297,13 +367,14 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
     store without labels still gets its histograms and scatter, and a note instead of metrics.
     `dataset` (the one that was scored) supplies the easiest/hardest images by Ldiff, `thumbnails`
     of each; without it that section is a note. `n_boot` bootstrap resamples give the intervals. `scores`: the
-    derived scores (lcal, lira, ...) to show beside lrec and lmem (default: every one the store holds).
+    derived scores (lcal, lira, ...) to show beside lrec and lmem (default: every one the store holds). `holdout`:
+    also show thresholds chosen on the other rows and measured on this share of them (`memscore.attack.evaluate`).
     The page links the PNGs by relative path: open it from disk, no server needed. A damaged store is
     refused, an unfinished one too unless `partial` (then the page says how many rows are pending, and
     which shards failed in the last run).
     """
     data = report_data(store_path, members_file=members_file, n_boot=n_boot, thumbnails=thumbnails,
-                       partial=partial, scores=scores)
+                       partial=partial, scores=scores, holdout=holdout)
     pages = functools.partial(_write_pages, data, dataset=dataset)
     return build_folder(out_dir, "report", pages, overwrite=overwrite, inputs=(store_path,)) / "index.html"
 
@@ -339,6 +410,10 @@ def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> Non
                                  "rows only. Rerun the same <code>memscore score</code> command to finish it."))
     if data.failed_shards:
         sections.insert(-1, "<h2>Failed shards</h2>" + _failed_shards_table(data.failed_shards))
+    if metrics and metrics["holdout"]:
+        sections.append("<h2>Held-out thresholds</h2>" + _held_out_table(metrics["holdout"]))
+    if metrics:
+        sections.append("<h2>Blind baseline (no victim query)</h2>" + _blind_section(metrics["blind_baseline"]))
     derived = [c for c in (metrics["scores"] if metrics else []) if c not in STORED_SCORES]
     if derived:
         sections.append("<h2>How the calibrated scores were made</h2>" + _derived_scores_table(metrics, derived))

@@ -63,7 +63,8 @@ class ReportData:
 
 
 def report_data(store_path: str | os.PathLike, *, members_file: str | None = None, n_boot: int = 200,
-                thumbnails: int = 8, partial: bool = False, scores: list[str] | None = None) -> ReportData:
+                thumbnails: int = 8, partial: bool = False, scores: list[str] | None = None,
+                holdout: float | None = None) -> ReportData:
     """The numbers of `memscore.report.write_report`'s page (see there for the arguments). A damaged store is
     refused, an unfinished one too unless `partial`."""
     store, status = readable_store(store_path, partial)
@@ -78,7 +79,7 @@ def report_data(store_path: str | os.PathLike, *, members_file: str | None = Non
     if known.any():
         wanted = None if scores is None else [*STORED_SCORES, *[c for c in scores if c not in STORED_SCORES]]
         try:
-            metrics = evaluate(store, members_file, n_boot=n_boot, partial=partial, scores=wanted)
+            metrics = evaluate(store, members_file, n_boot=n_boot, partial=partial, scores=wanted, holdout=holdout)
         except ValueError as error:  # e.g. every labelled row is a member
             metrics_error = str(error)
 

@@ -16,11 +16,12 @@ from memscore.store import ScoreStore
 
 def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: bool = True,
                     failed: tuple[int, ...] = (), pending_shards: tuple[int, ...] = (), alpha: str | None = "fit",
-                    seed: int = 1, features: int = 0) -> ScoreStore:
+                    seed: int = 1, features: int = 0, feature_shift: float = 0.0) -> ScoreStore:
     """A store of `n` rows with ids "0".."n-1"; rows in `failed` failed; shards in `pending_shards` never
     written (an interrupted run); `alpha` None: no alpha pass (as an interrupted run leaves it). `features` > 0:
     a `features` column that width, whose first value sets the spread of a non-member's Lrec (so a per-image
-    model of it beats one global threshold)."""
+    model of it beats one global threshold); they are independent of membership unless `feature_shift`, which
+    is added to every feature of a member (members and non-members then differ as images)."""
     rng = np.random.default_rng(seed)
     member = (rng.random(n) < 0.55).astype(np.int8)
     ldiff = rng.uniform(0.05, 0.30, n)
@@ -29,6 +30,7 @@ def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: 
     if features:
         spread = np.exp(feature_values[:, 0].astype(np.float64))  # images whose non-member Lrec varies more
         lrec = 0.5 + 3.0 * ldiff + 0.02 * spread * rng.normal(0, 1, n) - 0.03 * member
+        feature_values += np.float16(feature_shift) * member[:, None].astype(np.float16)
     status = np.array(["ok"] * n, dtype=object)
     status[list(failed)] = "failed"
     lrec[list(failed)] = ldiff[list(failed)] = np.nan

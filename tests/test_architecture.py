@@ -82,10 +82,10 @@ STAGES: tuple[tuple[str, frozenset[str]], ...] = tuple((stage, frozenset(modules
     ("reading", {"data", "images", "preprocess", "batch", "pillow_reader", "dali_reader", "pipeline", "synthetic"}),
     ("models", {"backbones", "victims", "victims.checkpoint", "victims.pix2pix", "victims.pix2pixhd",
                 "victims.spade", "kernels", "kernels.interp", "kernels.difficulty", "train"}),
-    ("statistics", {"metrics", "alpha", "calibration", "likelihood_ratio"}),
+    ("statistics", {"metrics", "alpha", "calibration", "likelihood_ratio", "blind"}),
     ("store", {"config", "store", "score_names"}),
     ("scoring", {"scores", "work", "shadows", "lmem", "run"}),
-    ("attacks", {"attack", "lcal", "shadow_scores", "rescoring", "dataset_inference"}),
+    ("attacks", {"attack", "lcal", "shadow_scores", "rescoring", "dataset_inference", "claims"}),
     ("reporting", {"report_data", "report"}),
     ("commands", {"", "cli", "demo"}),
 ))

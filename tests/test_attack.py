@@ -10,7 +10,7 @@ import pytest
 
 from memscore import rescore
 from memscore.attack import Calibration, calibrate, calibration_split, evaluate, predict
-from memscore.metrics import evaluate_scores
+from memscore.metrics import calibrate_threshold, evaluate_scores, held_out_rates, holdout_split
 from memscore.store import ScoreStore, StoreError
 from stores_for_tests import synthetic_store
 
@@ -128,3 +128,44 @@ def test_a_calibration_file_without_its_fingerprint_is_refused(tmp_path, finishe
 def test_bad_options_are_refused_before_the_store_is_opened(options, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         evaluate(tmp_path / "does-not-exist.zarr", **options)
+
+
+def test_the_blind_baseline_passes_a_fair_split_and_flags_a_shifted_one(tmp_path):
+    """Features independent of membership: no warning, AUC interval around 0.5. Features shifted for members:
+    the members differ as images, and evaluate says the attack's figures are inflated by it."""
+    fair = evaluate(synthetic_store(tmp_path / "fair.zarr", n=400, shard_size=100, features=8))["blind_baseline"]
+    assert fair["available"] and fair["label"] == "blind baseline (no victim query)"
+    low, high = fair["metrics"]["auc_ci"]
+    assert low <= 0.5 <= high and fair["warning"] is None
+    assert fair["metrics"]["n_members"] + fair["metrics"]["n_nonmembers"] == 400
+    assert set(fair["strata"]) == {"lrec", "lmem"} and len(fair["strata"]["lmem"]) == 5
+    shifted = evaluate(synthetic_store(tmp_path / "shifted.zarr", n=400, shard_size=100, features=8,
+                                       feature_shift=0.5))["blind_baseline"]
+    assert shifted["metrics"]["auc_ci"][0] > 0.5
+    assert "differ as images" in shifted["warning"] and "inflated" in shifted["warning"]
+    json.dumps(shifted, allow_nan=False)
+
+
+def test_without_features_the_blind_baseline_is_unavailable(finished):
+    record = evaluate(finished)["blind_baseline"]
+    assert record["available"] is False and record["warning"] is None
+    assert "no per-image features" in record["reason"] and "unavailable" in record["reason"]
+
+
+def test_holdout_chooses_thresholds_on_one_part_and_measures_them_on_the_other(finished):
+    result = evaluate(finished, holdout=0.5)
+    assert evaluate(finished)["holdout"] is None
+    record = result["holdout"]
+    member = finished.column("member") == 1
+    held_out = holdout_split(member, 0.5, finished.config.seed)
+    assert (record["n_held_out"], record["n_choosing"]) == (int(held_out.sum()), int((~held_out).sum()))
+    lmem = finished.column("lmem").astype(np.float64)
+    expected = held_out_rates(lmem, member, held_out)
+    point = record["scores"]["lmem"][0]
+    assert point["threshold"] == expected[0].threshold == calibrate_threshold(lmem[~held_out & ~member], 0.1)
+    assert (point["fpr"], point["tpr"], point["chosen_fpr"]) == (expected[0].fpr, expected[0].tpr,
+                                                                 expected[0].chosen_fpr)
+    assert "choosing part" in record["scores"]["lrec"][1]["refused"]  # ~13 choosing non-members cannot show 1%
+    json.dumps(result, allow_nan=False)
+    with pytest.raises(ValueError, match=r"holdout must be in \(0, 1\)"):
+        evaluate(finished, holdout=0.0)

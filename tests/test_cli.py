@@ -62,6 +62,30 @@ def test_evaluate_prints_and_writes_the_metrics(scored, capsys):
     assert metrics["partial"] is False and metrics["pending"] == 0
     assert f"lrec: AUC {metrics['lrec']['auc']:.4f}" in printed and "refused" in printed  # 0.1% FPR of 12
     assert "PARTIAL" not in printed and "0 pending" in printed
+    at_10 = metrics["lrec"]["tpr_at_fpr"][0]
+    low, high = at_10["tpr_exact_ci"]
+    assert f"({at_10['true_positives']}/12; exact 95% [{low:.4f}, {high:.4f}])" in printed
+    blind = metrics["blind_baseline"]
+    assert blind["label"] in printed and ("WARNING" in printed) == bool(blind["warning"])
+
+
+def test_evaluate_holdout_prints_chosen_and_held_out_rates(tmp_path, capsys):
+    store = synthetic_store(tmp_path / "s.zarr", n=400, shard_size=100)
+    assert main(["evaluate", str(store.path), "--holdout", "0.5", "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    point = json.loads((tmp_path / "m.json").read_text())["holdout"]["scores"]["lmem"][0]
+    assert "lmem, thresholds chosen on one part, measured on the held-out part:" in printed
+    assert (f"  FPR 0.1: chosen FPR {point['chosen_fpr']:.4f}, held-out FPR {point['fpr']:.4f} "
+            f"({point['false_positives']}/{point['n_nonmembers']}; exact 95%") in printed
+
+
+def test_evaluate_warns_when_members_differ_as_images(tmp_path, capsys):
+    store = synthetic_store(tmp_path / "s.zarr", n=400, shard_size=100, features=8, feature_shift=0.5)
+    assert main(["evaluate", str(store.path), "--json", str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    blind = json.loads((tmp_path / "m.json").read_text())["blind_baseline"]
+    assert f"blind baseline (no victim query): AUC {blind['metrics']['auc']:.4f}" in printed
+    assert f"WARNING: {blind['warning']}" in printed and "inflated" in blind["warning"]
 
 
 def test_calibrate_then_predict_writes_decisions_into_the_store(scored, tmp_path, capsys):
@@ -209,6 +233,8 @@ def test_score_options_are_refused_by_the_parser_before_anything_runs(option, me
 @pytest.mark.parametrize("argv, message", [
     (["evaluate", "STORE", "--bootstrap", "-1"], "--bootstrap: must be a whole number >= 0"),
     (["evaluate", "STORE", "--calibration-fraction", "0"], "--calibration-fraction: must be strictly between"),
+    (["evaluate", "STORE", "--holdout", "1"], "--holdout: must be strictly between 0 and 1"),
+    (["report", "STORE", "--out", "x", "--holdout", "0"], "--holdout: must be strictly between 0 and 1"),
     (["calibrate", "STORE", "--nonmembers", "x", "--fpr", "1.5"], "--fpr: must be strictly between 0 and 1"),
     (["calibrate", "STORE", "--nonmembers", "x", "--fpr", "0"], "--fpr: must be strictly between 0 and 1"),
     (["rescore", "STORE", "--alpha", "garbage"], "--alpha: alpha 'garbage' not understood"),

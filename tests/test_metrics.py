@@ -1,6 +1,7 @@
 """Tests for engine/metrics.py against independent references: sklearn's roc_curve and
 roc_auc_score, brute-force loops over thresholds, and binomial bounds for label-free calibration."""
 
+import dataclasses
 import json
 import math
 
@@ -251,6 +252,100 @@ def test_format_metrics_renders_every_number_and_each_refusal_with_its_reason():
     assert lines[0] == (f"lmem: AUC {report['auc']:.4f} [{low:.4f}, {high:.4f}], balanced accuracy "
                         f"{report['balanced_accuracy']:.4f} (threshold {report['balanced_accuracy_threshold']:.5g})")
     at_10 = report["tpr_at_fpr"][0]
-    assert lines[1] == (f"  TPR @ FPR 0.1: {at_10['tpr']:.4f} (achieved FPR {at_10['achieved_fpr']:.4f}, "
-                        f"threshold {at_10['threshold']:.5g})")
+    tpr_low, tpr_high = at_10["tpr_exact_ci"]
+    fpr_low, fpr_high = at_10["fpr_exact_ci"]
+    boot_low, boot_high = at_10["ci"]
+    assert lines[1] == (f"  TPR @ FPR 0.1: {at_10['tpr']:.4f} ({at_10['true_positives']}/{report['n_members']}; "
+                        f"exact 95% [{tpr_low:.4f}, {tpr_high:.4f}]; bootstrap [{boot_low:.4f}, {boot_high:.4f}]), "
+                        f"achieved FPR {at_10['achieved_fpr']:.4f} ({at_10['false_positives']}/{report['n_nonmembers']}; "
+                        f"exact 95% [{fpr_low:.4f}, {fpr_high:.4f}]), threshold {at_10['threshold']:.5g}")
     assert lines[2] == f"  TPR @ FPR 0.001: refused ({report['tpr_at_fpr'][1]['refused']})"
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (1, 10), (5, 10), (10, 10), (3, 1000), (0, 1000), (997, 1000), (17, 250)])
+@pytest.mark.parametrize("level", [0.95, 0.99])
+def test_clopper_pearson_equals_scipys_exact_binomial_interval(k, n, level):
+    expected = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    assert ev.clopper_pearson(k, n, level) == pytest.approx((expected.low, expected.high), abs=1e-12)
+
+
+def test_every_operating_point_carries_exact_intervals_of_its_counts():
+    scores, members = _inputs("ties", 1500, 9)
+    report = ev.evaluate_scores(scores, members, fprs=(0.1, 0.01, 0.0001), level=0.9)
+    for point in report.tpr_at_fpr[:2]:
+        called = ev.predict_members(scores, point.threshold)
+        tp, fp = int(called[members].sum()), int(called[~members].sum())
+        assert (point.true_positives, point.false_positives) == (tp, fp)
+        tpr_ci = stats.binomtest(tp, int(members.sum())).proportion_ci(0.9, method="exact")
+        fpr_ci = stats.binomtest(fp, int((~members).sum())).proportion_ci(0.9, method="exact")
+        assert point.tpr_exact_ci == pytest.approx((tpr_ci.low, tpr_ci.high), abs=1e-12)
+        assert point.fpr_exact_ci == pytest.approx((fpr_ci.low, fpr_ci.high), abs=1e-12)
+        assert point.tpr_exact_ci[0] <= point.tpr <= point.tpr_exact_ci[1]
+    refused = report.tpr_at_fpr[2]
+    assert refused.refused and refused.tpr_exact_ci is None and refused.fpr_exact_ci is None
+    assert ev.tpr_at_fpr(scores, members, 0.1).tpr_exact_ci == ev.evaluate_scores(
+        scores, members, fprs=(0.1,)).tpr_at_fpr[0].tpr_exact_ci
+
+
+def test_clopper_pearson_refuses_impossible_counts():
+    for k, n in ((-1, 10), (11, 10), (0, 0)):
+        with pytest.raises(ValueError, match="0 <= k <= n"):
+            ev.clopper_pearson(k, n)
+
+
+def test_holdout_split_is_stratified_seeded_and_the_fraction_asked():
+    members = np.r_[np.ones(300, bool), np.zeros(701, bool)]
+    held_out = ev.holdout_split(members, 0.3, seed=4)
+    assert (held_out[members].sum(), held_out[~members].sum()) == (90, 210)
+    np.testing.assert_array_equal(held_out, ev.holdout_split(members, 0.3, seed=4))
+    assert not np.array_equal(held_out, ev.holdout_split(members, 0.3, seed=5))
+    with pytest.raises(ValueError, match=r"holdout fraction must be in \(0, 1\)"):
+        ev.holdout_split(members, 1.0, seed=0)
+
+
+@pytest.mark.parametrize("target", [0.1, 0.01])
+def test_held_out_fpr_is_close_to_the_target_on_average(target):
+    """Thresholds chosen on 2000 non-members reach, on 2000 others, the target FPR on average (the k-th of n
+    order statistics: k / (n + 1) expected), never reported on the rows that chose them."""
+    achieved, chosen = [], []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        members = np.r_[np.ones(1000, bool), np.zeros(4000, bool)]
+        scores = rng.normal(size=5000) - 1.0 * members
+        point = ev.held_out_rates(scores, members, ev.holdout_split(members, 0.5, seed), fprs=(target,))[0]
+        assert point.n_nonmembers == 2000 and point.n_members == 500 and point.chosen_fpr <= target
+        achieved.append(point.fpr)
+        chosen.append(point.chosen_fpr)
+    sd_of_mean = math.sqrt(2 * target * (1 - target) / 2000 / 200)  # choice and measurement each add a binomial
+    assert abs(np.mean(achieved) - target) < 4 * sd_of_mean
+    assert np.std(achieved) > 0.5 * math.sqrt(target * (1 - target) / 2000)  # measured on rows other than chosen
+
+
+def test_held_out_rows_never_choose_the_threshold():
+    rng = np.random.default_rng(11)
+    members = rng.random(3000) < 0.4
+    scores = rng.normal(size=3000) - members
+    held_out = ev.holdout_split(members, 0.5, seed=2)
+    before = ev.held_out_rates(scores, members, held_out, fprs=(0.1, 0.01))
+    moved = scores.copy()
+    moved[held_out & ~members] -= 5.0  # held-out non-members now all look like members
+    after = ev.held_out_rates(moved, members, held_out, fprs=(0.1, 0.01))
+    for old, new in zip(before, after):
+        assert new.threshold == old.threshold and new.chosen_fpr == old.chosen_fpr
+        assert new.fpr > 0.9 > old.fpr  # the held-out rows see the same threshold and report what it does
+        tau = ev.calibrate_threshold(scores[~held_out & ~members], old.target_fpr)
+        assert old.threshold == tau
+        fp = int((scores[held_out & ~members] <= tau).sum())
+        interval = stats.binomtest(fp, old.n_nonmembers).proportion_ci(method="exact")
+        assert old.false_positives == fp and old.fpr_exact_ci == pytest.approx((interval.low, interval.high))
+    # a threshold chosen on all rows (what an in-sample report does) differs from the held-out choice
+    assert ev.calibrate_threshold(moved[~members], 0.1) != after[0].threshold
+
+
+def test_held_out_rates_refuse_a_target_the_choosing_part_cannot_resolve():
+    members = np.r_[np.ones(100, bool), np.zeros(300, bool)]
+    scores = np.random.default_rng(0).normal(size=400) - members
+    points = ev.held_out_rates(scores, members, ev.holdout_split(members, 0.5, 0), fprs=(0.1, 0.001))
+    assert points[0].refused is None and "choosing part" in points[1].refused and points[1].fpr is None
+    text = ev.format_held_out("lmem", [dataclasses.asdict(p) for p in points])
+    assert "FPR 0.1: chosen FPR" in text and "held-out FPR" in text and "FPR 0.001: refused (choosing part" in text

@@ -87,6 +87,9 @@ def test_metric_numbers_equal_engine_evaluate(labelled, report):
         cell = _cell(page, f"{column}-tpr-0.1")
         assert cell.startswith(f"{at_10['tpr']:.4f}")
         assert f"achieved FPR {at_10['achieved_fpr']:.4f}" in cell and f"{at_10['threshold']:.5g}" in cell
+        for exact in (at_10["tpr_exact_ci"], at_10["fpr_exact_ci"]):  # Clopper-Pearson, beside the bootstrap
+            assert f"exact [{exact[0]:.4f}, {exact[1]:.4f}]" in cell
+        assert f"{at_10['true_positives']}/{expected['n_members']} members" in cell
         # 25 scored non-members cannot resolve 1% or 0.1%: shown as refused, with the reason
         for target in ("0.01", "0.001"):
             assert "refused" in _cell(page, f"{column}-tpr-{target}")
@@ -155,3 +158,27 @@ def test_page_renders_in_headless_chromium(report, tmp_path):
     # The figures' colours appear only if the PNGs loaded: Lmem's ROC line and the members' histogram.
     for colour in ((0x00, 0x9E, 0x73), (0xD5, 0x5E, 0x00)):
         assert (np.abs(pixels - colour).sum(axis=2) < 30).sum() > 200, f"no pixels of figure colour {colour}"
+
+
+def test_the_blind_baseline_section_shows_its_numbers_warning_and_strata(tmp_path, report):
+    assert "no per-image features column" in re.search(r'id="blind-unavailable">(.*?)</span>', report.read_text()).group(1)
+    store = synthetic_store(tmp_path / "shifted.zarr", 400, 100, features=8, feature_shift=0.5)
+    page = write_report(store.path, tmp_path / "out", n_boot=50).read_text()
+    embedded = json.loads(re.search(r'id="memscore-metrics">(.*?)</script>', page, re.S).group(1))["blind_baseline"]
+    assert _cell(page, "blind-auc").startswith(f"{embedded['metrics']['auc']:.4f}")
+    assert "differ as images" in page and 'id="blind-warning"' in page and 'id="blind-fair"' not in page
+    for name in ("lrec", "lmem"):
+        for stratum in embedded["strata"][name]:
+            assert _cell(page, f"{name}-stratum-{stratum['stratum']}").startswith(
+                "—" if stratum["auc"] is None else f"{stratum['auc']:.4f}")
+
+
+def test_held_out_thresholds_are_shown_when_asked(labelled, tmp_path):
+    page = write_report(labelled.path, tmp_path / "out", n_boot=0, holdout=0.5).read_text()
+    record = json.loads(re.search(r'id="memscore-metrics">(.*?)</script>', page, re.S).group(1))["holdout"]
+    point = record["scores"]["lmem"][0]
+    cell = _cell(page, "lmem-holdout-0.1")
+    assert f"held-out FPR {point['fpr']:.4f}" in cell and f"held-out TPR {point['tpr']:.4f}" in cell
+    assert f"chosen FPR {point['chosen_fpr']:.4f}" in cell and f"{point['false_positives']}/{point['n_nonmembers']}" in cell
+    assert "refused" in _cell(page, "lrec-holdout-0.01")
+    assert "Held-out thresholds" not in write_report(labelled.path, tmp_path / "plain", n_boot=0).read_text()
