@@ -232,7 +232,7 @@ def _exact(interval: list[float]) -> str:
 def _tpr_cell(point: dict, n_members: int, n_nonmembers: int) -> str:
     """TPR (bootstrap interval), then its count and exact interval, the achieved FPR's, and the threshold."""
     if point["refused"]:
-        return f'<span class="refused">refused</span><br><small>{_esc(point["refused"])}</small>'
+        return _refused(point["refused"])
     return (f"{point['tpr']:.4f}{_ci(point['ci'])}<br><small>{point['true_positives']}/{n_members} members, "
             f"{_exact(point['tpr_exact_ci'])}<br>achieved FPR {point['achieved_fpr']:.4f} "
             f"({point['false_positives']}/{n_nonmembers}, {_exact(point['fpr_exact_ci'])}), "
@@ -262,9 +262,13 @@ def _metric_table(metrics: dict[str, dict]) -> str:
               f"{lrec['n_excluded_nan']} labelled rows without a score (failed or pending) excluded.</small></p>")
 
 
+def _refused(why: str) -> str:
+    return f'<span class="refused">refused</span><br><small>{_esc(why)}</small>'
+
+
 def _held_out_cell(point: dict) -> str:
     if point["refused"]:
-        return f'<span class="refused">refused</span><br><small>{_esc(point["refused"])}</small>'
+        return _refused(point["refused"])
     return (f"held-out FPR {point['fpr']:.4f} <small>({point['false_positives']}/{point['n_nonmembers']}, "
             f"{_exact(point['fpr_exact_ci'])})</small><br>held-out TPR {point['tpr']:.4f} <small>"
             f"({point['true_positives']}/{point['n_members']}, {_exact(point['tpr_exact_ci'])})</small><br><small>"

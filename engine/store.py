@@ -36,7 +36,7 @@ import numpy as np
 import zarr
 
 from .config import ScoreConfig
-from .errors import StoreError
+from .errors import PathError, StoreError
 from .outputs import remove_folder, require_replaceable
 from .timing import utc_now
 
@@ -397,7 +397,9 @@ class ScoreStore:
                 raise StoreError(f"{path} already exists (rerun to resume, or pass --overwrite)")
             require_replaceable(path, "store", inputs)
             building = _beside(path, CREATING_SUFFIX)  # built aside, then renamed in: a kill never leaves half a store
-            shutil.rmtree(building, ignore_errors=True)
+            if building.exists() and not (building / "zarr.json").is_file():
+                raise PathError(f"{building} exists and is not a store memscore was building; move it away")
+            shutil.rmtree(building, ignore_errors=True)  # a creation that was killed: a Zarr group of this store's
             group = zarr.open_group(str(building), mode="w")
             wide_columns = dict(wide_columns or {})
             for column in COLUMNS + tuple(wide_column(name, width) for name, width in wide_columns.items()):

@@ -178,3 +178,13 @@ def test_the_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     assert main(["demo", "--out", str(folder), "--quick"]) == 2
     assert "not made by memscore" in capsys.readouterr().err
     assert (folder / "members.txt").read_text() == "my members"
+
+
+def test_a_folder_of_the_users_beside_a_new_store_under_its_building_name_is_left_alone(scored, tmp_path, capsys):
+    data, _ = scored
+    beside = tmp_path / "s.zarr.creating"
+    beside.mkdir()
+    (beside / "mine.txt").write_text("mine")
+    assert main(_score(data, tmp_path / "s.zarr")) == 2
+    assert "not a store memscore was building" in capsys.readouterr().err
+    assert (beside / "mine.txt").read_text() == "mine"
