@@ -154,11 +154,14 @@ def claims(p_values, *, fdr: float = DEFAULT_FDR, procedure: str = "bh", lam: fl
 
 
 def claims_store(store: str | os.PathLike | ScoreStore, reference_file: str | os.PathLike, *,
-                 score: str = LCAL_COLUMN, fdr: float = DEFAULT_FDR, procedure: str = "bh", strict: bool = False,
+                 score: str = LCAL_COLUMN, fdr: float = DEFAULT_FDR, procedure: str = "bh",
+                 suspect_file: str | os.PathLike | None = None, strict: bool = False,
                  partial: bool = False) -> dict[str, Any]:
-    """`claims` on a store's `score` column, JSON-ready: every scored image outside the reference is tested
-    against the reference non-members in `reference_file`, whose ids the store lacks are ignored and counted
-    (`reference_ids`: `IdMatch.to_dict`), or refused when `strict`. `lcal` is refused once its inputs changed.
+    """`claims` on a store's `score` column, JSON-ready: every scored image outside the reference (or only those
+    in `suspect_file`: the images a data owner asks about) is tested against the reference non-members in
+    `reference_file`. Ids the store lacks are ignored and counted (`reference_ids`, `suspect_ids`:
+    `IdMatch.to_dict`), or refused when `strict`. `lcal` is refused once its inputs changed. Fewer tested images
+    need fewer discoveries at the smallest p-value, 1/(reference + 1), for the procedure to claim any.
 
     Returns the counts, the claimed ids (lowest p-value first) and, per image with an id, its score, p-value
     (NaN for an unscored image), whether it is reference and whether it is claimed.
@@ -175,7 +178,11 @@ def claims_store(store: str | os.PathLike | ScoreStore, reference_file: str | os
     if not is_reference.any():
         raise UsageError(f"none of the {reference.n_ids} reference ids ({reference.file}) has a {score} score in "
                          f"{store.path}; give held-out non-members the store scored")
-    tested = scored & ~reference.rows
+    suspects = match_ids(read_id_list(suspect_file), ids, "suspect", strict=strict) if suspect_file else None
+    tested = scored & ~reference.rows & (suspects.rows if suspects is not None else True)
+    if suspects is not None and (suspects.rows & reference.rows).any():
+        raise UsageError(f"{int((suspects.rows & reference.rows).sum())} ids are both suspect ({suspects.file}) and "
+                         f"reference ({reference.file}); a reference image is a known non-member")
     p_values = np.full(values.size, np.nan)
     p_values[tested] = conformal_p_values(values[is_reference], values[tested])
     p_values[is_reference] = leave_one_out_p_values(values[is_reference])
@@ -186,6 +193,7 @@ def claims_store(store: str | os.PathLike | ScoreStore, reference_file: str | os
     claimed_rows = np.flatnonzero(claimed)[np.argsort(values[claimed], kind="stable")]
     named = np.flatnonzero(ids != "")  # pending rows have no id yet
     return {"store": str(store.path), **completeness(counts), "score": score, "reference_ids": reference.to_dict(),
+            "suspect_ids": suspects.to_dict() if suspects is not None else None,
             "n_reference_scored": int(is_reference.sum()), "n_not_scored": int((~scored[named]).sum()),
             "smallest_p_value": 1.0 / (int(is_reference.sum()) + 1.0), "reference_note": REFERENCE_NOTE,
             "claims": result.to_dict(), "claimed_ids": ids[claimed_rows].tolist(),

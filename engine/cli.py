@@ -244,9 +244,9 @@ def cmd_dataset_test(args: argparse.Namespace) -> int:
 
 def cmd_claims(args: argparse.Namespace) -> int:
     result = claims_store(args.store, args.reference, score=args.score, fdr=args.fdr, procedure=args.procedure,
-                          strict=args.strict, partial=args.partial)
+                          suspect_file=args.suspect, strict=args.strict, partial=args.partial)
     _state_pending(args.store, result["pending"])
-    _print_id_files(result["reference_ids"])
+    _print_id_files(result["reference_ids"], result["suspect_ids"])
     found = result["claims"]
     pi0 = f", pi0 = {found['pi0']:.3g}" if args.procedure == "storey" else ""
     print(f"{found['n_claimed']} of {found['n_tested']} images claimed as members at FDR {100 * args.fdr:g}% "
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "controlled)")
     p.add_argument("store")
     p.add_argument("--reference", required=True, help="file of held-out non-member ids (never claimed)")
+    p.add_argument("--suspect", help="file of the ids to test, e.g. the images you own (default: every scored image "
+                                     "outside the reference)")
     p.add_argument("--score", default="lcal", help="the score to test (lower = member): any the store holds, "
                                                    f"{describe_scores()}")
     p.add_argument("--fdr", type=FRACTION_OPTION, default=DEFAULT_FDR,

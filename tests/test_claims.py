@@ -197,6 +197,24 @@ def test_claims_store_finds_members_and_never_claims_the_reference(tmp_path):
         claims_store(store.path, reference_file)
 
 
+def test_only_the_suspects_are_tested_and_a_smaller_test_claims_at_least_as_many_of_them(tmp_path):
+    store, reference_file, member, reference = _audit_store(tmp_path)
+    ids = store.column("id")
+    suspects = ids[member & ~reference & np.isfinite(store.column("lmem"))][:40]
+    suspect_file = tmp_path / "mine.txt"
+    suspect_file.write_text("\n".join(suspects) + "\nnot-an-id\n")
+    everyone = claims_store(store.path, reference_file, score="lmem")
+    mine = claims_store(store.path, reference_file, score="lmem", suspect_file=suspect_file)
+    assert mine["claims"]["n_tested"] == len(suspects) and set(mine["claimed_ids"]) <= set(suspects)
+    assert mine["suspect_ids"]["n_not_in_store"] == 1
+    claimed_before = set(everyone["claimed_ids"]) & set(suspects)
+    assert claimed_before <= set(mine["claimed_ids"])  # BH over fewer tests has a threshold at least as high
+    both = tmp_path / "both.txt"
+    both.write_text(ids[reference][0] + "\n")
+    with pytest.raises(UsageError, match="both suspect"):
+        claims_store(store.path, reference_file, score="lmem", suspect_file=both)
+
+
 def test_claims_store_reads_an_unfinished_store_only_when_asked(tmp_path):
     store = synthetic_store(tmp_path / "s.zarr", n=100, shard_size=50, pending_shards=(1,))
     reference_file = tmp_path / "reference.txt"
