@@ -58,10 +58,7 @@ class Setting:
 
 def setting(default: Any, help: str, **declaration: Any) -> Any:
     """A dataclass field with its default and its `Setting` (choices, rule, flag, ...)."""
-    spec = Setting(help, **declaration)
-    if callable(default) and not isinstance(default, type):
-        return dataclasses.field(default_factory=default, metadata={_SETTING: spec})
-    return dataclasses.field(default=default, metadata={_SETTING: spec})
+    return dataclasses.field(default=default, metadata={_SETTING: Setting(help, **declaration)})
 
 
 def declared(cls: type) -> list[tuple[dataclasses.Field, Setting]]:
@@ -90,15 +87,12 @@ def option_name(field: dataclasses.Field, spec: Setting) -> str:
     return spec.flag or "--" + field.name.replace("_", "-")
 
 
-def add_setting_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = (),
-                          required: Iterable[str] = ()) -> None:
-    """One command-line option per declared field of `cls` (except `skip`), with the declared default, choices
-    and rule; values are checked while parsing, so a bad one stops the command before anything runs."""
-    skip, required = set(skip), set(required)
+def add_setting_arguments(parser: argparse.ArgumentParser, cls: type, *, required: Iterable[str] = ()) -> None:
+    """One command-line option per declared field of `cls`, with the declared default, choices and rule; values
+    are checked while parsing, so a bad one stops the command before anything runs."""
+    required = set(required)
     for field, spec in declared(cls):
-        if field.name in skip:
-            continue
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        default = field.default
         kwargs: dict[str, Any] = {"dest": field.name, "help": _help(spec, default, field.name in required)}
         if field.type in ("bool", bool):  # a flag that turns the default over (`--dropout`, `--no-jitter`)
             kwargs["help"] = spec.help
@@ -122,10 +116,9 @@ def add_setting_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: I
         parser.add_argument(option_name(field, spec), **kwargs)
 
 
-def settings_from_arguments(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """The dataclass `cls` from parsed options (its declared fields present in `args`) and `overrides`."""
-    values = {field.name: getattr(args, field.name) for field, _ in declared(cls) if hasattr(args, field.name)}
-    return cls(**{**values, **overrides})
+def settings_from_arguments(cls: type, args: argparse.Namespace) -> Any:
+    """The dataclass `cls` from parsed options (its declared fields present in `args`)."""
+    return cls(**{field.name: getattr(args, field.name) for field, _ in declared(cls) if hasattr(args, field.name)})
 
 
 def _help(spec: Setting, default: Any, required: bool) -> str:
