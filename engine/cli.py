@@ -340,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the metrics here")
     _add_overwrite_argument(p, "--json file")
     p.add_argument("--alpha", type=ALPHA_FOR_EVALUATION,
-                   help="evaluate lmem at this alpha instead of the store's: NUMBER | fit | fit:robust | "
-                        "auto (chosen with labels on a calibration split, reported on the rest)")
+                   help=f"evaluate lmem at this alpha instead of the store's: {LABEL_FREE_FORMS} | auto (chosen "
+                        "with labels on a calibration split, reported on the rest)")
     p.add_argument("--calibration-fraction", type=FRACTION_OPTION, default=0.5, help="share of labelled rows for --alpha auto")
     _add_holdout_argument(p)
     _add_score_argument(p, "evaluate only this score (repeatable; default: every score the store holds)")
