@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .alpha import parse_alpha
+from .alpha import LABEL_FREE_FORMS, parse_alpha
 from .attack import DECISION_COLUMN, calibrate, evaluate, match_members, predict, readable_store
 from .blind import format_blind_baseline
 from .claims import DEFAULT_FDR, PROCEDURES, claims_store
