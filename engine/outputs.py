@@ -41,10 +41,14 @@ def write_file(path: str | os.PathLike, write: Callable[[Path], None], *, overwr
     return path
 
 
-def write_json(path: str | os.PathLike, document: object, *, overwrite: bool = False) -> Path:
-    """A JSON document written as `write_file` writes files."""
-    text = json.dumps(document, indent=2) + "\n"
+def write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """UTF-8 text written as `write_file` writes files."""
     return write_file(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite=overwrite)
+
+
+def write_json(path: str | os.PathLike, document: object, *, overwrite: bool = False, indent: int = 2) -> Path:
+    """A JSON document written as `write_file` writes files."""
+    return write_text(path, json.dumps(document, indent=indent) + "\n", overwrite=overwrite)
 
 
 def is_store(path: Path) -> bool:

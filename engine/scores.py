@@ -14,13 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .kernels.difficulty import predictability_error
-
 from .allocator import keep_freed_memory
-from .devices import start_numba_threads
 from .backbones import Backbone, create_backbone
-from .config import ScoreConfig
 from .batch import Batch, Prepared, View
+from .config import ScoreConfig
+from .devices import start_numba_threads
+from .kernels.difficulty import predictability_error
 from .precision import autocast, resolve_precision
 from .preprocess import resize
 from .seeding import fit_mask, image_seed

@@ -26,6 +26,7 @@ import numpy as np
 from .data import ids_digest, open_dataset, read_id_list
 from .devices import use_threads
 from .errors import MemscoreError, UsageError
+from .outputs import write_json, write_text
 from .schedule import ClusterPlan, execute
 from .settings import Rule
 from .store import store_lock
@@ -140,7 +141,7 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
             planned = "".join(f"{i}\n" for i, keep in zip(ids, membership[:, entry["index"]]) if keep)
             if not members_path.is_file():
                 members_path.parent.mkdir(parents=True, exist_ok=True)
-                _write_text_atomically(members_path, planned)
+                write_text(members_path, planned, overwrite=True)
             elif members_path.read_text(encoding="utf-8") != planned:
                 raise ShadowError(f"{members_path} is not the member list shadow {entry['index']} gets from this "
                                   "seed and population (it was edited); restore it, or start over with --fresh")
@@ -275,10 +276,6 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    _write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_json(out / MANIFEST, manifest, overwrite=True, indent=1)
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + PARTIAL_SUFFIX)
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

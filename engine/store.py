@@ -37,7 +37,7 @@ import zarr
 
 from .config import ScoreConfig
 from .errors import PathError, StoreError
-from .outputs import remove_folder, require_replaceable
+from .outputs import remove_folder, require_replaceable, write_json
 from .timing import utc_now
 
 FORMAT_VERSION = 3
@@ -334,13 +334,6 @@ def _alive(pid: int) -> bool:
 
 def _beside(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
-
-
-def _write_json_atomically(path: Path, document: dict[str, Any]) -> None:
-    """Replace a metadata document in one rename, so a kill never leaves half a zarr.json."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(document, indent=2, allow_nan=True))
-    os.replace(temporary, path)
 
 
 @contextmanager
@@ -724,7 +717,7 @@ class ScoreStore:
         document = json.loads(document_path.read_text())
         document["attributes"] = _with_digests(document.get("attributes", {}), changes)
         document.pop("consolidated_metadata", None)
-        _write_json_atomically(document_path, document)
+        write_json(document_path, document, overwrite=True)  # one rename: a kill never leaves half a zarr.json
         self.group = zarr.open_group(str(self.path), mode="r+", use_consolidated=False)
         self.consolidate()
 
