@@ -217,14 +217,14 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class AlphaRecord:
-    """How `lmem` was made: alpha's spec and value, how it was chosen, and the digest of the lmem it wrote."""
+    """How `lmem` was made: alpha's spec and value and how it was chosen (the digest of the lmem it wrote is the
+    column's `sha256`, beside every whole-written column's record)."""
 
     spec: str
     value: float
     method: str
     n_rows: int
     r2: float | None = None
-    lmem_sha256: str = ""
     created: str = ""
     reference_ids: dict[str, Any] | None = None
     """fit:reference: how the reference ids file matched the store (`memscore.data.IdMatch.to_dict`)."""
@@ -505,8 +505,7 @@ class ScoreStore:
         """Replace `lmem` and its alpha record together (older records go to its `history`)."""
         self._require_records_intact()
         values = COLUMN_BY_NAME["lmem"].values(lmem)
-        alpha = dataclasses.replace(alpha, lmem_sha256=column_digest(values, full=True),
-                                    created=alpha.created or utc_now())
+        alpha = dataclasses.replace(alpha, created=alpha.created or utc_now())
         history = [r.to_dict() for r in self.alpha_history]
         if self.alpha is not None:
             history.append(self.alpha.to_dict())
