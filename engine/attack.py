@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .alpha import membership_error, parse_alpha, resolve_alpha
+from .alpha import AlphaSpec, membership_error, parse_alpha, resolve_alpha
 from .blind import BLIND_BOOT, blind_baseline, blind_unavailable
 from .data import IdMatch, match_ids, read_id_list
 from .errors import UsageError
@@ -74,10 +74,10 @@ def _check_fraction(name: str, value: float) -> None:
         raise UsageError(f"{name} must be in (0, 1), got {value}")
 
 
-def _reference_rows(store: ScoreStore, spec: str, *, strict: bool = False
+def _reference_rows(store: ScoreStore, spec: AlphaSpec, *, strict: bool = False
                     ) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """`memscore.lmem.reference_rows` of the known non-members the store was scored with (`--reference`)."""
-    if parse_alpha(spec).kind == "fit:reference" and not store.config.reference_ids:
+    if spec.needs_reference and not store.config.reference_ids:
         raise UsageError(f"alpha fit:reference needs known non-members, and {store.path} was scored without "
                          "--reference FILE; use fit, fit:robust or a number")
     return reference_rows(store, spec, store.config.reference_ids, strict=strict)
@@ -93,7 +93,7 @@ def lmem_with_alpha(store: ScoreStore) -> tuple[np.ndarray, dict[str, Any]]:
     reference_mask, reference_ids = _reference_rows(store, spec)
     fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask)
     return membership_error(lrec, ldiff, fit.alpha), {
-        "spec": str(parse_alpha(spec)), "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows, "r2": fit.r2,
+        "spec": spec.text, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows, "r2": fit.r2,
         "reference_ids": reference_ids, "fitted_on": "the rows scored so far (the store has no lmem yet)"}
 
 
@@ -151,8 +151,7 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
     seeded by the store's seed) on which thresholds chosen on the others are measured (`held_out_thresholds`;
     the result's `holdout`, None without it).
     """
-    if alpha is not None:
-        parse_alpha(alpha)
+    spec = None if alpha is None else parse_alpha(alpha)  # parsed once, refused before the store is opened
     _check_fraction("calibration_fraction", calibration_fraction)
     if holdout is not None:
         _check_fraction("holdout", holdout)
@@ -167,21 +166,20 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
                          "pass a file of member ids (--members FILE)")
     unlabelled = int(((labels < 0) & (store.column("status") != "")).sum())  # pending rows are counted apart
     lrec = store.column("lrec").astype(np.float64)
-    if alpha is None:
+    if spec is None:
         lmem, alpha_record = lmem_with_alpha(store)
     else:
         ldiff = store.column("ldiff").astype(np.float64)
         calibration = np.zeros_like(known)
-        auto = parse_alpha(alpha).kind == "auto"
-        if auto:
+        if spec.needs_labels:
             calibration = known & calibration_split(store.column("id"), calibration_fraction, store.config.seed)
-        reference_mask, reference_ids = _reference_rows(store, alpha, strict=strict)
-        fit = resolve_alpha(alpha, lrec, ldiff, reference_mask=reference_mask,
+        reference_mask, reference_ids = _reference_rows(store, spec, strict=strict)
+        fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask,
                             is_member=labels == 1, calibration_mask=calibration)
         lmem = membership_error(lrec, ldiff, fit.alpha)
-        alpha_record = {"spec": str(parse_alpha(alpha)), "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows,
+        alpha_record = {"spec": spec.text, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows,
                         "reference_ids": reference_ids}
-        if auto:
+        if spec.needs_labels:
             alpha_record.update(calibration_rows=int(calibration.sum()), evaluated_on="rows not used to choose alpha")
         known = known & ~calibration
     wanted = score_names(store) if scores is None else list(scores)
