@@ -155,10 +155,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     dataset = None
     if args.data or args.inputs:
         dataset = DatasetSpec(args.data, args.inputs, args.targets, args.direction).open()
+    store, _ = readable_store(args.store, partial=args.partial)  # verified once, for every reader of the handle
     if args.members:  # how the labels file matches the store: said, or refused (--strict), before the page is built
-        store, _ = readable_store(args.store, partial=args.partial)
         print(match_members(store, args.members, strict=args.strict).line())
-    index = write_report(args.store, Path(args.out), members_file=args.members, dataset=dataset,
+    index = write_report(store, Path(args.out), members_file=args.members, dataset=dataset,
                          n_boot=args.bootstrap, partial=args.partial, scores=args.score, overwrite=args.overwrite,
                          holdout=args.holdout)
     print(f"report written to {index} (open it in a browser; no server needed)")

@@ -18,11 +18,12 @@ from matplotlib.figure import Figure
 
 from .alpha import AlphaFit
 from .data import Dataset, Pair
-from .metrics import CUTOFF_RULE, DIRECTION, RocCurve
 from .images import ImageError, load_rgb
+from .metrics import CUTOFF_RULE, DIRECTION, RocCurve
 from .outputs import build_folder
 from .report_data import ReportData, report_data
 from .score_names import STORED_SCORES, score_label
+from .store import ScoreStore
 
 PALETTE = ("#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#0072B2", "#D55E00", "#000000")
 """Okabe-Ito colours, one per score in the order the store lists them."""
@@ -358,11 +359,12 @@ def _key_value_table(mapping: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- the report
 
 
-def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, members_file: str | None = None,
+def write_report(store: str | os.PathLike | ScoreStore, out_dir: str | os.PathLike, *, members_file: str | None = None,
                  dataset: Dataset | None = None, n_boot: int = 200, thumbnails: int = 8,
                  partial: bool = False, scores: list[str] | None = None, overwrite: bool = False,
                  holdout: float | None = None) -> Path:
-    """Write `out_dir/index.html` and its PNGs for the store at `store_path`; returns the HTML path.
+    """Write `out_dir/index.html` and its PNGs for `store` (a path, or a handle already opened); returns the HTML
+    path.
 
     The folder is built beside `out_dir` and switched in whole (`memscore.outputs.build_folder`): an existing
     report is replaced only with `overwrite`, and a folder memscore did not make as a report is refused.
@@ -377,10 +379,10 @@ def write_report(store_path: str | os.PathLike, out_dir: str | os.PathLike, *, m
     refused, an unfinished one too unless `partial` (then the page says how many rows are pending, and
     which shards failed in the last run).
     """
-    data = report_data(store_path, members_file=members_file, n_boot=n_boot, thumbnails=thumbnails,
+    data = report_data(store, members_file=members_file, n_boot=n_boot, thumbnails=thumbnails,
                        partial=partial, scores=scores, holdout=holdout)
     pages = functools.partial(_write_pages, data, dataset=dataset)
-    return build_folder(out_dir, "report", pages, overwrite=overwrite, inputs=(store_path,)) / "index.html"
+    return build_folder(out_dir, "report", pages, overwrite=overwrite, inputs=(data.store,)) / "index.html"
 
 
 def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> None:

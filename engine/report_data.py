@@ -14,7 +14,7 @@ from .alpha import AlphaFit, fit_alpha
 from .attack import evaluate, lmem_with_alpha, match_members, membership, readable_store
 from .metrics import RocCurve, alpha_sweep, roc
 from .score_names import STORED_SCORES
-from .store import StatusCounts
+from .store import ScoreStore, StatusCounts
 from .timing import utc_now
 
 SWEEP_POINTS = 81
@@ -62,12 +62,12 @@ class ReportData:
     """The store's run record (configuration, versions, ...)."""
 
 
-def report_data(store_path: str | os.PathLike, *, members_file: str | None = None, n_boot: int = 200,
+def report_data(store: str | os.PathLike | ScoreStore, *, members_file: str | None = None, n_boot: int = 200,
                 thumbnails: int = 8, partial: bool = False, scores: list[str] | None = None,
                 holdout: float | None = None) -> ReportData:
     """The numbers of `memscore.report.write_report`'s page (see there for the arguments). A damaged store is
     refused, an unfinished one too unless `partial`."""
-    store, status = readable_store(store_path, partial)
+    store, status = readable_store(store, partial)  # verified once: `evaluate` below reads the same handle
     ids, scored = store.column("id"), store.column("status") == "ok"
     lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
     lmem, alpha_record = lmem_with_alpha(store)

@@ -370,6 +370,8 @@ class ScoreStore:
                              f"{FORMAT_VERSION} (shards carry digests and out_of_range): rescore it with "
                              "`memscore score ... --overwrite`")
         self.record = RunRecord.from_dict(meta)
+        self._intact: StatusCounts | None = None
+        """The counts of a read-only handle whose store `verify` found intact (see `require_readable`)."""
 
     # --- creation and opening --------------------------------------------------------------------
 
@@ -648,18 +650,27 @@ class ScoreStore:
         return sorted({p.shard for p in self.verify() if p.shard is not None})
 
     def require_readable(self, partial: bool = False) -> StatusCounts:
-        """Refuse a damaged store, and an unfinished one unless `partial`; returns the status counts."""
+        """Refuse a damaged store, and an unfinished one unless `partial`; returns the status counts. A read-only
+        handle is verified once: it cannot write, so the readers it is passed on to (a report computes its metrics
+        with `evaluate`) do not read every chunk again."""
+        counts = self._intact or self._verified_counts()
+        if not partial and (counts.pending or self.alpha is None):
+            what = f"{counts.pending} of {counts.n_images} rows are still pending" if counts.pending \
+                else "lmem has not been written (no alpha pass)"
+            raise StoreError(f"{self.path} is not finished: {what}. Rerun the same `memscore score` command to "
+                             "finish it, or pass --partial to use the rows scored so far")
+        return counts
+
+    def _verified_counts(self) -> StatusCounts:
+        """The status counts of a store `verify` finds intact (remembered by a read-only handle); else refused."""
         problems = self.verify()
         if problems:
             listed = "; ".join(str(p) for p in problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise StoreError(f"{self.path} is damaged: {listed}. `memscore verify {self.path}` lists every problem; "
                              "rerunning the same `memscore score` command rescores damaged shards")
         counts = self.counts()
-        if not partial and (counts.pending or self.alpha is None):
-            what = f"{counts.pending} of {counts.n_images} rows are still pending" if counts.pending \
-                else "lmem has not been written (no alpha pass)"
-            raise StoreError(f"{self.path} is not finished: {what}. Rerun the same `memscore score` command to "
-                             "finish it, or pass --partial to use the rows scored so far")
+        if self.read_only:
+            self._intact = counts
         return counts
 
     def require_scored(self) -> None:

@@ -182,3 +182,18 @@ def test_held_out_thresholds_are_shown_when_asked(labelled, tmp_path):
     assert f"chosen FPR {point['chosen_fpr']:.4f}" in cell and f"{point['false_positives']}/{point['n_nonmembers']}" in cell
     assert "refused" in _cell(page, "lrec-holdout-0.01")
     assert "Held-out thresholds" not in write_report(labelled.path, tmp_path / "plain", n_boot=0).read_text()
+
+
+def test_the_report_command_reads_every_chunk_once(labelled, tmp_path, monkeypatch):
+    """verify reads every chunk of the store: the command, the report's numbers and its metrics share one
+    read-only handle, so it runs once; a writable handle verifies again on every call."""
+    from memscore.cli import main
+    calls = []
+    real_verify = ScoreStore.verify
+    monkeypatch.setattr(ScoreStore, "verify", lambda self: calls.append(self.path) or real_verify(self))
+    assert main(["report", str(labelled.path), "--out", str(tmp_path / "r"), "--bootstrap", "0"]) == 0
+    assert len(calls) == 1
+    writable = ScoreStore.open(labelled.path, mode="r+")
+    writable.require_readable()
+    writable.require_readable()
+    assert len(calls) == 3
