@@ -1,6 +1,7 @@
 """Per-image seeds: every random choice made for one image (its fit/held-out pixel split, its
-augmentation copies, the alpha calibration split) is derived from the run seed and the image id
-alone, never from batch composition, worker count or order.
+augmentation copies, the alpha calibration split, a stochastic victim's samples and a diffusion
+victim's noise) is derived from the run seed and the image id alone, never from batch composition,
+worker count or order.
 """
 from __future__ import annotations
 
@@ -17,6 +18,20 @@ def image_seed(seed: int, image_id: str) -> int:
     """A 64-bit seed derived from the run seed and the image id."""
     digest = hashlib.blake2b(f"{seed}\x00{image_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def sample_seed(seed: int, image_id: str, sample: int) -> int:
+    """The seed a stochastic victim gets for sample `sample` of an image, below 2**63 (an int64). Sample 0 is
+    the seed victims always had, so stores written before there were several samples stay valid."""
+    key = image_id if sample == 0 else f"{image_id}\x00sample{sample}"
+    return image_seed(seed, key) >> 1
+
+
+def noise_seed(seed: int, timestep: int, draw: int) -> int:
+    """The seed of noise draw `draw` at diffusion timestep `timestep` for the image whose seed is `seed`,
+    below 2**63; the victim and every shadow draw the same noise for an image."""
+    digest = hashlib.blake2b(f"{seed}\x00{timestep}\x00{draw}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def fit_mask(ids: Sequence[str], n_pixels: int, fit_fraction: float, seed: int) -> torch.Tensor:

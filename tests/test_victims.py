@@ -28,7 +28,7 @@ def test_specs_are_parsed_once_against_the_registry():
     spec = parse_victim_spec("python:victims_for_tests:blur")
     assert (spec.kind, spec.target, str(spec)) == ("python", "victims_for_tests:blur", "python:victims_for_tests:blur")
     assert parse_victim_spec("pix2pix:/a:b/c.pth").target == "/a:b/c.pth"
-    assert set(VICTIM_KINDS) == {"recon", "torchscript", "python", "pix2pix", "pix2pixhd", "spade"}
+    assert set(VICTIM_KINDS) == {"recon", "torchscript", "python", "pix2pix", "pix2pixhd", "spade", "diffusers"}
     with pytest.raises(VictimError, match=r"'stylegan:g.pkl': unknown kind 'stylegan'.*recon:DIR.*spade:CKPT"):
         parse_victim_spec("stylegan:g.pkl")
     with pytest.raises(VictimError, match=r"'g.pth' is not KIND:TARGET.*pix2pix:CKPT"):

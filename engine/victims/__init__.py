@@ -2,24 +2,34 @@
 
 A victim spec is `KIND:TARGET`, parsed once by `parse_victim_spec`; `VICTIM_KINDS` maps each kind to
 its opener and the options it takes: `recon:DIR` (outputs queried beforehand, matched by id),
-`torchscript:PATH`, `python:MODULE:FACTORY` (weights via `weights=`), and the public checkpoint
-families `pix2pix:CKPT`, `pix2pixhd:CKPT`, `spade:CKPT`. A family checkpoint written by `memscore
+`torchscript:PATH`, `python:MODULE:FACTORY` (weights via `weights=`), the public checkpoint
+families `pix2pix:CKPT`, `pix2pixhd:CKPT`, `spade:CKPT`, and conditional diffusion models saved by
+diffusers, `diffusers:DIR` (`memscore.victims.diffusion`). A family checkpoint written by `memscore
 train-victim` carries its model arguments; options given explicitly win over them.
 
 `load(spec)` returns the generator as an `nn.Module`; `open_victim(spec)` wraps it (or a folder of
 saved outputs) for the scorer. Every victim returns, per item, an RGB tensor in [0, 1] or the reason
 it could not.
+
+A module (a `python:MODULE:FACTORY` victim's too) may be stochastic or white-box:
+- stochastic: `forward(x, seeds)`, where seeds is int64 [N], one per image and sample
+  (`memscore.seeding.sample_seed`); every random draw for image i must come from seeds[i] alone, so
+  an output does not depend on the rest of its batch;
+- white-box: `denoising_error(x, y, seeds) -> [N]`, a per-image statistic (lower = better fit) of
+  the condition x and the target y, both [N, 3, H, W] in the victim's value range.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..batch import Prepared
@@ -27,6 +37,7 @@ from ..data import IMAGE_SUFFIXES, DatasetError, confined_path
 from ..errors import UsageError
 from ..images import ImageError, load_rgb
 from ..preprocess import to_tensor
+from ..seeding import sample_seed
 from . import pix2pix, pix2pixhd, spade
 from .checkpoint import load_state_dict_strict, read_checkpoint
 
@@ -54,6 +65,13 @@ def check_output(image: torch.Tensor, image_id: str) -> Reconstruction:
     return image
 
 
+def at_size(image: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """`image` [C, H, W] resized (bilinear, antialiased) to `size`, as Lrec resizes its target; itself if it fits."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
 def _forward_arguments(module: nn.Module) -> list[str]:
     """Names of the module's forward arguments; a TorchScript method has a schema, not a Python signature."""
     if isinstance(module, torch.jit.ScriptModule):
@@ -76,13 +94,21 @@ class ModelVictim:
         self.takes_seeds = "seeds" in _forward_arguments(self.module)
 
     @property
+    def takes_denoising(self) -> bool:
+        """White-box victims give a denoising error (`denoising_error(x, y, seeds)`), see the module docstring."""
+        return callable(getattr(self.module, "denoising_error", None))
+
+    @property
     def takes_labels(self) -> bool:
         """Label-map generators (pix2pixHD, SPADE with label_nc > 0) take integer class ids, not RGB."""
         return getattr(self.module, "label_nc", 0) > 0
 
+    def _seeds(self, items: list[Prepared], sample: int) -> torch.Tensor:
+        return torch.tensor([sample_seed(self.seed, item.pair.id, sample) for item in items], dtype=torch.int64)
+
     @torch.no_grad()
-    def reconstruct(self, items: list[Prepared]) -> list[Reconstruction]:
-        from ..seeding import image_seed
+    def reconstruct(self, items: list[Prepared], sample: int = 0) -> list[Reconstruction]:
+        """Per item its output, or why there is none; `sample` k > 0 draws a stochastic victim's k-th other sample."""
         results: list[Reconstruction] = [""] * len(items)
         for group in same_size_groups([item.x for item in items]):
             x = torch.stack([items[i].x for i in group]).to(self.device)
@@ -91,13 +117,30 @@ class ModelVictim:
             elif self.signed:
                 x = x * 2.0 - 1.0
             if self.takes_seeds:
-                seeds = torch.tensor([image_seed(self.seed, items[i].pair.id) >> 1 for i in group], dtype=torch.int64)
-                out = self.module(x, seeds=seeds)
+                out = self.module(x, seeds=self._seeds([items[i] for i in group], sample))
             else:
                 out = self.module(x)
             out = ((out + 1.0) / 2.0 if self.signed else out).float()
             for row, index in enumerate(group):
                 results[index] = check_output(out[row], items[index].pair.id)
+        return results
+
+    @torch.no_grad()
+    def denoising_errors(self, items: list[Prepared]) -> list[float | str]:
+        """Per item the white-box victim's denoising error of its target given its input, or why there is none."""
+        if not self.takes_denoising:
+            raise VictimError(f"{type(self.module).__name__} gives no denoising error: a white-box victim's module "
+                              "defines denoising_error(x, y, seeds) -> [N]")
+        results: list[float | str] = [""] * len(items)
+        for group in same_size_groups([item.x for item in items]):
+            x = torch.stack([items[i].x for i in group]).to(self.device)
+            y = torch.stack([at_size(items[i].y.to(self.device), x.shape[-2:]) for i in group])
+            if self.signed:
+                x, y = x * 2.0 - 1.0, y * 2.0 - 1.0
+            errors = self.module.denoising_error(x, y, self._seeds([items[i] for i in group], 0)).float().tolist()
+            for error, index in zip(errors, group):
+                image_id = items[index].pair.id
+                results[index] = error if math.isfinite(error) else f"{image_id}: denoising error is not finite"
         return results
 
 
@@ -124,7 +167,10 @@ class ReconFolder:
                 return candidate
         return None
 
-    def reconstruct(self, items: list[Prepared]) -> list[Reconstruction]:
+    def reconstruct(self, items: list[Prepared], sample: int = 0) -> list[Reconstruction]:
+        """The saved output of each item; a folder holds one per image, so only sample 0 exists."""
+        if sample:
+            raise VictimError(f"recon folder {self.folder} holds one output per image: score it with --samples 1")
         results: list[Reconstruction] = []
         for item in items:
             try:
@@ -161,16 +207,18 @@ class VictimKind:
     """Whether `--victim-weights` applies (python: victims, whose module comes without weights)."""
     checkpoint: bool = False
     """Whether the target is a checkpoint that may carry its model arguments."""
+    statistic: str = "lrec"
+    """The membership statistic a store of this kind is built on unless asked otherwise (`ldenoise`: white-box)."""
 
 
 VICTIM_KINDS: dict[str, VictimKind] = {}
 
 
 def register_victim(name: str, usage: str, *, options: tuple[str, ...] = (), takes_weights: bool = False,
-                    checkpoint: bool = False) -> Callable[[Opener], Opener]:
+                    checkpoint: bool = False, statistic: str = "lrec") -> Callable[[Opener], Opener]:
     """Decorator: make `opener` the way to open `name:TARGET` specs."""
     def register(opener: Opener) -> Opener:
-        VICTIM_KINDS[name] = VictimKind(name, usage, opener, options, takes_weights, checkpoint)
+        VICTIM_KINDS[name] = VictimKind(name, usage, opener, options, takes_weights, checkpoint, statistic)
         return opener
     return register
 
@@ -266,6 +314,23 @@ for _name, _family in (("pix2pix", pix2pix), ("pix2pixhd", pix2pixhd), ("spade",
     _register_family(_name, _family.load)
 
 
+def _diffusion():
+    """`memscore.victims.diffusion`, imported when a diffusers victim is asked for (diffusers is slow to import and
+    optional)."""
+    try:
+        from . import diffusion
+    except ImportError as error:
+        raise VictimError(f"diffusers:DIR victims need the diffusers and safetensors packages ({error}); "
+                          "pip install diffusers safetensors") from None
+    return diffusion
+
+
+@register_victim("diffusers", "diffusers:DIR", options=("concat", "sampler", "steps", "eta", "timesteps", "noises"),
+                 statistic="ldenoise")
+def _open_diffusers(target: str, weights: str | None, **options: Any) -> nn.Module:
+    return _diffusion().load_diffusers(target, **options)
+
+
 # ------------------------------------------------------------------------------------------ entry points
 
 def load(spec: str, *, weights: str | None = None, **options: Any) -> nn.Module:
@@ -285,10 +350,19 @@ def open_victim(spec: str, *, weights: str | None = None, device: torch.device |
     return ModelVictim(opened.eval(), device=device, value_range=value_range, seed=seed)
 
 
+def default_statistic(spec: str) -> str:
+    """The statistic a store of this victim is built on unless asked otherwise: `ldenoise` for white-box kinds
+    (diffusers), else `lrec` (also for a spec not written yet, such as the API's empty default)."""
+    kind = VICTIM_KINDS.get(spec.partition(":")[0])
+    return kind.statistic if kind is not None else "lrec"
+
+
 def trained_size(spec: str) -> int | None:
-    """The square side a `memscore train-victim` checkpoint was trained at (its model arguments' `size`),
-    so a run can feed it images of that size; None for other victims."""
+    """The square side a `memscore train-victim` checkpoint was trained at (its model arguments' `size`) or a
+    diffusers unet's sample_size, so a run can feed it images of that size; None for other victims."""
     parsed = parse_victim_spec(spec)
+    if parsed.kind == "diffusers":
+        return _diffusion().sample_size_of(parsed.target)
     if not VICTIM_KINDS[parsed.kind].checkpoint:
         return None
     return read_checkpoint(parsed.target).model_args.get("size")
