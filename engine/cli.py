@@ -22,11 +22,12 @@ from .rescoring import DEFAULT_METHOD, METHODS, command_options, rescore
 from .run import RunOptions, run_scoring
 from .schedule import ClusterPlan
 from .score_names import SCORES, describe_scores, require_score, score_names
-from .settings import (FRACTION, WHOLE_NON_NEGATIVE, WHOLE_POSITIVE, add_setting_arguments, argument_type,
+from .recipes import RECIPES, TRAINERS
+from .settings import (FRACTION, WHOLE_NON_NEGATIVE, WHOLE_POSITIVE, add_alternative_arguments,
+                       add_setting_arguments, alternative_from_arguments, argument_type,
                        settings_from_arguments)
 from .shadows import EVEN_SHADOWS
 from .store import ScoreStore
-from .train import TrainingRecipe
 from .work import DatasetSpec
 
 # The errors a user can cause: memscore's own family (a bad option, a damaged store, ...) and what the operating
@@ -203,20 +204,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace):
+    """The training recipe of the kind asked for, from the options given (the others keep that kind's defaults)."""
+    return alternative_from_arguments(RECIPES, args.kind, args, "--kind")
+
+
 def cmd_train_victim(args: argparse.Namespace) -> int:
     from .data import open_dataset
-    from .train import train_pix2pix
+    recipe, trainer = _recipe(args), TRAINERS[args.kind]
     members = set(read_id_list(args.members).ids) if args.members else None
-    out = train_pix2pix(open_dataset(args.data, direction=args.direction), args.out,
-                        settings_from_arguments(TrainingRecipe, args), members=members, seed=args.seed,
-                        device=args.device, checkpoint_every=args.checkpoint_every, overwrite=args.overwrite)
-    print(f"victim written to {out} (it carries its architecture); score with --victim pix2pix:{out}")
+    more = {} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}
+    out = trainer.train(open_dataset(args.data, direction=args.direction), args.out, recipe, members=members,
+                        seed=args.seed, device=args.device, overwrite=args.overwrite, **more)
+    print(f"victim written to {out} (it carries its architecture); score with --victim {trainer.victim_spec(out)}")
     return 0
 
 
 def cmd_shadows_train(args: argparse.Namespace) -> int:
     from .shadows import train_shadows
-    shadow_set = train_shadows(args.data, args.population, args.k, args.out, settings_from_arguments(TrainingRecipe, args),
+    shadow_set = train_shadows(args.data, args.population, args.k, args.out, _recipe(args), kind=args.kind,
                                seed=args.seed, plan=ClusterPlan(args.workers, args.scheduler), direction=args.direction,
                                device=args.device, fresh=args.fresh)
     print(f"{len(shadow_set.shadows)} shadows in {args.out}; score with --shadows {args.out}")
@@ -281,10 +287,13 @@ def _add_dataset_arguments(p: argparse.ArgumentParser, purpose: str) -> None:
 
 
 def _add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """How a pix2pix victim is trained (`train-victim`, and every shadow of `shadows train`): the training recipe's
-    declared settings, and which half of an aligned file is the input, the seed and the device."""
+    """How a victim is trained (`train-victim`, and every shadow of `shadows train`): its kind, the kind's recipe
+    (declared settings), which half of an aligned file is the input, the seed and the device."""
+    p.add_argument("--kind", default="pix2pix", choices=tuple(TRAINERS),
+                   help="pix2pix (U-Net/ResNet generator, GAN + L1) or diffusion (conditional UNet, DDPM loss, "
+                        "written as a diffusers: folder)")
     p.add_argument("--direction", default="AtoB", choices=DIRECTIONS, help="which half of an aligned file is the input")
-    add_setting_arguments(p, TrainingRecipe)
+    add_alternative_arguments(p, RECIPES, "--kind")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, the order and the jitter")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
@@ -434,13 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every shard against its digest; list each problem (exit 1 if any)")
     p.add_argument("store")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("train-victim", help="train a pix2pix victim on the member split")
+    p = sub.add_parser("train-victim", help="train a pix2pix or diffusion victim on the member split")
     p.add_argument("data")
     p.add_argument("--members", help="file of member ids (default: every pair)")
     p.add_argument("--out", required=True)
     _add_recipe_arguments(p)
-    p.add_argument("--checkpoint-every", type=COUNT, default=0)
-    _add_overwrite_argument(p, "checkpoint")
+    p.add_argument("--checkpoint-every", type=COUNT, metavar="N",
+                   help="pix2pix: also save the generator every N epochs; diffusion: save the state a rerun resumes "
+                        "from every N epochs (default 10)")
+    _add_overwrite_argument(p, "checkpoint or model folder")
     p.set_defaults(func=cmd_train_victim)
     p = sub.add_parser("shadows", help="shadow victims for LiRA and RMIA")
     shadows = p.add_subparsers(dest="shadows_command", required=True)

@@ -4,7 +4,7 @@ One mechanism for every command:
 - a file (export, JSON result, calibration, checkpoint) is written beside its path and renamed in; an existing
   file is refused unless the caller allows replacing it (`--overwrite`);
 - a folder memscore makes carries its marker: a store is a Zarr group whose `zarr.json` has the `memscore`
-  attribute and holds nothing but Zarr arrays; a report or demo folder holds a `.memscore` file naming its kind.
+  attribute and holds nothing but Zarr arrays; a report, demo, trained victim or training-state folder holds a `.memscore` file naming its kind.
   A folder is replaced or deleted only when it carries the marker of the kind asked for, holds nothing else of
   the user's (a store), and contains none of the run's inputs (dataset, victim, id files, weights).
 """
@@ -20,7 +20,7 @@ from .errors import PathError, UsageError
 
 MARKER = ".memscore"
 """The file inside a report or demo folder that says memscore made it, and for what."""
-FOLDER_KINDS = ("report", "demo")
+FOLDER_KINDS = ("report", "demo", "victim", "training")
 
 
 def write_file(path: str | os.PathLike, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:

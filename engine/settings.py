@@ -92,28 +92,73 @@ def add_setting_arguments(parser: argparse.ArgumentParser, cls: type, *, require
     are checked while parsing, so a bad one stops the command before anything runs."""
     required = set(required)
     for field, spec in declared(cls):
-        default = field.default
-        kwargs: dict[str, Any] = {"dest": field.name, "help": _help(spec, default, field.name in required)}
-        if field.type in ("bool", bool):  # a flag that turns the default over (`--dropout`, `--no-jitter`)
-            kwargs["help"] = spec.help
-            parser.add_argument(option_name(field, spec), action="store_false" if default else "store_true",
-                                **kwargs)
-            continue
-        if spec.repeat:
-            parser.add_argument(option_name(field, spec), action="append", default=[], type=_argument_type(field, spec),
-                                metavar=spec.metavar, **kwargs)
-            continue
-        allowed = spec.allowed()
-        kwargs["type"] = _argument_type(field, spec)
-        kwargs["metavar"] = spec.metavar or option_name(field, spec).lstrip("-").replace("-", "_").upper()
-        if allowed is not None and spec.parse is None:
-            kwargs["choices"] = allowed
-            kwargs["metavar"] = None
-        if field.name in required:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
-        parser.add_argument(option_name(field, spec), **kwargs)
+        needed = field.name in required
+        flag = field.type in ("bool", bool)
+        _add_option(parser, field, spec, spec.help if flag else _help(spec, field.default, needed), field.default,
+                    needed)
+
+
+def add_alternative_arguments(parser: argparse.ArgumentParser, alternatives: dict[str, type], selector: str) -> None:
+    """The options of several settings classes of which the option `selector` (e.g. `--kind`) chooses one: each
+    option once, left out of the parsed arguments unless given, so the chosen class's own default applies
+    (`alternative_from_arguments`); the help gives each class's default, or the classes that take it."""
+    by_name: dict[str, list[tuple[str, dataclasses.Field, Setting]]] = {}
+    for kind, cls in alternatives.items():
+        for field, spec in declared(cls):
+            by_name.setdefault(field.name, []).append((kind, field, spec))
+    for entries in by_name.values():
+        _, field, spec = entries[0]
+        notes = []
+        if len(entries) < len(alternatives):
+            notes.append(f"{selector} {' | '.join(kind for kind, _, _ in entries)} only")
+        if field.type not in ("bool", bool):  # a flag's default is what its help describes
+            defaults = {kind: getattr(f.default, "text", f.default) for kind, f, _ in entries}
+            if len(entries) == len(alternatives) and len(set(map(str, defaults.values()))) == 1:
+                notes.append(f"default: {entries[0][1].default}")
+            else:
+                notes.append("default " + ", ".join(f"{kind}: {value}" for kind, value in defaults.items()))
+        note = "; ".join(notes)
+        _add_option(parser, field, spec, f"{spec.help} ({note})" if note else spec.help, argparse.SUPPRESS, False)
+
+
+def alternative_from_arguments(alternatives: dict[str, type], chosen: str, args: argparse.Namespace,
+                               selector: str) -> Any:
+    """The settings class `chosen` from options added by `add_alternative_arguments`; an option given that only
+    the other classes take is refused, naming it."""
+    mine = {field.name for field, _ in declared(alternatives[chosen])}
+    others = {(field.name, option_name(field, spec)) for kind, cls in alternatives.items() if kind != chosen
+              for field, spec in declared(cls) if field.name not in mine}
+    given = sorted(option for name, option in others if hasattr(args, name))
+    if given:
+        raise UsageError(f"{', '.join(given)} does not apply to {selector} {chosen}")
+    return settings_from_arguments(alternatives[chosen], args)
+
+
+def _add_option(parser: argparse.ArgumentParser, field: dataclasses.Field, spec: Setting, help_text: str,
+                default: Any, required: bool) -> None:
+    """The option of one declared field: a flag turning a boolean default over, a repeatable option, or a
+    value checked by the field's choices and rule while parsing."""
+    kwargs: dict[str, Any] = {"dest": field.name, "help": help_text}
+    if field.type in ("bool", bool):  # a flag that turns the default over (`--dropout`, `--no-jitter`)
+        parser.add_argument(option_name(field, spec), action="store_false" if field.default else "store_true",
+                            default=default, **kwargs)
+        return
+    if spec.repeat:
+        parser.add_argument(option_name(field, spec), action="append", type=_argument_type(field, spec),
+                            metavar=spec.metavar, default=[] if default is not argparse.SUPPRESS else default,
+                            **kwargs)
+        return
+    allowed = spec.allowed()
+    kwargs["type"] = _argument_type(field, spec)
+    kwargs["metavar"] = spec.metavar or option_name(field, spec).lstrip("-").replace("-", "_").upper()
+    if allowed is not None and spec.parse is None:
+        kwargs["choices"] = allowed
+        kwargs["metavar"] = None
+    if required:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = default
+    parser.add_argument(option_name(field, spec), **kwargs)
 
 
 def settings_from_arguments(cls: type, args: argparse.Namespace) -> Any:

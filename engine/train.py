@@ -10,6 +10,7 @@ VictimArch}`), so `--victim pix2pix:CKPT` and `open_victim("pix2pix:CKPT")` load
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,15 @@ FLIP_PROBABILITY = 0.5  # unless --no_flip
 INIT_STD = 0.02  # --init_type normal --init_gain 0.02
 D_LAYERS = 3  # --netD basic
 NDF = 16  # discriminator width (the tests train a smaller one)
+
+EpochCallback = Callable[[int, int, float, float], None]
+"""Called by a trainer after each epoch with (epochs done, epochs in all, the epoch's mean loss, seconds left as
+estimated from this call's pace): how `memscore shadows train` shows each shadow's progress."""
+
+
+def seconds_left(started: float, epochs_run: int, epochs_left: int) -> float:
+    """Seconds the remaining epochs take at the pace since `started` (a `time.perf_counter()`)."""
+    return (time.perf_counter() - started) / max(epochs_run, 1) * epochs_left
 
 
 @dataclass(frozen=True)
@@ -121,9 +131,11 @@ def jitter(x: torch.Tensor, y: torch.Tensor, size: int, generator: torch.Generat
 def train_pix2pix(dataset: Dataset, out: str | Path, recipe: TrainingRecipe = TrainingRecipe(), *,
                   members: set[str] | None = None, seed: int = 0, device: str = "auto", ndf: int = NDF,
                   checkpoint_every: int = 0, progress: bool = True,
-                  on_checkpoint: Callable[[int, Path], None] | None = None, overwrite: bool = False) -> Path:
+                  on_checkpoint: Callable[[int, Path], None] | None = None, on_epoch: EpochCallback | None = None,
+                  overwrite: bool = False) -> Path:
     """Train on the member pairs of `dataset` with `recipe`; write `out` (generator state dict and model arguments).
-    An existing `out` is refused before training unless `overwrite`. `device`: as `memscore.devices.resolve_device`."""
+    An existing `out` is refused before training unless `overwrite`. `device`: as `memscore.devices.resolve_device`;
+    `on_epoch` hears of every epoch (the L1 loss)."""
     if Path(out).exists() and not overwrite:
         raise PathError(f"{out} already exists; pass --overwrite to replace it, or choose another name")
     device = resolve_device(device)
@@ -152,6 +164,7 @@ def train_pix2pix(dataset: Dataset, out: str | Path, recipe: TrainingRecipe = Tr
     out.parent.mkdir(parents=True, exist_ok=True)
     n = x_all.shape[0]
     bar = tqdm(range(epochs), desc=f"train-victim ({n} pairs)", unit="epoch", disable=not progress, file=sys.stderr)
+    started = time.perf_counter()
     for epoch in bar:
         netG.train(), netD.train()
         total_l1 = 0.0
@@ -177,6 +190,8 @@ def train_pix2pix(dataset: Dataset, out: str | Path, recipe: TrainingRecipe = Tr
             total_l1 += l1.item() * x.shape[0]
         sched_g.step(), sched_d.step()
         bar.set_postfix(l1=f"{total_l1 / n:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epochs, total_l1 / n, seconds_left(started, epoch + 1, epochs - epoch - 1))
         if checkpoint_every and (epoch + 1) % checkpoint_every == 0 and epoch + 1 < epochs:
             path = out.with_name(f"{out.stem}_epoch{epoch + 1}{out.suffix}")
             save_generator(netG, arch, path, overwrite=overwrite)
