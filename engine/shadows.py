@@ -1,20 +1,23 @@
-"""Shadow victims: K pix2pix models trained like the victim on seeded random halves of a population, for
-LiRA and RMIA (`memscore.likelihood_ratio`; on a store, `memscore.shadow_scores`).
+"""Shadow victims: K models of one kind (`memscore.recipes.TRAINERS`: pix2pix, diffusion) trained like the victim
+on seeded random halves of a population, for LiRA and RMIA (`memscore.likelihood_ratio`; on a store,
+`memscore.shadow_scores`).
 
-A folder of shadows holds `shadows.json` (the manifest: recipe, K, seed, population digest, and per shadow
+A folder of shadows holds `shadows.json` (the manifest: kind, recipe, K, seed, population digest, and per shadow
 its member ids file, checkpoint and done flag) and one `shadow_NN/` folder per shadow. Shadows are
 independent tasks run through `memscore.schedule.execute`, in this process or on Dask workers. A shadow's
-checkpoint is written under a temporary name and renamed when whole, and the manifest (replaced atomically,
-only ever by the process that runs `train_shadows`) then marks it done: a rerun after an interruption trains
-only the shadows not yet done, and one whose checkpoint was renamed in but not yet marked is adopted, not
-retrained. A rerun with another recipe, K, seed, population or direction is refused naming what changed.
+checkpoint (the kind's `output_name`: a file, or a folder for diffusion) is written whole or not at all by its
+trainer, and the manifest (replaced atomically, only ever by the process that runs `train_shadows`) then marks it
+done: a rerun after an interruption trains only the shadows not yet done (an interrupted diffusion shadow resumes
+from its training state), and one whose checkpoint was written but not yet marked is adopted, not retrained. A
+rerun with another kind, recipe, K, seed, population or direction is refused naming what changed. While a shadow
+trains, its task writes `shadow_NN/progress.json` after its epochs, and `train_shadows` shows those files as one
+bar per shadow (`memscore.progress_files`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,20 +29,22 @@ import numpy as np
 from .data import ids_digest, open_dataset, read_id_list
 from .devices import use_threads
 from .errors import MemscoreError, UsageError
-from .outputs import write_json, write_text
+from .outputs import remove_folder, write_json, write_text
+from .progress_files import EpochProgressFile, ProgressWatcher
+from .recipes import TRAINERS, TrainerKind
 from .schedule import ClusterPlan, execute
 from .settings import Rule
+from .train_diffusion import state_folder
 from .store import store_lock
-from .train import TrainingRecipe, train_pix2pix
 
 MANIFEST = "shadows.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
+"""2 records the kind; a format-1 manifest (before kinds) is read as kind pix2pix."""
 EVEN_SHADOWS = Rule(lambda k: isinstance(k, int) and k >= 2 and k % 2 == 0, "an even number of shadows, at least 2")
-MANIFEST_KEYS = ("format", "recipe", "k", "seed", "direction", "population", "data", "shadows")
+MANIFEST_KEYS = ("format", "kind", "recipe", "k", "seed", "direction", "population", "data", "shadows")
 SHADOW_KEYS = {"index", "members", "checkpoint", "done"}
-CHECKPOINT = "generator.pth"
 MEMBERS = "members.txt"
-PARTIAL_SUFFIX = ".partial"
+PROGRESS = "progress.json"
 
 
 class ShadowError(MemscoreError):
@@ -48,16 +53,17 @@ class ShadowError(MemscoreError):
 
 @dataclass(frozen=True)
 class Shadow:
-    """One trained shadow: its index, checkpoint and the ids it was trained on."""
+    """One trained shadow: its index, kind, checkpoint (file or folder) and the ids it was trained on."""
 
     index: int
+    kind: str
     checkpoint: Path
     members: frozenset[str]
 
     @property
     def victim_spec(self) -> str:
         """How `memscore.victims.open_victim` opens it (the checkpoint carries its architecture)."""
-        return f"pix2pix:{self.checkpoint}"
+        return TRAINERS[self.kind].victim_spec(self.checkpoint)
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,9 @@ class ShadowSet:
     """The finished shadows of a folder, in index order, and how they were made."""
 
     path: Path
-    recipe: TrainingRecipe
+    kind: str
+    recipe: Any
+    """An instance of `TRAINERS[kind].recipe`."""
     seed: int
     k: int
     population_sha256: str
@@ -77,11 +85,13 @@ class ShadowJob:
     """Everything a process needs to train one shadow: plain data, so it runs here or on a Dask worker."""
 
     index: int
+    kind: str
     data: str
     direction: str
     members_file: str
     checkpoint: str
-    recipe: TrainingRecipe
+    progress_file: str
+    recipe: Any
     seed: int
     device: str
     threads: int
@@ -114,15 +124,20 @@ def shadow_seed(seed: int, index: int) -> int:
 
 
 def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k: int, out_dir: str | os.PathLike,
-                  recipe: TrainingRecipe, *, seed: int = 0, plan: ClusterPlan = ClusterPlan(), direction: str = "AtoB",
-                  device: str = "auto", fresh: bool = False) -> ShadowSet:
-    """Train the shadows of `out_dir` that are not done yet (all K on the first run); return the finished set.
+                  recipe: Any, *, kind: str = "pix2pix", seed: int = 0, plan: ClusterPlan = ClusterPlan(),
+                  direction: str = "AtoB", device: str = "auto", fresh: bool = False,
+                  progress: bool = True) -> ShadowSet:
+    """Train the `kind` shadows of `out_dir` that are not done yet (all K on the first run) with `recipe` (an
+    instance of `TRAINERS[kind].recipe`); return the finished set.
 
-    Refuses, naming what changed, a folder made with another recipe, K, seed, population or direction,
+    Refuses, naming what changed, a folder made with another kind, recipe, K, seed, population or direction,
     unless `fresh` (which deletes its shadows and starts over), and a folder another run is training in.
     Shadows that fail on every try of a cluster are named in a ShadowError after the others finished;
-    rerunning trains only those.
+    rerunning trains only those. `progress`: one bar per shadow in training on stderr, and one of the finished.
     """
+    trainer = _trainer(kind)
+    if not isinstance(recipe, trainer.recipe):
+        raise UsageError(f"{kind} shadows take a {trainer.recipe.__name__}, got a {type(recipe).__name__}")
     out = Path(out_dir)
     population = read_id_list(population_file).ids
     ids, membership = membership_plan(population, k, seed)
@@ -130,11 +145,11 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
     if missing:
         raise ShadowError(f"{population_file}: {len(missing)} population ids are not in the dataset {data}, e.g. "
                           f"{', '.join(missing[:5])}; give a population of ids the dataset holds")
-    wanted = {"format": MANIFEST_FORMAT, "recipe": dataclasses.asdict(recipe), "k": k, "seed": seed,
+    wanted = {"format": MANIFEST_FORMAT, "kind": kind, "recipe": dataclasses.asdict(recipe), "k": k, "seed": seed,
               "direction": direction,
               "population": {"file": str(population_file), "n": len(ids), "sha256": ids_digest(ids)}}
     with store_lock(out):  # one training run per folder: a second one is refused naming the first
-        manifest = _prepare(out, wanted, str(data), fresh)
+        manifest = _prepare(out, wanted, str(data), trainer, fresh)
         jobs = []
         for entry in manifest["shadows"]:
             members_path, checkpoint = out / entry["members"], out / entry["checkpoint"]
@@ -145,21 +160,27 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
             elif members_path.read_text(encoding="utf-8") != planned:
                 raise ShadowError(f"{members_path} is not the member list shadow {entry['index']} gets from this "
                                   "seed and population (it was edited); restore it, or start over with --fresh")
-            if not entry["done"] and checkpoint.is_file():  # renamed in, killed before being marked done
+            if not entry["done"] and checkpoint.exists():  # written whole, killed before being marked done
                 entry.update(done=True, seconds=None)
                 _write_manifest(out, manifest)
             if not entry["done"]:
-                jobs.append(ShadowJob(entry["index"], str(Path(data).resolve()), direction, str(members_path.resolve()),
-                                      str(checkpoint.resolve()), recipe, shadow_seed(seed, entry["index"]), device,
+                progress_file = checkpoint.with_name(PROGRESS)
+                progress_file.unlink(missing_ok=True)  # an interrupted run's: not this run's progress
+                jobs.append(ShadowJob(entry["index"], kind, str(Path(data).resolve()), direction,
+                                      str(members_path.resolve()), str(checkpoint.resolve()),
+                                      str(progress_file.resolve()), recipe, shadow_seed(seed, entry["index"]), device,
                                       plan.threads_per_worker()))
         failures = {}
-        for index, outcome in execute(train_shadow, jobs, plan, failed=_failure, name="shadow"):
-            if isinstance(outcome, str):
-                failures[index] = outcome
-                continue
-            manifest["shadows"][index].update(done=True, seconds=round(outcome, 1))
-            _write_manifest(out, manifest)
-            print(f"shadows: shadow {index} done in {outcome:.0f} s", file=sys.stderr)
+        watcher = ProgressWatcher({f"shadow {job.index:02d}": Path(job.progress_file) for job in jobs}, total=k,
+                                  done=k - len(jobs), desc="shadows", unit="shadow", show=progress)
+        with watcher:
+            for index, outcome in execute(train_shadow, jobs, plan, failed=_failure, name="shadow"):
+                if isinstance(outcome, str):
+                    failures[index] = outcome
+                    continue
+                manifest["shadows"][index].update(done=True, seconds=round(outcome, 1))
+                _write_manifest(out, manifest)
+                watcher.finished(f"shadows: shadow {index} done in {outcome:.0f} s")
         if failures:
             listed = "; ".join(f"shadow {i}: {why}" for i, why in sorted(failures.items()))
             raise ShadowError(f"{len(failures)} of {k} shadows failed ({listed}); rerun the same command to train only "
@@ -168,16 +189,17 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
 
 
 def train_shadow(job: ShadowJob) -> tuple[int, float]:
-    """Train one shadow to a temporary file and rename it into place: (index, seconds). Runs on any worker."""
+    """Train one shadow into place, writing its progress file as it goes: (index, seconds). Runs on any worker.
+    The trainer writes the checkpoint whole or not at all (a file renamed in, a folder switched in)."""
     if job.threads:
         use_threads(job.threads)
     started = time.perf_counter()
-    checkpoint = Path(job.checkpoint)
-    partial = checkpoint.with_name(checkpoint.name + PARTIAL_SUFFIX)
-    train_pix2pix(open_dataset(job.data, direction=job.direction), partial, job.recipe,
-                  members=read_id_list(job.members_file).ids, seed=job.seed, device=job.device, progress=False,
-                  overwrite=True)  # the partial file of an interrupted try is this folder's own
-    os.replace(partial, checkpoint)
+    report = EpochProgressFile(job.progress_file)
+    report(0, job.recipe.epochs)
+    TRAINERS[job.kind].train(open_dataset(job.data, direction=job.direction), Path(job.checkpoint), job.recipe,
+                             members=read_id_list(job.members_file).ids, seed=job.seed, device=job.device,
+                             progress=False, on_epoch=report,
+                             overwrite=True)  # the state an interrupted try left beside it is this folder's own
     return job.index, time.perf_counter() - started
 
 
@@ -201,12 +223,12 @@ def read_shadow_set(out_dir: str | os.PathLike, *, partial: bool = False) -> Sha
         if not entry["done"]:
             continue
         checkpoint = out / entry["checkpoint"]
-        if not checkpoint.is_file():
+        if not checkpoint.exists():
             raise ShadowError(f"{out}: shadow {entry['index']} is marked done but {checkpoint} is missing; rerun "
-                              "`memscore shadows train --fresh` (or restore the file)")
-        shadows.append(Shadow(entry["index"], checkpoint, read_id_list(out / entry["members"]).ids))
-    return ShadowSet(out, TrainingRecipe(**manifest["recipe"]), manifest["seed"], manifest["k"],
-                     manifest["population"]["sha256"], tuple(shadows))
+                              "`memscore shadows train --fresh` (or restore it)")
+        shadows.append(Shadow(entry["index"], manifest["kind"], checkpoint, read_id_list(out / entry["members"]).ids))
+    return ShadowSet(out, manifest["kind"], TRAINERS[manifest["kind"]].recipe(**manifest["recipe"]), manifest["seed"],
+                     manifest["k"], manifest["population"]["sha256"], tuple(shadows))
 
 
 def in_shadow_matrix(ids: Sequence[str], shadow_set: ShadowSet) -> np.ndarray:
@@ -221,7 +243,13 @@ def in_shadow_matrix(ids: Sequence[str], shadow_set: ShadowSet) -> np.ndarray:
 
 # --- the manifest ------------------------------------------------------------------------------------------
 
-def _prepare(out: Path, wanted: dict[str, Any], data: str, fresh: bool) -> dict[str, Any]:
+def _trainer(kind: str) -> TrainerKind:
+    if kind not in TRAINERS:
+        raise UsageError(f"shadow kind must be one of {', '.join(TRAINERS)}, got {kind!r}")
+    return TRAINERS[kind]
+
+
+def _prepare(out: Path, wanted: dict[str, Any], data: str, trainer: TrainerKind, fresh: bool) -> dict[str, Any]:
     """The manifest to resume: the existing one when it matches `wanted`, else a new one (only if fresh or none)."""
     existing = _read_manifest(out)
     if existing is not None and not fresh:
@@ -237,15 +265,26 @@ def _prepare(out: Path, wanted: dict[str, Any], data: str, fresh: bool) -> dict[
         return existing
     if fresh and out.exists():
         for entry in (existing or {}).get("shadows", []):
-            for name in (entry["checkpoint"], entry["members"]):
-                (out / name).unlink(missing_ok=True)
-                (out / (name + PARTIAL_SUFFIX)).unlink(missing_ok=True)
+            _delete_shadow(out, entry)
     manifest = {**wanted, "data": data, "shadows": [
-        {"index": i, "members": f"shadow_{i:02d}/{MEMBERS}", "checkpoint": f"shadow_{i:02d}/{CHECKPOINT}",
+        {"index": i, "members": f"shadow_{i:02d}/{MEMBERS}", "checkpoint": f"shadow_{i:02d}/{trainer.output_name}",
          "done": False, "seconds": None} for i in range(wanted["k"])]}
     out.mkdir(parents=True, exist_ok=True)
     _write_manifest(out, manifest)
     return manifest
+
+
+def _delete_shadow(out: Path, entry: dict[str, Any]) -> None:
+    """Delete what training a shadow wrote: its checkpoint (a file or a victim folder), the training state beside
+    it, its progress file and its member list."""
+    checkpoint = out / entry["checkpoint"]
+    if checkpoint.is_dir():
+        remove_folder(checkpoint, "victim")
+    else:
+        checkpoint.unlink(missing_ok=True)
+    remove_folder(state_folder(checkpoint), "training")
+    checkpoint.with_name(PROGRESS).unlink(missing_ok=True)
+    (out / entry["members"]).unlink(missing_ok=True)
 
 
 def _describe(value: Any) -> str:
@@ -262,6 +301,8 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text())
     except ValueError as error:
         raise ShadowError(f"{path} is not valid JSON ({error}); start over with --fresh") from error
+    if isinstance(manifest, dict) and manifest.get("format") == 1:  # before kinds, every shadow was pix2pix
+        manifest = {**manifest, "format": MANIFEST_FORMAT, "kind": "pix2pix"}
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ShadowError(f"{path} has manifest format {found}, this memscore reads {MANIFEST_FORMAT}; "
@@ -272,6 +313,9 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
                                                             for e in entries):
         raise ShadowError(f"{path} is incomplete (missing {', '.join(missing) or 'fields of its shadows'}); "
                           "start over with --fresh")
+    if manifest["kind"] not in TRAINERS:
+        raise ShadowError(f"{path} holds shadows of kind {manifest['kind']!r}, which this memscore does not train "
+                          f"({', '.join(TRAINERS)}); start over with --fresh")
     return manifest
 
 

@@ -1,27 +1,32 @@
-"""memscore.shadows: the membership plan, training K tiny real shadows (resumed after an interruption without
-retraining a finished one, refused when the recipe changes, on real Dask processes), reading them back, and the
-shadows experiment of the bench on a store with shadow columns."""
+"""memscore.shadows: the membership plan, training K tiny real shadows of both kinds (resumed after an
+interruption without retraining a finished one, refused when the kind or recipe changes, on real Dask processes),
+their progress files and the bars that show them, reading them back, and the shadows experiment of the bench on a
+store with shadow columns."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
 
-import memscore.shadows as shadows
 from memscore.errors import UsageError
 from memscore.likelihood_ratio import lira
 from memscore.metrics import auc
+from memscore.progress_files import EpochProgressFile, ProgressWatcher
+from memscore.recipes import TRAINERS
 from memscore.schedule import ClusterPlan
 from memscore.shadows import ShadowError, in_shadow_matrix, membership_plan, read_shadow_set, train_shadows
 from memscore.store import ScoreStore, StoreError
 from memscore.synthetic import write_aligned_dataset
 from memscore.train import TrainingRecipe
-from memscore.victims import open_victim
+from memscore.train_diffusion import DiffusionRecipe
+from memscore.victims import VICTIM_KINDS, open_victim
 from tests.stores_for_tests import store_with_shadow_columns
 
 RECIPE = TrainingRecipe(netG="unet_64", size=64, ngf=4, use_jitter=True, epochs=1, batch_size=2)
+DIFFUSION_RECIPE = DiffusionRecipe(size=16, width=8, epochs=1, batch_size=2, use_jitter=False)
 
 
 def test_every_id_is_in_for_half_the_shadows_and_plans_are_reproducible():
@@ -52,8 +57,13 @@ def _checkpoint_state(path):
     return path.stat().st_mtime_ns, path.read_bytes()
 
 
+def _use_trainer(monkeypatch, kind, train):
+    """Train the shadows of `kind` with `train` (in this process) for the rest of the test."""
+    monkeypatch.setitem(TRAINERS, kind, dataclasses.replace(TRAINERS[kind], train=train))
+
+
 def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset, tmp_path, monkeypatch):
-    real_train = shadows.train_pix2pix
+    real_train = TRAINERS["pix2pix"].train
     calls = []
 
     def interrupted(dataset_, out, *recipe, **options):
@@ -61,7 +71,7 @@ def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset,
             raise KeyboardInterrupt  # the run is killed while shadow 1 trains
         return real_train(dataset_, out, *recipe, **options)
 
-    monkeypatch.setattr(shadows, "train_pix2pix", interrupted)
+    _use_trainer(monkeypatch, "pix2pix", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=1)
     manifest = json.loads((tmp_path / "sh" / "shadows.json").read_text())
@@ -75,11 +85,12 @@ def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset,
         calls.append(str(out))
         return real_train(dataset_, out, *recipe, **options)
 
-    monkeypatch.setattr(shadows, "train_pix2pix", counted)
+    _use_trainer(monkeypatch, "pix2pix", counted)
     finished = train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE, seed=1)
-    assert len(calls) == 1 and "shadow_01" in calls[0] and calls[0].endswith(".partial")
+    assert len(calls) == 1 and calls[0].endswith("shadow_01/generator.pth")
     assert _checkpoint_state(first) == before
     assert [s.index for s in finished.shadows] == [0, 1] and finished.k == 2 and finished.recipe == RECIPE
+    assert finished.kind == "pix2pix" and finished.shadows[0].victim_spec == f"pix2pix:{first}"
     assert not list((tmp_path / "sh").rglob("*.partial"))
 
     # killed after the checkpoint was renamed in but before the manifest marked it: adopted, not retrained
@@ -101,7 +112,7 @@ def test_an_interrupted_run_resumes_without_retraining_finished_shadows(dataset,
 
 
 def _placeholder_trainer(calls: list):
-    """A stand-in for train_pix2pix that records where it was asked to write and writes a placeholder there."""
+    """A stand-in for a trainer that records where it was asked to write and writes a placeholder file there."""
     def train(dataset_, out, *recipe, **options):
         calls.append(out)
         out.write_bytes(b"not a trained model")
@@ -110,7 +121,7 @@ def _placeholder_trainer(calls: list):
 
 def test_a_changed_recipe_seed_k_or_population_is_refused(dataset, tmp_path, monkeypatch):
     trained = []
-    monkeypatch.setattr(shadows, "train_pix2pix", _placeholder_trainer(trained))
+    _use_trainer(monkeypatch, "pix2pix", _placeholder_trainer(trained))
     out = tmp_path / "sh"
     train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1)
     with pytest.raises(ShadowError, match=r"recipe: \{.*epochs=1.*\} -> \{.*epochs=5"):
@@ -126,6 +137,10 @@ def test_a_changed_recipe_seed_k_or_population_is_refused(dataset, tmp_path, mon
     assert len(trained) == 2
     train_shadows(dataset / "data", smaller, 4, out, RECIPE, seed=1, fresh=True)  # starting over is allowed
     assert len(trained) == 6 and read_shadow_set(out).k == 4
+    with pytest.raises(UsageError, match="diffusion shadows take a DiffusionRecipe, got a TrainingRecipe"):
+        train_shadows(dataset / "data", smaller, 4, out, RECIPE, kind="diffusion", seed=1)
+    with pytest.raises(UsageError, match="shadow kind must be one of pix2pix, diffusion, got 'gan'"):
+        train_shadows(dataset / "data", smaller, 4, out, RECIPE, kind="gan", seed=1)
     missing = tmp_path / "missing.txt"
     missing.write_text("0\nnope\n")
     with pytest.raises(ShadowError, match="1 population ids are not in the dataset .* nope"):
@@ -156,11 +171,77 @@ def test_shadows_train_on_real_dask_processes_and_a_failing_one_is_named(tmp_pat
 
 
 def test_an_edited_member_list_is_refused(dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(shadows, "train_pix2pix", _placeholder_trainer([]))
+    _use_trainer(monkeypatch, "pix2pix", _placeholder_trainer([]))
     train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)
     (tmp_path / "sh" / "shadow_01" / "members.txt").write_text("0\n1\n2\n3\n4\n5\n")
     with pytest.raises(ShadowError, match="shadow_01/members.txt is not the member list shadow 1 gets"):
         train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)
+
+
+def test_a_format_1_manifest_reads_as_pix2pix_shadows(dataset, tmp_path, monkeypatch):
+    trained = []
+    _use_trainer(monkeypatch, "pix2pix", _placeholder_trainer(trained))
+    train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)
+    manifest = json.loads((tmp_path / "sh" / "shadows.json").read_text())
+    del manifest["kind"]
+    (tmp_path / "sh" / "shadows.json").write_text(json.dumps({**manifest, "format": 1}))
+    assert read_shadow_set(tmp_path / "sh").kind == "pix2pix"
+    train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)  # resumed, not refused
+    assert len(trained) == 2
+    (tmp_path / "sh" / "shadows.json").write_text(json.dumps({**manifest, "format": 9}))
+    with pytest.raises(ShadowError, match="manifest format 9, this memscore reads 2"):
+        read_shadow_set(tmp_path / "sh")
+
+
+def test_diffusion_shadows_train_end_to_end_and_show_their_progress(dataset, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sh"
+    finished = train_shadows(dataset / "data", dataset / "population.txt", 2, out, DIFFUSION_RECIPE,
+                             kind="diffusion", seed=1, device="cpu")
+    manifest = json.loads((out / "shadows.json").read_text())
+    assert manifest["format"] == 2 and manifest["kind"] == "diffusion" and all(s["done"] for s in manifest["shadows"])
+    assert finished.kind == "diffusion" and finished.recipe == DIFFUSION_RECIPE
+    for shadow in read_shadow_set(out).shadows:
+        folder = out / f"shadow_{shadow.index:02d}"
+        assert shadow.victim_spec == f"diffusers:{folder / 'victim'}" and (folder / "victim" / "unet").is_dir()
+        assert not (folder / "victim.training").exists()  # the finished training's state is gone
+        progress = json.loads((folder / "progress.json").read_text())
+        assert progress["epoch"] == progress["epochs"] == 1 and math.isfinite(progress["loss"])
+        if "diffusers" in VICTIM_KINDS:  # the diffusers victim kind is registered by memscore.victims.diffusion
+            assert open_victim(shadow.victim_spec) is not None
+    shown = capsys.readouterr().err
+    assert "shadow 00" in shown and "shadow 01" in shown and "2/2" in shown and "loss=" in shown
+
+    # a folder switched in but not yet marked done is adopted, not retrained
+    manifest["shadows"][1]["done"] = False
+    (out / "shadows.json").write_text(json.dumps(manifest))
+    retrained = []
+    _use_trainer(monkeypatch, "diffusion", _placeholder_trainer(retrained))
+    train_shadows(dataset / "data", dataset / "population.txt", 2, out, DIFFUSION_RECIPE, kind="diffusion", seed=1,
+                  progress=False)
+    assert not retrained and len(read_shadow_set(out).shadows) == 2
+    with pytest.raises(ShadowError, match="kind: diffusion -> pix2pix"):
+        train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1)
+    _use_trainer(monkeypatch, "pix2pix", _placeholder_trainer(retrained))
+    train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1, fresh=True)
+    assert not (out / "shadow_00" / "victim").exists() and read_shadow_set(out).kind == "pix2pix"
+
+
+def test_the_progress_watcher_shows_whole_progress_files_and_skips_the_rest(tmp_path, capsys):
+    report = EpochProgressFile(tmp_path / "a.json")
+    report(0, 3)
+    report(1, 3, 0.5, 20.0)  # within a second of the last write: not written
+    (tmp_path / "b.json").write_text('{"epoch": 1, "epo')  # half-written
+    files = {"shadow 00": tmp_path / "a.json", "shadow 01": tmp_path / "b.json", "shadow 02": tmp_path / "none.json"}
+    with ProgressWatcher(files, total=3, desc="shadows", interval=3600) as watcher:  # polled by hand here
+        read = watcher.poll()
+        assert set(read) == {"shadow 00"} and read["shadow 00"]["epoch"] == 0 and read["shadow 00"]["loss"] is None
+        report(3, 3, 0.25, 0.0)  # the last epoch is always written
+        last = watcher.poll()["shadow 00"]
+        assert (last["epoch"], last["epochs"], last["loss"], last["seconds_left"]) == (3, 3, 0.25, 0.0)
+        watcher.finished("shadow 00 done")
+    assert watcher.bars["shadow 00"].n == 3 and watcher.overall.n == 1 and not watcher.thread.is_alive()
+    shown = capsys.readouterr().err
+    assert "shadow 00 done" in shown and "3/3" in shown and "loss=0.2500" in shown and "shadow 01" not in shown
 
 
 def test_a_folder_another_run_is_training_in_is_refused(dataset, tmp_path):
@@ -172,7 +253,7 @@ def test_a_folder_another_run_is_training_in_is_refused(dataset, tmp_path):
 
 def test_the_shadows_experiment_runs_end_to_end_on_a_synthetic_store(dataset, tmp_path, monkeypatch):
     from bench.shadows_experiment import k_values, main, shadow_blocks
-    monkeypatch.setattr(shadows, "train_pix2pix", _placeholder_trainer([]))
+    _use_trainer(monkeypatch, "pix2pix", _placeholder_trainer([]))
     train_shadows(dataset / "data", dataset / "population.txt", 2, tmp_path / "sh", RECIPE)  # for its manifest
     lrec, lrec_shadow, in_shadow = store_with_shadow_columns(tmp_path / "s.zarr", n=300, k=6)
     member = ScoreStore.open(tmp_path / "s.zarr").column("member") == 1
