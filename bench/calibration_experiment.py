@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memscore.calibration import MODELS, STATISTICS, calibrate_per_image
+from memscore.calibration import MODELLED, MODELS, calibrate_per_image
 from memscore.dataset_inference import dataset_test, p_value_by_size
 from memscore.metrics import evaluate_scores
 from memscore.store import ScoreStore
@@ -69,11 +69,11 @@ def experiment(path: str, fraction: float, folds: int, seed: int, n_boot: int, d
     scores = {"lrec": lrec, "lmem": store.column("lmem").astype(np.float64)}
     calibrations = {}
     for model in MODELS:
-        for statistic in STATISTICS:  # lcal_MODEL describes lmem (the default), lcal_MODEL_lrec plain Lrec
-            name = f"lcal_{model}" + ("" if statistic == "lmem" else f"_{statistic}")
+        for modelled in MODELLED:  # lcal_MODEL describes lmem (the default), lcal_MODEL_raw plain Lrec
+            name = f"lcal_{model}" + ("" if modelled == "lmem" else f"_{modelled}")
             started = time.perf_counter()
             result = calibrate_per_image(lrec, ldiff, store.column("features"), reference, model=model, folds=folds,
-                                         seed=seed, alpha=store.alpha.value if statistic == "lmem" else 0.0)
+                                         seed=seed, alpha=store.alpha.value if modelled == "lmem" else 0.0)
             scores[name] = result.lcal
             calibrations[name] = {**result.record, "seconds": round(time.perf_counter() - started, 2)}
     held_out = (member == 0) & ~reference

@@ -89,10 +89,10 @@ def lmem_with_alpha(store: ScoreStore) -> tuple[np.ndarray, dict[str, Any]]:
     if store.alpha is not None:
         return store.column("lmem").astype(np.float64), store.alpha.to_dict()
     spec = store.config.alpha
-    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
+    raw, ldiff = store.column(store.statistic).astype(np.float64), store.column("ldiff").astype(np.float64)
     reference_mask, reference_ids = _reference_rows(store, spec)
-    fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask)
-    return membership_error(lrec, ldiff, fit.alpha), {
+    fit = resolve_alpha(spec, raw, ldiff, reference_mask=reference_mask)
+    return membership_error(raw, ldiff, fit.alpha), {
         "spec": spec.text, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows, "r2": fit.r2,
         "reference_ids": reference_ids, "fitted_on": "the rows scored so far (the store has no lmem yet)"}
 
@@ -100,7 +100,7 @@ def lmem_with_alpha(store: ScoreStore) -> tuple[np.ndarray, dict[str, Any]]:
 def _require_lmem(store: ScoreStore) -> None:
     if store.alpha is None:
         raise StoreError(f"{store.path} has no lmem yet (the alpha pass runs once every shard is scored): finish "
-                         "it with `memscore score`, or use column lrec")
+                         f"it with `memscore score`, or use column {store.statistic}")
 
 
 # ---------------------------------------------------------------- evaluate
@@ -110,7 +110,7 @@ def store_blind_baseline(store: ScoreStore, rows: np.ndarray, is_member: np.ndar
                          n_boot: int) -> dict[str, Any]:
     """`memscore.blind.blind_baseline` on the store's `features` and `ldiff` at `rows` (a mask), with the attack
     scores' AUC within its strata; a record saying why not where the store has no features or too few rows."""
-    if "features" not in store.record.wide_columns:
+    if "features" not in store.record.extra_columns:
         return blind_unavailable(f"{store.path} has no per-image features column (scored by an older memscore, or "
                                  "without features): the blind baseline is unavailable")
     try:
@@ -136,7 +136,7 @@ def held_out_thresholds(columns: dict[str, np.ndarray], is_member: np.ndarray, f
 def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = None, *, n_boot: int = 0,
              alpha: str | None = None, calibration_fraction: float = 0.5, partial: bool = False,
              scores: list[str] | None = None, strict: bool = False, holdout: float | None = None) -> dict[str, Any]:
-    """Attack metrics of `lrec`, `lmem` and every derived score the store holds, or of `scores` (lower score =
+    """Attack metrics of the statistic (`lrec` or `ldenoise`), `lmem` and every derived score the store holds, or of `scores` (lower score =
     member), JSON-ready: one entry per score under its name, and `scores` listing them in order; and
     `blind_baseline` (`store_blind_baseline`: membership from the images alone, on the same rows).
 
@@ -165,7 +165,7 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
         raise UsageError(f"{store.path}: no membership known (the member column is -1 on every written row); "
                          "pass a file of member ids (--members FILE)")
     unlabelled = int(((labels < 0) & (store.column("status") != "")).sum())  # pending rows are counted apart
-    lrec = store.column("lrec").astype(np.float64)
+    raw = store.column(store.statistic).astype(np.float64)
     if spec is None:
         lmem, alpha_record = lmem_with_alpha(store)
     else:
@@ -174,9 +174,9 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
         if spec.needs_labels:
             calibration = known & calibration_split(store.column("id"), calibration_fraction, store.config.seed)
         reference_mask, reference_ids = _reference_rows(store, spec, strict=strict)
-        fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask,
+        fit = resolve_alpha(spec, raw, ldiff, reference_mask=reference_mask,
                             is_member=labels == 1, calibration_mask=calibration)
-        lmem = membership_error(lrec, ldiff, fit.alpha)
+        lmem = membership_error(raw, ldiff, fit.alpha)
         alpha_record = {"spec": spec.text, "value": fit.alpha, "method": fit.method, "n_rows": fit.n_rows,
                         "reference_ids": reference_ids}
         if spec.needs_labels:
@@ -185,7 +185,7 @@ def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = Non
     wanted = score_names(store) if scores is None else list(scores)
     for name in wanted:
         require_score(store, name)
-    values = {"lrec": lrec, "lmem": lmem}
+    values = {store.statistic: raw, "lmem": lmem}
     result = {"store": str(store.path), **completeness(counts), "alpha": alpha_record, "direction": DIRECTION,
               "members_ids": None if members is None else members.to_dict(), "n_unlabelled_excluded": unlabelled,
               "scores": wanted}

@@ -42,9 +42,9 @@ from .metrics import calibrate_threshold, float_vector
 
 MODELS = ("gaussian", "quantile")
 """The non-member models; the first is the default."""
-STATISTICS = ("lmem", "lrec")
-"""What the models describe: `lmem` (Lrec less the store's alpha times Ldiff; the default, measured better on a
-real victim: bench/results/calibration.json) or plain `lrec`."""
+MODELLED = ("lmem", "raw")
+"""What the models describe: `lmem` (the store's statistic less its alpha times Ldiff; the default, measured better
+on a real victim: bench/results/calibration.json) or `raw` (the statistic itself: lrec or ldenoise)."""
 LCAL_DIRECTION = "lower lcal = member; an image is called a member iff lcal <= threshold"
 DEFAULT_FOLDS = 5
 DEFAULT_LEVEL = 0.05
@@ -373,7 +373,7 @@ def calibrate_per_image(lrec, ldiff, features, reference_mask, *, model: str = M
                        **fitted.hyperparameters})
     record = {
         "method": "per-image", "model": model, "folds": int(folds), "seed": int(seed), "alpha": float(alpha),
-        "statistic": "lrec" if alpha == 0.0 else f"lrec - {alpha:.6g} * ldiff (lmem)",
+        "modelled": "raw" if alpha == 0.0 else f"raw - {alpha:.6g} * ldiff (lmem)",
         **({"level": float(level)} if model == "quantile" else {}),
         "fold_policy": FOLD_POLICY, "n_reference": int(rows.size),
         "n_reference_not_scorable": int((reference_mask & ~scorable).sum()),

@@ -14,13 +14,23 @@ from .alpha import LABEL_FREE_FORMS, AlphaSpec, label_free_alpha, parse_alpha
 from .backbones import backbone_names
 from .errors import UsageError
 from .precision import PRECISIONS
-from .settings import FRACTION, NON_NEGATIVE, WHOLE_POSITIVE, check_settings, setting
-from .victims import victim_forms
+from .settings import FRACTION, NON_NEGATIVE, WHOLE_NON_NEGATIVE, WHOLE_POSITIVE, check_settings, setting
+from .victims import default_statistic, victim_forms
 
 PRESETS = ("aligned", "reference")
 DIFFICULTY_SOURCES = ("target", "input")
 VALUE_RANGES = ("-1,1", "0,1")
 DEFAULT_ALPHA = parse_alpha("fit")
+STATISTICS = {"lrec": "the victim's reconstruction error, mean |output - target| over its samples (black-box)",
+              "ldenoise": "the victim's noise-prediction error at fixed timesteps, seeded per image (white-box)"}
+"""The membership statistics a store can be built on (lower = member): its `statistic` column is the one Lmem
+(= statistic - alpha * Ldiff), per-image calibration, LiRA/RMIA (with each shadow's value in `STATISTIC_shadow`)
+and the dataset test read. Every store also has `lrec` when the victim was sampled (`samples` > 0)."""
+
+
+def per_shadow_column(statistic: str) -> str:
+    """The 2-D column holding each shadow victim's value of `statistic` (`lrec_shadow`, `ldenoise_shadow`)."""
+    return f"{statistic}_shadow"
 
 
 def victim_option(text: str) -> tuple[str, Any]:
@@ -74,6 +84,16 @@ class ScoreConfig:
     seed: int = setting(0, "seed of the pixel split, augmentations, noise and dropout (per image id)")
     augment: int = setting(1, "average Lrec over K copies: the pair, then seeded flips and crops (paper's Ours-Aug)",
                            rule=WHOLE_POSITIVE, metavar="K")
+    samples: int | None = setting(
+        None, "reconstructions per image, each from a seed of (run seed, image id, k), for stochastic victims "
+              "(diffusion samplers, train-mode dropout): Lrec is their mean and each is kept (lrec_samples); "
+              "default 1, 0 for a diffusers victim (its statistic is ldenoise)",
+        rule=WHOLE_NON_NEGATIVE, optional=True, metavar="K")
+    statistic: str | None = setting(
+        None, "the membership statistic the store is built on (Lmem, per-image calibration, LiRA/RMIA and the "
+              "dataset test read it): lrec (reconstruction error, black-box) or ldenoise (noise-prediction error "
+              "at fixed timesteps, white-box); default ldenoise for diffusers victims, else lrec",
+        choices=tuple(STATISTICS), optional=True)
     defense_noise: float = setting(0.0, "Gaussian noise of this std added to the victim's outputs in [0, 1] "
                                         "(measures a noise defence)", rule=NON_NEGATIVE, metavar="SIGMA")
     shadows: str | None = setting(None, "folder of shadow victims (`memscore shadows train`): every image is also "
@@ -85,6 +105,12 @@ class ScoreConfig:
                                         flag="--reference", optional=True)
 
     def __post_init__(self) -> None:
+        statistic = self.statistic or default_statistic(self.victim)
+        object.__setattr__(self, "statistic", statistic)
+        if self.samples is None:
+            object.__setattr__(self, "samples", 0 if statistic == "ldenoise" else 1)
+        if statistic == "lrec" and self.samples == 0:
+            raise UsageError("statistic lrec needs the victim's outputs: give --samples 1 or more")
         object.__setattr__(self, "alpha", label_free_alpha(self.alpha))
         object.__setattr__(self, "victim_options", tuple(sorted(dict(self.victim_options).items())))
         check_settings(self)

@@ -13,28 +13,31 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import DEFAULT_LEVEL, STATISTICS, calibrate_per_image, check_model_options
+from .calibration import DEFAULT_LEVEL, MODELLED, calibrate_per_image, check_model_options
 from .data import IdList, ids_digest, match_ids, read_id_list
 from .errors import UsageError
 from .score_names import LCAL_COLUMN, SCORE_MARK
 from .store import ScoreStore, StoreError, column_digest
 from .timing import utc_now
 
-INPUT_COLUMNS = ("lrec", "ldiff", "features")
-"""The store columns `lcal` is computed from; their fingerprints are recorded with it."""
+def input_columns(store: ScoreStore) -> tuple[str, str, str]:
+    """The store columns `lcal` is computed from (their fingerprints are recorded with it): the store's statistic,
+    ldiff and the features."""
+    return store.statistic, "ldiff", "features"
 
 
 def _require_features(store: ScoreStore) -> None:
-    if "features" not in store.record.wide_columns:
+    if "features" not in store.record.extra_columns:
         raise StoreError(f"{store.path} has no per-image features column (it was scored by a memscore that did "
                          "not keep them): per-image calibration needs them; score it again with "
                          "`memscore score ... --overwrite`")
 
 
 def write_lcal(store_path: str | os.PathLike, reference_ids_file: str | os.PathLike, *, model: str, folds: int,
-               seed: int, level: float, statistic: str, strict: bool = False) -> dict[str, Any]:
+               seed: int, level: float, modelled: str, strict: bool = False) -> dict[str, Any]:
     """Write column `lcal` of a finished store (cross-fitted, `calibrate_per_image`) and return its record.
-    `statistic` (`STATISTICS`): `lmem` models a non-member's Lrec - alpha * Ldiff at the store's alpha.
+    `modelled` (`MODELLED`): `lmem` models a non-member's statistic - alpha * Ldiff at the store's alpha, `raw`
+    the statistic (the store's lrec or ldenoise) itself.
     Reference ids the store lacks are ignored and counted, or refused when `strict`. The options' defaults are
     declared once, by the `per-image` method of `memscore.rescore`.
 
@@ -45,8 +48,8 @@ def write_lcal(store_path: str | os.PathLike, reference_ids_file: str | os.PathL
     refused. Options are checked before the store is opened.
     """
     check_model_options(model, folds, level)
-    if statistic not in STATISTICS:
-        raise UsageError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    if modelled not in MODELLED:
+        raise UsageError(f"modelled must be one of {MODELLED}, got {modelled!r}")
     if not os.path.isfile(reference_ids_file):
         raise UsageError(f"--reference {reference_ids_file}: no such file (one known non-member id per line)")
     reference_ids = read_id_list(reference_ids_file)
@@ -63,14 +66,15 @@ def write_lcal(store_path: str | os.PathLike, reference_ids_file: str | os.PathL
                              f"{store_path} (e.g. {labelled_members[0]!r}); the reference must be known non-members")
         if not given.any():
             raise UsageError(f"none of the {reference.n_ids} ids in {reference_ids_file} is in {store_path}")
-        uses = INPUT_COLUMNS + (("lmem",) if statistic == "lmem" else ())
+        uses = input_columns(store) + (("lmem",) if modelled == "lmem" else ())
         inputs = {name: store.fingerprint(name) for name in uses}
-        alpha = store.alpha.value if statistic == "lmem" else 0.0
-        result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"),
+        alpha = store.alpha.value if modelled == "lmem" else 0.0
+        result = calibrate_per_image(*(store.column(name) for name in input_columns(store)),
                                      given & (status == "ok"), model=model, folds=folds, seed=seed, level=level,
                                      alpha=alpha)
         lcal = result.lcal.astype(np.float32)
-        record = {**result.record, "reference_ids_file": str(Path(reference_ids_file).resolve()),
+        record = {**result.record, "statistic": store.statistic,
+                  "reference_ids_file": str(Path(reference_ids_file).resolve()),
                   "reference_sha256": ids_digest(reference_ids.ids), "n_reference_ids": reference.n_ids,
                   "reference_ids_not_in_store": reference.n_not_in_store, "reference_ids": reference.to_dict(),
                   "inputs_fingerprint": inputs, "lcal_sha256": column_digest(lcal, full=True), "created": utc_now()}
@@ -136,7 +140,7 @@ def per_image_thresholds(store: str | os.PathLike | ScoreStore, fpr: float, *,
                                            "you hold")
     ids = store.column("id")
     reference = match_ids(reference_ids, ids, "reference").rows & (store.column("status") == "ok")
-    result = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"), reference,
+    result = calibrate_per_image(*(store.column(name) for name in input_columns(store)), reference,
                                  model=record["model"], folds=record["folds"], seed=record["seed"],
                                  level=record.get("level", DEFAULT_LEVEL), alpha=record.get("alpha", 0.0))
     if column_digest(result.lcal.astype(np.float32), full=True) != record["lcal_sha256"]:

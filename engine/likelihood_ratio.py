@@ -65,7 +65,8 @@ fixed-variance LiRA assumes away (Spearman of an image's OUT mean and sd, A, B):
 0.724, none 0.667 / 0.721; B log 0.653 / 0.707, none 0.643 / 0.702 (logit between). Small but consistent
 differences; bench/shadows_experiment.py measures them again on Facades shadows."""
 LREC_FLOOR = 1e-6
-"""Lrec is clipped to [LREC_FLOOR, 1 - LREC_FLOOR] before log / logit (a perfect reconstruction has Lrec 0)."""
+"""The statistic is floored at LREC_FLOOR before log, clipped to [LREC_FLOOR, 1 - LREC_FLOOR] before logit (a perfect
+reconstruction has Lrec 0)."""
 A_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2).tolist())
 """Values of RMIA's offline correction a that `choose_offline_a` tries."""
 PRIOR_DOF = 4.0
@@ -76,13 +77,14 @@ DIRECTION = "lower score = member"
 
 
 def transform_statistic(lrec: np.ndarray, transform: Transform = DEFAULT_TRANSFORM) -> np.ndarray:
-    """Lrec (in [0, 1]) as the statistic LiRA models as Gaussian: log, logit, or unchanged ("none")."""
+    """The statistic (Lrec in [0, 1], or ldenoise >= 0) as LiRA models it, Gaussian: log, logit (for values in
+    [0, 1] only), or unchanged ("none")."""
     values = np.asarray(lrec, dtype=np.float64)
     if transform == "none":
         return values
-    clipped = np.clip(values, LREC_FLOOR, 1.0 - LREC_FLOOR)
     if transform == "log":
-        return np.log(clipped)
+        return np.log(np.maximum(values, LREC_FLOOR))
+    clipped = np.clip(values, LREC_FLOOR, 1.0 - LREC_FLOOR)
     if transform == "logit":
         return np.log(clipped) - np.log1p(-clipped)
     raise UsageError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")

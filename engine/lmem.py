@@ -38,13 +38,13 @@ def alpha_pass(store: ScoreStore, alpha: Alpha, reference: str | None = None, *,
     record says how the `reference` file matched the store; `strict` refuses it when the store lacks some of
     its ids."""
     spec = check_alpha_options(alpha, reference)
-    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
+    raw, ldiff = store.column(store.statistic).astype(np.float64), store.column("ldiff").astype(np.float64)
     reference_mask, reference_ids = reference_rows(store, spec, reference, strict=strict)
-    fit = resolve_alpha(spec, lrec, ldiff, reference_mask=reference_mask)
+    fit = resolve_alpha(spec, raw, ldiff, reference_mask=reference_mask)
     record = AlphaRecord(spec=spec.text, value=float(fit.alpha), method=fit.method, n_rows=int(fit.n_rows),
                          r2=None if fit.r2 is None or not np.isfinite(fit.r2) else float(fit.r2),
                          reference_ids=reference_ids)
-    return store.write_lmem(membership_error(lrec, ldiff, fit.alpha), record)
+    return store.write_lmem(membership_error(raw, ldiff, fit.alpha), record)
 
 
 def reference_rows(store: ScoreStore, alpha: Alpha, reference: str | None, *, strict: bool = False

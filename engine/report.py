@@ -22,7 +22,7 @@ from .images import ImageError, load_rgb
 from .metrics import CUTOFF_RULE, DIRECTION, RocCurve
 from .outputs import build_folder
 from .report_data import ReportData, report_data
-from .score_names import STORED_SCORES, score_label
+from .score_names import SCORES, score_label
 from .store import ScoreStore
 
 PALETTE = ("#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#0072B2", "#D55E00", "#000000")
@@ -52,7 +52,8 @@ def _groups(labels: np.ndarray) -> list[tuple[np.ndarray, str, str]]:
 def _roc_figure(curves: dict[str, RocCurve], aucs: dict[str, float], fprs: list[float], path: Path) -> str:
     figure = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = figure.add_subplot()
-    n_nonmembers = curves["lrec"].n_nonmembers
+    first = next(iter(curves.values()))
+    n_nonmembers = first.n_nonmembers
     floor = 1.0 / n_nonmembers
     for colour, (column, curve) in zip(PALETTE * 2, curves.items()):
         ax.plot(curve.fpr[1:], curve.tpr[1:], color=colour, lw=2,
@@ -64,7 +65,7 @@ def _roc_figure(curves: dict[str, RocCurve], aucs: dict[str, float], fprs: list[
     ax.set_xscale("log", nonpositive="mask")
     ax.set_yscale("log", nonpositive="mask")
     ax.set_xlim(floor, 1)
-    ax.set_ylim(min(floor, 1.0 / curves["lrec"].n_members), 1.05)
+    ax.set_ylim(min(floor, 1.0 / first.n_members), 1.05)
     ax.set_xlabel(f"false positive rate (log; floor 1/{n_nonmembers} non-members)")
     ax.set_ylabel("true positive rate (log)")
     ax.set_title("ROC, log-log")
@@ -96,14 +97,14 @@ def _histogram_figure(scores: dict[str, np.ndarray], labels: np.ndarray, thresho
     return _save(figure, path)
 
 
-def _scatter_figure(lrec: np.ndarray, ldiff: np.ndarray, labels: np.ndarray, fit: AlphaFit,
+def _scatter_figure(raw: np.ndarray, statistic: str, ldiff: np.ndarray, labels: np.ndarray, fit: AlphaFit,
                     boundary: tuple[float, float] | None, path: Path) -> tuple[str, int]:
-    """Lrec against Ldiff by class, the label-free fitted line and, with labels, the decision line
+    """The statistic (`raw`, named `statistic`) against Ldiff by class, the label-free fitted line and, with labels, the decision line
     Lmem = tau (store alpha, best balanced-accuracy tau). Returns (file name, points drawn)."""
-    finite = np.flatnonzero(np.isfinite(lrec) & np.isfinite(ldiff))
+    finite = np.flatnonzero(np.isfinite(raw) & np.isfinite(ldiff))
     if finite.size > SCATTER_MAX_POINTS:
         finite = np.sort(np.random.default_rng(0).choice(finite, SCATTER_MAX_POINTS, replace=False))
-    x, y, classes = ldiff[finite], lrec[finite], labels[finite]
+    x, y, classes = ldiff[finite], raw[finite], labels[finite]
     figure = Figure(figsize=(7.2, 5.6), layout="constrained")
     ax = figure.add_subplot()
     for rows, name, colour in _groups(classes):
@@ -117,16 +118,22 @@ def _scatter_figure(lrec: np.ndarray, ldiff: np.ndarray, labels: np.ndarray, fit
         ax.plot(line_x, tau + alpha * line_x, color="black", ls="--", lw=1.5,
                 label=f"Lmem = {tau:.4g} (alpha {alpha:.4g}): members below")
     ax.set_xlabel("Ldiff (difficulty: held-out error of the linear predictor)")
-    ax.set_ylabel("Lrec (victim reconstruction error)")
-    ax.set_title("Reconstruction error vs difficulty")
+    ax.set_ylabel(score_label(statistic))
+    ax.set_title(f"{_short(statistic)} vs difficulty")
     ax.legend(fontsize=9)
     return _save(figure, path), int(finite.size)
 
 
-def _alpha_figure(alphas: np.ndarray, aucs: np.ndarray, marks: list[tuple[float, str, str]], path: Path) -> str:
+def _short(statistic: str) -> str:
+    """How text names the store's statistic: Lrec, Ldenoise."""
+    return score_label(statistic).split(" ")[0]
+
+
+def _alpha_figure(alphas: np.ndarray, aucs: np.ndarray, marks: list[tuple[float, str, str]], statistic: str,
+                  path: Path) -> str:
     figure = Figure(figsize=(7.2, 4.6), layout="constrained")
     ax = figure.add_subplot()
-    ax.plot(alphas, aucs, color="#009E73", lw=2, label="AUC of Lrec - alpha * Ldiff")
+    ax.plot(alphas, aucs, color="#009E73", lw=2, label=f"AUC of {_short(statistic)} - alpha * Ldiff")
     for value, name, style in marks:
         auc = float(np.interp(value, alphas, aucs))
         ax.axvline(value, color="black", ls=style, lw=1.2, label=f"{name}: alpha {value:.4g}, AUC {auc:.4f}")
@@ -136,7 +143,7 @@ def _alpha_figure(alphas: np.ndarray, aucs: np.ndarray, marks: list[tuple[float,
     ax.axhline(0.5, color="#999999", ls=":", lw=1, label="chance")
     ax.set_xlabel("alpha")
     ax.set_ylabel("ROC-AUC")
-    ax.set_title("Attack AUC as a function of alpha (alpha = 0 is Lrec alone)")
+    ax.set_title(f"Attack AUC as a function of alpha (alpha = 0 is {_short(statistic)} alone)")
     ax.legend(fontsize=8)
     return _save(figure, path)
 
@@ -241,9 +248,10 @@ def _tpr_cell(point: dict, n_members: int, n_nonmembers: int) -> str:
 
 
 def _metric_table(metrics: dict[str, dict]) -> str:
-    """Rows: AUC, balanced accuracy, TPR at each FPR; a column per score (lrec, lmem, then derived ones). Cells
-    carry ids such as `lmem-auc`, `lrec-ba`, `lcal-tpr-0.01`."""
-    lrec, names = metrics["lrec"], metrics["scores"]
+    """Rows: AUC, balanced accuracy, TPR at each FPR; a column per score (the statistic, lmem, then derived ones).
+    Cells carry ids such as `lmem-auc`, `lrec-ba`, `lcal-tpr-0.01`."""
+    names = metrics["scores"]
+    lrec = metrics[names[0]]
     rows = [["ROC-AUC"] + [f"{metrics[c]['auc']:.4f}{_ci(metrics[c]['auc_ci'])}" for c in names],
             ["balanced accuracy (best threshold)"]
             + [f"{metrics[c]['balanced_accuracy']:.4f}{_ci(metrics[c]['balanced_accuracy_ci'])}<br><small>threshold "
@@ -390,7 +398,8 @@ def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> Non
     metrics, alpha_record, fit = data.metrics, data.alpha, data.fit
     store_alpha = alpha_record["value"]
     metrics_problem = NO_LABELS if data.metrics_error is None else f"No metrics: {_esc(data.metrics_error)}."
-    fit_line = (f"label-free OLS slope of Lrec on Ldiff over this store: {fit.alpha:.4g} "
+    short = _short(data.statistic)
+    fit_line = (f"label-free OLS slope of {short} on Ldiff over this store: {fit.alpha:.4g} "
                 f"({fit.n_rows} rows, R² {fit.r2:.3f})")
     alpha_text = (f"alpha = <b>{store_alpha:.4g}</b>, chosen as <code>{_esc(alpha_record['spec'])}</code> "
                   f"(method {_esc(alpha_record['method'])}, {alpha_record['n_rows']} rows"
@@ -405,7 +414,8 @@ def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> Non
            else "the store's <code>member</code> column") + ".</p>",
         f'<p class="rule"><b>Direction:</b> {_esc(DIRECTION)}.<br><b>Cut-off rule for TPR at a target FPR:</b> '
         f"{_esc(CUTOFF_RULE)}; a target below 1/(number of non-members) is refused.<br>"
-        f"<b>Scores:</b> Lrec = mean |V(x) − y|; Ldiff = difficulty; Lmem = Lrec − alpha · Ldiff.</p>",
+        f"<b>Scores:</b> {_esc(score_label(data.statistic))}; Ldiff = difficulty; Lmem = {short} − alpha · Ldiff."
+        "</p>",
         "<h2>Counts and alpha</h2>" + _key_value_table(data.counts) + f"<p>{alpha_text}</p>"
         + (f"<p><small>Earlier alpha choices: {_esc(history)}</small></p>" if history else ""),
         "<h2>Metrics</h2>" + (_metric_table(metrics) if metrics else _note(metrics_problem)),
@@ -420,12 +430,12 @@ def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> Non
         sections.append("<h2>Held-out thresholds</h2>" + _held_out_table(metrics["holdout"]))
     if metrics:
         sections.append("<h2>Blind baseline (no victim query)</h2>" + _blind_section(metrics["blind_baseline"]))
-    derived = [c for c in (metrics["scores"] if metrics else []) if c not in STORED_SCORES]
+    derived = [c for c in (metrics["scores"] if metrics else []) if c not in SCORES or SCORES[c].kind != "stored"]
     if derived:
         sections.append("<h2>How the calibrated scores were made</h2>" + _derived_scores_table(metrics, derived))
 
     if metrics:
-        fprs = [p["target_fpr"] for p in metrics["lrec"]["tpr_at_fpr"]]
+        fprs = [p["target_fpr"] for p in metrics[metrics["scores"][0]]["tpr_at_fpr"]]
         name = _roc_figure(data.curves, {c: metrics[c]["auc"] for c in metrics["scores"]}, fprs, out / "roc.png")
         sections.append("<h2>ROC curve</h2>" + _figure(
             name, "Log-log ROC of every score: TPR against FPR, each point a threshold (member iff score ≤ "
@@ -434,19 +444,20 @@ def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> Non
     else:
         sections.append("<h2>ROC curve</h2>" + _note(metrics_problem))
 
-    name = _histogram_figure({"lrec": data.lrec, "lmem": data.lmem}, data.labels, data.thresholds,
+    name = _histogram_figure({data.statistic: data.raw, "lmem": data.lmem}, data.labels, data.thresholds,
                              out / "histograms.png")
     sections.append("<h2>Score distributions</h2>" + _figure(
-        name, "Histograms (density) of Lrec and Lmem by class, as in the paper's Figures 3 and 6: the "
+        name, f"Histograms (density) of {short} and Lmem by class, as in the paper's Figures 3 and 6: the "
               "better the score, the better one vertical line (a threshold) separates members from "
               "non-members." + (" Dashed: the best balanced-accuracy threshold." if metrics else "")))
 
     boundary = (store_alpha, data.thresholds["lmem"]) if data.thresholds["lmem"] is not None else None
-    name, drawn = _scatter_figure(data.lrec, data.ldiff, data.labels, fit, boundary, out / "scatter.png")
-    n_finite = int((np.isfinite(data.lrec) & np.isfinite(data.ldiff)).sum())
+    name, drawn = _scatter_figure(data.raw, data.statistic, data.ldiff, data.labels, fit, boundary,
+                                  out / "scatter.png")
+    n_finite = int((np.isfinite(data.raw) & np.isfinite(data.ldiff)).sum())
     sample = f" Showing a fixed-seed random {drawn} of {n_finite} images." if drawn < n_finite else ""
-    sections.append("<h2>Reconstruction error vs difficulty</h2>" + _figure(
-        name, "Lrec against Ldiff, as in the paper's Figures 5 and 7: harder images are reconstructed worse, "
+    sections.append(f"<h2>{short} vs difficulty</h2>" + _figure(
+        name, f"{short} against Ldiff, as in the paper's Figures 5 and 7: harder images are reconstructed worse, "
               "member or not. Solid: the label-free least-squares line, whose slope is the fitted alpha."
               + (" Dashed: the decision line Lmem = threshold with the store's alpha; images below it are "
                  "called members." if boundary else "") + sample))
@@ -454,9 +465,9 @@ def _write_pages(data: ReportData, out: Path, *, dataset: Dataset | None) -> Non
     if data.sweep is not None:
         alphas, aucs = data.sweep
         marks = [(store_alpha, f"store ({alpha_record['spec']})", "-"), (fit.alpha, "label-free fit", "--")]
-        name = _alpha_figure(alphas, aucs, marks, out / "alpha.png")
+        name = _alpha_figure(alphas, aucs, marks, data.statistic, out / "alpha.png")
         sections.append("<h2>Choice of alpha</h2>" + _figure(
-            name, "ROC-AUC of Lrec − alpha · Ldiff over a grid of alpha, as in the paper's Figure 8. The "
+            name, f"ROC-AUC of {short} − alpha · Ldiff over a grid of alpha, as in the paper's Figure 8. The "
                   "label-free fit uses no labels; the hindsight optimum uses the labels it is scored on, so "
                   "it is an upper bound, not a usable choice."))
     else:

@@ -13,7 +13,7 @@ import numpy as np
 from .alpha import AlphaFit, fit_alpha
 from .attack import evaluate, lmem_with_alpha, match_members, membership, readable_store
 from .metrics import RocCurve, alpha_sweep, roc
-from .score_names import STORED_SCORES
+from .score_names import stored_scores
 from .store import ScoreStore, StatusCounts
 from .timing import utc_now
 
@@ -34,7 +34,10 @@ class ReportData:
     counts: dict[str, int]
     """The counts table: images, scored, failed, pending, members, non-members, unlabelled."""
     ids: np.ndarray
-    lrec: np.ndarray
+    statistic: str
+    """The store's membership statistic (lrec or ldenoise)."""
+    raw: np.ndarray
+    """Its values per row (lmem = raw - alpha * ldiff)."""
     ldiff: np.ndarray
     lmem: np.ndarray
     labels: np.ndarray
@@ -43,7 +46,7 @@ class ReportData:
     """The record of the store's alpha (`memscore.attack.lmem_with_alpha`)."""
     alpha_history: list[dict[str, Any]]
     fit: AlphaFit
-    """The label-free least-squares line of Lrec on Ldiff over this store."""
+    """The label-free least-squares line of the statistic on Ldiff over this store."""
     failed_shards: list[tuple[int, int, int, str]]
     """(shard, first row, row after the last, error) of each shard the last run could not score."""
     metrics: dict[str, Any] | None
@@ -54,7 +57,7 @@ class ReportData:
     curves: dict[str, RocCurve]
     """The ROC of every evaluated score (none without metrics)."""
     sweep: tuple[np.ndarray, np.ndarray] | None
-    """(alphas, AUC of Lrec - alpha * Ldiff at each), with labels."""
+    """(alphas, AUC of the statistic - alpha * Ldiff at each), with labels."""
     easiest: np.ndarray
     """Rows with the lowest Ldiff, lowest first; `hardest`: the highest, highest first."""
     hardest: np.ndarray
@@ -69,15 +72,16 @@ def report_data(store: str | os.PathLike | ScoreStore, *, members_file: str | No
     refused, an unfinished one too unless `partial`."""
     store, status = readable_store(store, partial)  # verified once: `evaluate` below reads the same handle
     ids, scored = store.column("id"), store.column("status") == "ok"
-    lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
+    statistic, shown = store.statistic, stored_scores(store)[:2]
+    raw, ldiff = store.column(statistic).astype(np.float64), store.column("ldiff").astype(np.float64)
     lmem, alpha_record = lmem_with_alpha(store)
     labels = membership(store, match_members(store, members_file))
     known = labels >= 0
-    fit = fit_alpha(lrec, ldiff)
+    fit = fit_alpha(raw, ldiff)
 
     metrics, metrics_error = None, None
     if known.any():
-        wanted = None if scores is None else [*STORED_SCORES, *[c for c in scores if c not in STORED_SCORES]]
+        wanted = None if scores is None else [*shown, *[c for c in scores if c not in shown]]
         try:
             metrics = evaluate(store, members_file, n_boot=n_boot, partial=partial, scores=wanted, holdout=holdout)
         except ValueError as error:  # e.g. every labelled row is a member
@@ -85,14 +89,14 @@ def report_data(store: str | os.PathLike | ScoreStore, *, members_file: str | No
 
     curves, sweep = {}, None
     if metrics:
-        stored = {"lrec": lrec, "lmem": lmem}
+        stored = {statistic: raw, "lmem": lmem}
         curves = {c: roc((stored[c] if c in stored else store.column(c).astype(np.float64))[known], labels[known] == 1)
                   for c in metrics["scores"]}
         store_alpha = alpha_record["value"]
         lo = min(0.0, 1.5 * min(store_alpha, fit.alpha))
         hi = max(1.0, 1.5 * max(store_alpha, fit.alpha))
         grid = np.union1d(np.linspace(lo, hi, SWEEP_POINTS), [store_alpha, fit.alpha])
-        sweep = alpha_sweep(lrec[known], ldiff[known], labels[known] == 1, grid)
+        sweep = alpha_sweep(raw[known], ldiff[known], labels[known] == 1, grid)
 
     finite = np.flatnonzero(np.isfinite(ldiff))
     k = min(thumbnails, finite.size // 2)
@@ -108,10 +112,10 @@ def report_data(store: str | os.PathLike | ScoreStore, *, members_file: str | No
     }
     return ReportData(
         store=str(store.path), created=utc_now(), members_file=members_file, n_images=store.n_images,
-        status=status, counts=counts, ids=ids, lrec=lrec, ldiff=ldiff, lmem=lmem, labels=labels,
+        status=status, counts=counts, ids=ids, statistic=statistic, raw=raw, ldiff=ldiff, lmem=lmem, labels=labels,
         alpha=alpha_record, alpha_history=[record.to_dict() for record in store.alpha_history], fit=fit,
         failed_shards=[(index, *store.shard_range(index), error)
                        for index, error in sorted(store.failed_shards.items())],
         metrics=metrics, metrics_error=metrics_error,
-        thresholds={c: metrics[c]["balanced_accuracy_threshold"] if metrics else None for c in STORED_SCORES},
+        thresholds={c: metrics[c]["balanced_accuracy_threshold"] if metrics else None for c in shown},
         curves=curves, sweep=sweep, easiest=order[:k], hardest=order[::-1][:k], record=store.record.to_dict())

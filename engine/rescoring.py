@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .alpha import LABEL_FREE_FORMS, AlphaSpec, label_free_alpha
-from .calibration import DEFAULT_FOLDS, DEFAULT_LEVEL, MODELS, STATISTICS
+from .calibration import DEFAULT_FOLDS, DEFAULT_LEVEL, MODELLED, MODELS
 from .errors import UsageError
 from .lcal import write_lcal
 from .likelihood_ratio import DEFAULT_TRANSFORM, GAMMA, PRIOR_DOF, TRANSFORMS
@@ -71,8 +71,8 @@ class PerImageOptions(_Options):
     reference: str | None = setting(None, "ids of known non-members, whose Lrec the model learns (required)",
                                     optional=True)
     model: str = setting(MODELS[0], "the model of a non-member's Lrec given the image", choices=MODELS)
-    statistic: str = setting(STATISTICS[0], "what the model describes for a non-member: lmem (Lrec less the "
-                                            "store's alpha times Ldiff) or lrec", choices=STATISTICS)
+    modelled: str = setting(MODELLED[0], "what the model describes for a non-member: lmem (the store's statistic "
+                                         "less its alpha times Ldiff) or raw (the statistic itself)", choices=MODELLED)
     folds: int = setting(DEFAULT_FOLDS, "reference rows are scored out of fold by models fitted on the other folds")
     seed: int = setting(0, "seed of the folds and of the models")
     level: float = setting(DEFAULT_LEVEL, "the lower quantile the quantile model fits besides the median")
@@ -115,9 +115,9 @@ def _per_image(store: str, options: PerImageOptions, strict: bool) -> Rescored:
     if options.reference is None:
         raise UsageError("--method per-image needs --reference FILE (ids of known non-members)")
     record = write_lcal(store, options.reference, model=options.model, folds=options.folds, seed=options.seed,
-                        level=options.level, statistic=options.statistic, strict=strict)
+                        level=options.level, modelled=options.modelled, strict=strict)
     return Rescored(store, "per-image", LCAL_COLUMN, record,
-                    f"{LCAL_COLUMN} written ({options.model} model of {options.statistic}, {options.folds} folds; "
+                    f"{LCAL_COLUMN} written ({options.model} model of {options.modelled}, {options.folds} folds; "
                     "reference rows scored out of fold)", record["reference_ids"])
 
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from .backbones import feature_width, resolve_weights, weights_sha256
-from .config import ScoreConfig
+from .config import ScoreConfig, per_shadow_column
 from .data import ids_digest, read_id_list
 from .devices import resolve_device, use_threads
 from .lmem import alpha_pass, check_alpha_options
@@ -128,12 +128,18 @@ def run_inputs(dataset_spec: DatasetSpec, config: ScoreConfig) -> tuple[str, ...
     return tuple(path for path in given if path)
 
 
-def wide_columns(config: ScoreConfig) -> dict[str, int]:
-    """The 2-D columns a run writes: calibration features always, each shadow's Lrec when there are shadows."""
+def extra_columns(config: ScoreConfig) -> dict[str, int]:
+    """The columns a run writes beyond the schema's (width 0: one value per image): calibration features always,
+    the statistic when it is not lrec, each sample's Lrec when there are several, and with shadows each shadow's
+    statistic and membership."""
     widths = {"features": feature_width(config.backbone)}
+    if config.statistic != "lrec":
+        widths[config.statistic] = 0
+    if config.samples > 1:
+        widths["lrec_samples"] = config.samples
     if config.shadows:
         from .shadows import read_shadow_set
-        widths["lrec_shadow"] = widths["in_shadow"] = len(read_shadow_set(config.shadows).shadows)
+        widths[per_shadow_column(config.statistic)] = widths["in_shadow"] = len(read_shadow_set(config.shadows).shadows)
     return widths
 
 
@@ -238,7 +244,7 @@ def _run_scoring(dataset_spec: DatasetSpec, config: ScoreConfig, out: Path, opti
         if not resuming:
             shard_size = options.shard_size or default_shard_size(len(dataset), cluster)
             store = ScoreStore.create(out, len(dataset), shard_size, config, overwrite=overwrite,
-                                      members_sha256=members_sha256, wide_columns=wide_columns(config),
+                                      members_sha256=members_sha256, extra_columns=extra_columns(config),
                                       inputs=inputs)
         try:
             summary = _score_shards(store, job, cluster, progress)

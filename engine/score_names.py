@@ -2,7 +2,8 @@
 store holds. Lower = member for every one. evaluate, report, export, calibrate, predict, dataset-test and the
 command's help text read this list, so a new score is named here once.
 
-Kinds: `stored` (lrec, lmem: every finished store has them), `per-image` (lcal: `memscore.lcal`) and `shadows`
+Kinds: `stored` (the store's statistic, lrec or ldenoise, and lmem built on it: every finished store has them;
+lrec too wherever the victim was sampled), `per-image` (lcal: `memscore.lcal`) and `shadows`
 (lira*, rmia*: `memscore.shadow_scores`). A derived score's writer marks its column with `SCORE_MARK`;
 `score_names` lists the marked columns a store holds.
 """
@@ -60,12 +61,18 @@ def _shadow_scores() -> list[Score]:
 
 SCORES: dict[str, Score] = {score.name: score for score in (
     Score("lrec", "stored", "Lrec (reconstruction error)"),
-    Score("lmem", "stored", "Lmem = Lrec - alpha * Ldiff"),
+    Score("ldenoise", "stored", "Ldenoise (noise-prediction error)"),
+    Score("lmem", "stored", "Lmem = statistic - alpha * Ldiff"),
     Score(LCAL_COLUMN, "per-image", "lcal (per-image calibrated)", has_reference=True),
     *_shadow_scores(),
 )}
-STORED_SCORES = tuple(name for name, score in SCORES.items() if score.kind == "stored")
-"""The scores every finished store has (the report's histograms and scatter show these)."""
+
+
+def stored_scores(store: ScoreStore) -> tuple[str, ...]:
+    """The scores a finished store has from scoring: its statistic and lmem (the report's histograms show these),
+    then lrec where the statistic is another and the victim was sampled."""
+    also = ("lrec",) if store.statistic != "lrec" and store.config.samples > 0 else ()
+    return (store.statistic, "lmem", *also)
 
 
 def score_label(name: str) -> str:
@@ -82,7 +89,7 @@ def describe_scores() -> str:
 def score_names(store: ScoreStore) -> list[str]:
     """The membership scores a store holds: the stored ones, then the derived ones (`SCORE_MARK`), by name."""
     derived = [name for name in store.derived_columns() if store.column_attrs(name).get(SCORE_MARK)]
-    return list(STORED_SCORES) + derived
+    return list(stored_scores(store)) + derived
 
 
 def require_score(store: ScoreStore, name: str) -> None:

@@ -1,8 +1,9 @@
-"""Per-batch scores: Lrec from the victim, Ldiff from the difficulty kernel.
+"""Per-batch scores: the membership statistic from the victim, Ldiff from the difficulty kernel.
 
-`Scorer` holds the loaded backbone and victim (load once, reuse for every shard) and turns a
-prepared `Batch` into rows: `lrec`, `ldiff`, `out_of_range`, status and reason. Lmem needs alpha, which may be
-fitted over the whole store, so it is written by the alpha pass (`memscore.run`).
+`Scorer` holds the loaded backbone and victim (load once, reuse for every shard) and turns a prepared `Batch`
+into rows: `lrec` (over the K samples, each kept when K > 1), `ldenoise` for a white-box statistic, `ldiff`,
+`out_of_range`, status and reason. Lmem needs alpha, which may be fitted over the whole store, so it is written by
+the alpha pass (`memscore.run`).
 """
 from __future__ import annotations
 
@@ -12,19 +13,18 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .allocator import keep_freed_memory
 from .backbones import Backbone, create_backbone
 from .batch import Batch, Prepared, View
-from .config import ScoreConfig
+from .config import ScoreConfig, per_shadow_column
 from .devices import start_numba_threads
 from .kernels.difficulty import predictability_error
 from .precision import autocast, resolve_precision
 from .preprocess import resize
 from .seeding import fit_mask, image_seed
 from .timing import StageTimes
-from .victims import open_victim
+from .victims import ReconFolder, VictimError, at_size, open_victim
 
 
 CPU_BACKBONE_IMAGES = 4
@@ -54,8 +54,14 @@ class Row:
     augmented copies); NaN where there was no output."""
     features: np.ndarray | None = None
     """Per-image calibration features (`stage_features`); None where the image was not scored."""
+    ldenoise: float = float("nan")
+    """The white-box statistic (statistic `ldenoise`)."""
+    lrec_samples: np.ndarray | None = None
+    """Lrec of each of the K samples (`samples` > 1); `lrec` is their mean."""
     lrec_shadow: np.ndarray | None = None
-    """Lrec under each shadow victim (`--shadows`)."""
+    """Lrec under each shadow victim (`--shadows`, statistic lrec)."""
+    ldenoise_shadow: np.ndarray | None = None
+    """Ldenoise under each shadow victim (`--shadows`, statistic ldenoise)."""
     in_shadow: np.ndarray | None = None
     """1 where the image was in that shadow's training half, else 0."""
 
@@ -107,21 +113,24 @@ def out_of_range_reason(image_id: str, fraction: float, victim_range: str) -> st
             f"--victim-range {victim_range}: check that it is the range the victim outputs")
 
 
-class Reconstructed(NamedTuple):
-    """The target victim's answer for one pair: Lrec over its copies, the first copy's output, and the most
-    any copy had of its values outside [0, 1]."""
+class Measured(NamedTuple):
+    """A victim's answer for one pair: Lrec over its samples and copies (NaN without samples) with each sample's
+    Lrec, the white-box statistic (NaN unless asked), the size of its outputs and the most any output had of its
+    values outside [0, 1]."""
 
     lrec: float
-    output: torch.Tensor
+    sample_errors: np.ndarray
+    ldenoise: float
+    size: tuple[int, int]
     out_of_range: float
+
+    def statistic(self, name: str) -> float:
+        return self.ldenoise if name == "ldenoise" else self.lrec
 
 
 def reconstruction_error(output: torch.Tensor, target: torch.Tensor) -> float:
     """Lrec: mean |V(x) - y| in [0, 1], the target resized to the output's resolution if needed."""
-    target = target.to(output.device)
-    if target.shape[-2:] != output.shape[-2:]:
-        target = F.interpolate(target[None], size=tuple(output.shape[-2:]), mode="bilinear",
-                               align_corners=False, antialias=True)[0]
+    target = at_size(target.to(output.device), tuple(output.shape[-2:]))
     return float((output.clamp(0.0, 1.0) - target).abs().mean())
 
 
@@ -152,6 +161,12 @@ class Scorer:
             self.shadow_victims = [open_victim(shadow.victim_spec, device=self.device,
                                                value_range=self.config.victim_range, seed=self.config.seed)
                                    for shadow in self.shadow_set.shadows]
+        if self.config.samples > 1 and isinstance(self.victim, ReconFolder):
+            raise VictimError(f"{self.config.victim} holds one output per image: --samples {self.config.samples} "
+                              "needs a victim memscore can query (a model)")
+        if self.config.statistic == "ldenoise" and not getattr(self.victim, "takes_denoising", False):
+            raise VictimError(f"statistic ldenoise needs a white-box victim (diffusers:DIR, or a python: module with "
+                              f"denoising_error(x, y, seeds)); {self.config.victim} has none")
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
         self.precision = resolve_precision(self.config.precision, self.device)
 
@@ -182,19 +197,43 @@ class Scorer:
                                          ridge=self.config.ridge).cpu()
         return ldiff, stage_features(stages).cpu()
 
-    def reconstruction_errors(self, items: list[Prepared], victim=None, stage: str = "victim"
-                              ) -> list[Reconstructed | str]:
-        """Per item: Lrec averaged over its augmented copies, the first output and the out-of-range fraction
-        (measured before the noise defence, which clamps), or why it failed. `victim`: another victim than the
-        target (a shadow), queried the same way but without the target's noise defence."""
+    def measure(self, items: list[Prepared], victim=None, stage: str = "victim") -> list[Measured | str]:
+        """Per item: what the run's configuration asks of a victim (its K samples' Lrec, its white-box statistic),
+        or why it failed. `victim`: another victim than the target (a shadow), asked only for the store's
+        statistic, queried the same way but without the target's noise defence."""
         target = victim is None
+        victim = self.victim if target else victim
+        n_samples = self.config.samples if target or self.config.statistic == "lrec" else 0
+        per_sample = [self._sample_errors(items, victim, sample, stage, target) for sample in range(n_samples)]
+        denoised: list[float | str] = [float("nan")] * len(items)
+        if self.config.statistic == "ldenoise":
+            with self.times.stage(stage, self.device), self.autocast():
+                denoised = victim.denoising_errors(items)
+        results: list[Measured | str] = []
+        for index, item in enumerate(items):
+            answers = [sample[index] for sample in per_sample]
+            failure = next((answer for answer in answers + [denoised[index]] if isinstance(answer, str)), None)
+            if failure is not None:
+                results.append(failure)
+                continue
+            errors = np.array([lrec for lrec, _, _ in answers], dtype=np.float64)
+            size = answers[0][1] if answers else tuple(item.y.shape[-2:])
+            results.append(Measured(float(errors.mean()) if answers else float("nan"), errors, denoised[index], size,
+                                    max((fraction for _, _, fraction in answers), default=float("nan"))))
+        return results
+
+    def _sample_errors(self, items: list[Prepared], victim, sample: int, stage: str, target: bool
+                       ) -> list[tuple[float, tuple[int, int], float] | str]:
+        """Per item, sample `sample` of the victim's output: Lrec averaged over the item's augmented copies, the
+        output's size and the most a copy had of its values outside [0, 1] (measured before the noise defence,
+        which clamps); or why it failed."""
         n_copies, seed = self.config.augment, self.config.seed
         plans = [[augmentation(item.pair.id, copy, seed) for copy in range(n_copies)] for item in items]
         queries = [dataclasses.replace(item, x=apply_augmentation(item.x, flip, box))
                    for item, plan in zip(items, plans) for flip, box in plan]
         with self.times.stage(stage, self.device), self.autocast():
-            outputs = (self.victim if target else victim).reconstruct(queries)
-        results: list[Reconstructed | str] = []
+            outputs = victim.reconstruct(queries, sample=sample)
+        results: list[tuple[float, tuple[int, int], float] | str] = []
         for index, (item, plan) in enumerate(zip(items, plans)):
             copies = outputs[index * n_copies: (index + 1) * n_copies]
             failure = next((output for output in copies if isinstance(output, str)), None)
@@ -204,10 +243,11 @@ class Scorer:
             errors = []
             for copy, (output, (flip, box)) in enumerate(zip(copies, plan)):
                 if target and self.config.defense_noise > 0:
-                    output = add_defense_noise(output, self.config.defense_noise, item.pair.id, copy, seed)
+                    output = add_defense_noise(output, self.config.defense_noise, item.pair.id,
+                                               copy + sample * n_copies, seed)
                 errors.append(reconstruction_error(output, apply_augmentation(item.y, flip, box)))
-            results.append(Reconstructed(float(np.mean(errors)), copies[0],
-                                         max(out_of_range_fraction(output) for output in copies)))
+            results.append((float(np.mean(errors)), tuple(copies[0].shape[-2:]),
+                            max(out_of_range_fraction(output) for output in copies)))
         return results
 
     def score(self, batch: Batch) -> list[Row]:
@@ -216,7 +256,8 @@ class Scorer:
         if not batch.items:
             return rows
         scored = []
-        for item, result in zip(batch.items, self.reconstruction_errors(batch.items)):
+        statistic = self.config.statistic
+        for item, result in zip(batch.items, self.measure(batch.items)):
             if isinstance(result, str):
                 rows.append(Row(item.pair.id, item.pair.member, status="failed", reason=result))
                 continue
@@ -225,8 +266,13 @@ class Scorer:
                                 reason=out_of_range_reason(item.pair.id, result.out_of_range,
                                                            self.config.victim_range)))
                 continue
-            row = Row(item.pair.id, item.pair.member, lrec=result.lrec, out_of_range=result.out_of_range,
-                      out_height=int(result.output.shape[-2]), out_width=int(result.output.shape[-1]))
+            row = Row(item.pair.id, item.pair.member, lrec=result.lrec, ldenoise=result.ldenoise,
+                      lrec_samples=result.sample_errors if self.config.samples > 1 else None,
+                      out_of_range=result.out_of_range, out_height=int(result.size[0]), out_width=int(result.size[1]))
+            if not np.isfinite(result.statistic(statistic)):
+                row.status, row.reason = "failed", f"{row.id}: {statistic} is not finite"
+                rows.append(row)
+                continue
             rows.append(row)
             scored.append((row, item))
         if scored:
@@ -242,14 +288,17 @@ class Scorer:
         return rows
 
     def _score_shadows(self, scored: list[tuple[Row, Prepared]]) -> None:
-        """Each shadow victim's Lrec (NaN where a shadow's output was unusable) and the shadows' memberships."""
+        """Each shadow victim's value of the statistic (NaN where a shadow could not give it) and the shadows'
+        memberships."""
         if not self.shadow_victims:
             return
         from .shadows import in_shadow_matrix  # imported with the shadow set in __post_init__: costs nothing here
         items = [item for _, item in scored]
-        per_shadow = [self.reconstruction_errors(items, victim, "shadows") for victim in self.shadow_victims]
+        statistic = self.config.statistic
+        per_shadow = [self.measure(items, victim, "shadows") for victim in self.shadow_victims]
         in_shadow = in_shadow_matrix([row.id for row, _ in scored], self.shadow_set)
         for index, (row, _) in enumerate(scored):
-            row.lrec_shadow = np.array([np.nan if isinstance(results[index], str) else results[index].lrec
-                                        for results in per_shadow], dtype=np.float32)
+            values = np.array([np.nan if isinstance(results[index], str) else results[index].statistic(statistic)
+                               for results in per_shadow], dtype=np.float32)
+            setattr(row, per_shadow_column(statistic), values)
             row.in_shadow = in_shadow[index]

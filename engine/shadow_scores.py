@@ -1,5 +1,6 @@
 """LiRA and RMIA on a store: the shadow-calibrated scores (the `lira` and `rmia` methods of `memscore.rescore`)
-written as columns from what `memscore score --shadows` stored beside the victim's Lrec.
+written as columns from what `memscore score --shadows` stored beside the victim's statistic (each shadow's value
+of it, and whether the image was in that shadow's training half).
 
 The scores themselves are `memscore.likelihood_ratio` (pure, no I/O); the shadows are trained by
 `memscore.shadows`. Options' defaults are declared once, by the methods of `memscore.rescore`.
@@ -12,15 +13,21 @@ from typing import Any
 
 import numpy as np
 
+from .config import per_shadow_column
 from .data import IdMatch, match_ids, read_id_list
 from .likelihood_ratio import ShadowScores, Transform, lira, rmia
 from .score_names import SCORE_MARK, shadow_column
 from .store import ScoreStore, StoreError
 
-SHADOW_COLUMNS = ("lrec", "lrec_shadow", "in_shadow")
-"""The store columns a shadow score is computed from; their fingerprints are recorded with it."""
 Scorer = Callable[[ScoreStore, np.ndarray, np.ndarray, np.ndarray], tuple[ShadowScores, IdMatch | None]]
-"""(store, lrec [n], lrec_shadow [n, K], in_shadow [n, K]) -> the scores, and how a reference file matched."""
+"""(store, statistic [n], each shadow's statistic [n, K], in_shadow [n, K]) -> the scores, and how a reference
+file matched."""
+
+
+def shadow_inputs(store: ScoreStore) -> tuple[str, str, str]:
+    """The store columns a shadow score is computed from (their fingerprints are recorded with it): the statistic,
+    each shadow's value of it, and the shadows' memberships."""
+    return store.statistic, per_shadow_column(store.statistic), "in_shadow"
 
 
 def write_lira(store_path: str | os.PathLike, *, online: bool, fixed_variance: bool, transform: Transform,
@@ -57,14 +64,15 @@ def _write(store_path: str | os.PathLike, column: str, score: Scorer, reference:
     store = ScoreStore.open(store_path, mode="r+")
     with store.lock():
         store.require_readable()  # refuses an unfinished or damaged store, saying how to mend it
-        lrec, lrec_shadow, in_shadow = (store.column(c) for c in SHADOW_COLUMNS)
-        if lrec_shadow.ndim != 2 or lrec_shadow.shape != in_shadow.shape or lrec_shadow.shape[0] != lrec.shape[0]:
-            raise StoreError(f"{store_path}: lrec_shadow {lrec_shadow.shape} and in_shadow {in_shadow.shape} must both "
-                             f"be [{lrec.shape[0]}, K]; rescore the store with `memscore score --shadows DIR`")
-        found, samples = score(store, lrec, lrec_shadow, in_shadow)
-        record = {**found.record(), "column": column, "k": int(lrec_shadow.shape[1]),
+        inputs = shadow_inputs(store)
+        target, shadow, in_shadow = (store.column(c) for c in inputs)
+        if shadow.ndim != 2 or shadow.shape != in_shadow.shape or shadow.shape[0] != target.shape[0]:
+            raise StoreError(f"{store_path}: {inputs[1]} {shadow.shape} and in_shadow {in_shadow.shape} must both "
+                             f"be [{target.shape[0]}, K]; rescore the store with `memscore score --shadows DIR`")
+        found, samples = score(store, target, shadow, in_shadow)
+        record = {**found.record(), "column": column, "k": int(shadow.shape[1]),
                   "reference_file": None if reference is None else str(reference),
                   "reference_ids": None if samples is None else samples.to_dict(),
-                  "uses": {c: store.fingerprint(c) for c in SHADOW_COLUMNS}}
+                  "uses": {c: store.fingerprint(c) for c in inputs}}
         store.write_column(column, found.scores, np.nan, {**record, SCORE_MARK: True})
     return record

@@ -40,8 +40,9 @@ from .errors import PathError, StoreError
 from .outputs import remove_folder, require_replaceable, write_json
 from .timing import utc_now
 
-FORMAT_VERSION = 3
-"""2: shards carry digests; 3: the `out_of_range` column. An older store lacks what this one writes and verifies."""
+FORMAT_VERSION = 4
+"""2: shards carry digests; 3: the `out_of_range` column; 4: the membership statistic (`lrec` or `ldenoise`) and
+per-sample errors. An older store lacks what this one writes and verifies."""
 LOCK_SUFFIX = ".lock"  # beside the store, not inside: zarr warns about foreign files
 STAGING_SUFFIX = ".staging"  # beside the store too: whole columns are written here, then renamed in
 CREATING_SUFFIX = ".creating"  # a new store is built here, then renamed into place
@@ -94,19 +95,24 @@ COLUMNS: tuple[Column, ...] = (
 SHARD_COLUMNS: tuple[Column, ...] = tuple(c for c in COLUMNS if c.written_by == "shard")
 COLUMN_BY_NAME = {c.name: c for c in COLUMNS}
 
-WIDE_COLUMNS: dict[str, Column] = {c.name: c for c in (
+EXTRA_COLUMNS: dict[str, Column] = {c.name: c for c in (
+    Column("ldenoise", "float32", float("nan"), "shard"),
+    Column("lrec_samples", "float32", float("nan"), "shard", inner_dimension="sample"),
     Column("features", "float16", float("nan"), "shard", inner_dimension="feature"),
     Column("lrec_shadow", "float32", float("nan"), "shard", inner_dimension="shadow"),
+    Column("ldenoise_shadow", "float32", float("nan"), "shard", inner_dimension="shadow"),
     Column("in_shadow", "int8", -1, "shard", inner_dimension="shadow"),
 )}
-"""2-D per-image columns a store may hold, their width fixed when it is created: `features` (per backbone stage, the
-per-channel mean then std over space of the difficulty image's maps, for per-image calibration), `lrec_shadow` and
-`in_shadow` (each shadow victim's Lrec, and whether the image was in its training half)."""
+"""Per-image columns a store holds by its configuration, their widths fixed when it is created (0: one value per
+image): `ldenoise` (a white-box statistic), `lrec_samples` (Lrec of each of the K samples), `features` (per
+backbone stage, the per-channel mean then std over space of the difficulty image's maps, for per-image
+calibration), `lrec_shadow` / `ldenoise_shadow` (each shadow victim's value of the store's statistic) and
+`in_shadow` (whether the image was in that shadow's training half)."""
 
 
-def wide_column(name: str, width: int) -> Column:
-    """The 2-D column `name` at `width` values per image."""
-    return dataclasses.replace(WIDE_COLUMNS[name], width=width)
+def extra_column(name: str, width: int) -> Column:
+    """The extra column `name` at `width` values per image (0: one value)."""
+    return dataclasses.replace(EXTRA_COLUMNS[name], width=width)
 
 
 def shard_columns(rows: Sequence[Any], columns: Sequence[Column] = SHARD_COLUMNS) -> dict[str, np.ndarray]:
@@ -193,8 +199,8 @@ class RunRecord:
     versions: dict[str, str]
     members_sha256: str | None = None
     """Digest of the member labels the store was scored with (None: no labels given)."""
-    wide_columns: dict[str, int] = field(default_factory=dict)
-    """The 2-D columns (`WIDE_COLUMNS`) this store holds, with their widths."""
+    extra_columns: dict[str, int] = field(default_factory=dict)
+    """The extra columns (`EXTRA_COLUMNS`) this store holds, with their widths (0: one value per image)."""
     layouts: tuple[dict[str, Any], ...] = ()
     """Each run's process layout (device, threads, workers, precision): scores agree across layouts to float32
     rounding, not bit for bit, so a store resumed under another layout says so here."""
@@ -378,7 +384,7 @@ class ScoreStore:
     @classmethod
     def create(cls, path: str | os.PathLike, n_images: int, shard_size: int, config: ScoreConfig, *,
                overwrite: bool = False, members_sha256: str | None = None,
-               wide_columns: dict[str, int] | None = None, inputs: Sequence[str | None] = ()) -> ScoreStore:
+               extra_columns: dict[str, int] | None = None, inputs: Sequence[str | None] = ()) -> ScoreStore:
         """A new, empty store of `n_images` rows in shards of `shard_size`. With `overwrite`, an existing store is
         replaced (under its lock) only if memscore made it and none of the run's `inputs` lies inside it
         (`memscore.outputs.require_replaceable`)."""
@@ -396,8 +402,8 @@ class ScoreStore:
                 raise PathError(f"{building} exists and is not a store memscore was building; move it away")
             shutil.rmtree(building, ignore_errors=True)  # a creation that was killed: a Zarr group of this store's
             group = zarr.open_group(str(building), mode="w")
-            wide_columns = dict(wide_columns or {})
-            for column in COLUMNS + tuple(wide_column(name, width) for name, width in wide_columns.items()):
+            extra_columns = dict(extra_columns or {})
+            for column in COLUMNS + tuple(extra_column(name, width) for name, width in extra_columns.items()):
                 _create_column(group, column.name, column.dtype, column.fill, n_images, shard_size, column.width,
                                column.inner_dimension)
             n_shards = -(-n_images // shard_size)
@@ -407,7 +413,7 @@ class ScoreStore:
                                dimension_names=["shard"])
             record = RunRecord(config=config, n_images=n_images, shard_size=shard_size, n_shards=n_shards,
                                store_id=uuid.uuid4().hex, created=utc_now(), versions=versions(),
-                               members_sha256=members_sha256, wide_columns=wide_columns)
+                               members_sha256=members_sha256, extra_columns=extra_columns)
             group.attrs.put(_with_digests({}, {"memscore": record.to_dict()}))
             if path.exists():
                 remove_folder(path, "store")
@@ -429,6 +435,11 @@ class ScoreStore:
         return self.record.config
 
     @property
+    def statistic(self) -> str:
+        """The membership statistic this store is built on (`memscore.config.STATISTICS`): its column's name."""
+        return self.config.statistic
+
+    @property
     def n_images(self) -> int:
         return self.record.n_images
 
@@ -446,8 +457,8 @@ class ScoreStore:
 
     @property
     def shard_columns(self) -> tuple[Column, ...]:
-        """The columns each shard writes: the schema's, then this store's 2-D ones."""
-        return SHARD_COLUMNS + tuple(wide_column(n, w) for n, w in self.record.wide_columns.items())
+        """The columns each shard writes: the schema's, then this store's extra ones."""
+        return SHARD_COLUMNS + tuple(extra_column(n, w) for n, w in self.record.extra_columns.items())
 
     def shard_range(self, index: int) -> tuple[int, int]:
         start = index * self.shard_size
@@ -474,7 +485,7 @@ class ScoreStore:
 
     def derived_columns(self) -> list[str]:
         """Per-image columns added after scoring (e.g. `predicted_member`)."""
-        fixed = {c.name for c in COLUMNS} | set(SHARD_ARRAYS) | set(self.record.wide_columns)
+        fixed = {c.name for c in COLUMNS} | set(SHARD_ARRAYS) | set(self.record.extra_columns)
         return sorted(name for name in self.group.array_keys() if name not in fixed)
 
     def column_attrs(self, name: str) -> dict[str, Any]:
@@ -516,7 +527,7 @@ class ScoreStore:
 
     def write_column(self, name: str, values: np.ndarray, fill_value: Any, attrs: dict[str, Any]) -> None:
         """Add or replace a derived per-image column (e.g. a member decision) and record how it was made."""
-        if name in COLUMN_BY_NAME or name in SHARD_ARRAYS or name in self.record.wide_columns:
+        if name in COLUMN_BY_NAME or name in SHARD_ARRAYS or name in self.record.extra_columns:
             raise StoreError(f"{name!r} is a scored column of the store; derived columns need another name")
         self._replace_column(name, np.asarray(values), fill_value, attrs)
 
@@ -557,7 +568,7 @@ class ScoreStore:
         k becomes k columns `NAME_0` ... `NAME_{k-1}`."""
         import pandas as pd
         frame = {}
-        for name in [c.name for c in COLUMNS] + list(self.record.wide_columns) + self.derived_columns():
+        for name in [c.name for c in COLUMNS] + list(self.record.extra_columns) + self.derived_columns():
             values = self.column(name)
             if values.ndim == 2:
                 frame.update({f"{name}_{k}": values[:, k] for k in range(values.shape[1])})

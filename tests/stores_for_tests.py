@@ -35,7 +35,7 @@ def synthetic_store(path: Path, n: int = 60, shard_size: int = 25, *, labelled: 
     status[list(failed)] = "failed"
     lrec[list(failed)] = ldiff[list(failed)] = np.nan
     store = ScoreStore.create(path, n, shard_size, ScoreConfig(victim="recon:synthetic", alpha=alpha or "fit"),
-                              wide_columns={"features": features} if features else None)
+                              extra_columns={"features": features} if features else None)
     for index in range(store.n_shards):
         if index in pending_shards:
             continue

@@ -78,10 +78,11 @@ def test_the_import_graph_has_no_cycles():
 
 STAGES: tuple[tuple[str, frozenset[str]], ...] = tuple((stage, frozenset(modules)) for stage, modules in (
     ("foundations", {"errors", "settings", "timing", "outputs", "devices", "precision", "allocator", "seeding",
-                     "schedule"}),
+                     "schedule", "progress_files"}),
     ("reading", {"data", "images", "preprocess", "batch", "pillow_reader", "dali_reader", "pipeline", "synthetic"}),
     ("models", {"backbones", "victims", "victims.checkpoint", "victims.pix2pix", "victims.pix2pixhd",
-                "victims.spade", "kernels", "kernels.interp", "kernels.difficulty", "train"}),
+                "victims.spade", "victims.diffusion", "kernels", "kernels.interp", "kernels.difficulty", "train",
+                "train_diffusion", "recipes"}),
     ("statistics", {"metrics", "alpha", "calibration", "likelihood_ratio", "blind"}),
     ("store", {"config", "store", "score_names"}),
     ("scoring", {"scores", "work", "shadows", "lmem", "run"}),

@@ -213,4 +213,4 @@ def test_the_lmem_statistic_models_lrec_less_alpha_ldiff(data):
     with_alpha = calibrate_per_image(data.lrec, data.ldiff, data.features, data.reference, alpha=2.0)
     np.testing.assert_allclose(with_alpha.lcal, shifted.lcal, rtol=1e-9, atol=1e-12)  # the same model of lmem
     np.testing.assert_allclose(with_alpha.center, shifted.center + 2.0 * data.ldiff, rtol=1e-9)  # on Lrec's scale
-    assert with_alpha.record["alpha"] == 2.0 and "lmem" in with_alpha.record["statistic"]
+    assert with_alpha.record["alpha"] == 2.0 and "lmem" in with_alpha.record["modelled"]

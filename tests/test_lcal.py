@@ -24,7 +24,7 @@ def calibration_store(path: Path, data: Synthetic, shard_size: int = 250) -> Sco
     own API, with lmem at the fitted alpha."""
     n, width = data.features.shape
     store = ScoreStore.create(path, n, shard_size, ScoreConfig(victim="recon:synthetic"),
-                              wide_columns={"features": width})
+                              extra_columns={"features": width})
     for index in range(store.n_shards):
         write_rows(store, index, data)
     alpha_pass(store, "fit")
@@ -55,7 +55,7 @@ def test_rescore_per_image_writes_lcal_and_its_record(tmp_path, small):
     store = calibration_store(tmp_path / "s.zarr", small)
     reference_file = write_ids(tmp_path / "reference.txt", small.reference)
     rescored = rescore(store.path, "per-image", reference=reference_file, model="gaussian", folds=4, seed=3,
-                       statistic="lrec")
+                       modelled="raw")
     record = rescored.record
     expected = calibrate_per_image(small.lrec.astype(np.float32), small.ldiff.astype(np.float32), small.features,
                                    small.reference, folds=4, seed=3)
@@ -75,7 +75,7 @@ def test_rescore_per_image_writes_lcal_and_its_record(tmp_path, small):
 def test_the_lmem_statistic_follows_the_stores_alpha(tmp_path, small):
     store = calibration_store(tmp_path / "s.zarr", small)
     reference_file = write_ids(tmp_path / "reference.txt", small.reference)
-    record = rescore(store.path, "per-image", reference=reference_file, folds=4, seed=3).record  # statistic lmem
+    record = rescore(store.path, "per-image", reference=reference_file, folds=4, seed=3).record  # modelled: lmem
     store = ScoreStore.open(store.path)
     expected = calibrate_per_image(store.column("lrec"), store.column("ldiff"), store.column("features"),
                                    small.reference, folds=4, seed=3, alpha=store.alpha.value)

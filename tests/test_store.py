@@ -21,8 +21,8 @@ from memscore.attack import evaluate, predict
 from memscore.config import ScoreConfig
 from memscore.lmem import alpha_pass
 from memscore.scores import Row
-from memscore.store import (COLUMNS, SHARD_COLUMNS, WIDE_COLUMNS, AlphaRecord, ScoreStore, StoreError, disk_full_guard,
-                          shard_columns, store_lock, wide_column)
+from memscore.store import (COLUMNS, SHARD_COLUMNS, EXTRA_COLUMNS, AlphaRecord, ScoreStore, StoreError, disk_full_guard,
+                          shard_columns, store_lock, extra_column)
 from stores_for_tests import synthetic_store
 
 
@@ -46,7 +46,7 @@ def _finished(path, n=6, shard=2) -> ScoreStore:
 
 
 def test_the_row_and_the_store_schema_are_one():
-    assert {f.name for f in dataclasses.fields(Row)} == {c.name for c in SHARD_COLUMNS} | set(WIDE_COLUMNS)
+    assert {f.name for f in dataclasses.fields(Row)} == {c.name for c in SHARD_COLUMNS} | set(EXTRA_COLUMNS)
     assert {c.name for c in COLUMNS} - {c.name for c in SHARD_COLUMNS} == {"lmem"}
 
 
@@ -252,8 +252,8 @@ def test_config_differences_name_the_keys():
 
 
 def test_two_dimensional_columns_are_written_per_shard_verified_and_exported(tmp_path):
-    store = ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig(), wide_columns={"features": 3, "in_shadow": 2})
-    columns = (*SHARD_COLUMNS, wide_column("features", 3), wide_column("in_shadow", 2))
+    store = ScoreStore.create(tmp_path / "s.zarr", 4, 2, ScoreConfig(), extra_columns={"features": 3, "in_shadow": 2})
+    columns = (*SHARD_COLUMNS, extra_column("features", 3), extra_column("in_shadow", 2))
     rows = [Row(f"i{k}", 0, lrec=0.1, ldiff=0.2, features=np.array([k, k + 0.5, -k]), in_shadow=np.array([1, 0]))
             for k in range(2)]
     rows.append(Row("i2", 0, status="failed", reason="i2: broken"))  # not scored: fill values
