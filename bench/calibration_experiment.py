@@ -65,6 +65,9 @@ def experiment(path: str, fraction: float, folds: int, seed: int, n_boot: int, d
     if not (member == 1).any() or (member == 0).sum() < 2:
         raise SystemExit(f"{path}: needs labelled members and non-members (the store's member column)")
     reference = reference_rows(member, fraction, seed)
+    if store.statistic != "lrec":
+        raise SystemExit(f"{path} is built on {store.statistic}; this experiment reads lrec stores "
+                         "(bench/diffusion_experiment.py covers ldenoise)")
     lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)
     scores = {"lrec": lrec, "lmem": store.column("lmem").astype(np.float64)}
     calibrations = {}

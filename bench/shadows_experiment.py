@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     store = ScoreStore.open(args.store)
     store.require_readable()
+    if store.statistic != "lrec":
+        raise SystemExit(f"{args.store} is built on {store.statistic}; this experiment reads lrec stores "
+                         "(bench/diffusion_experiment.py covers ldenoise)")
     ids = store.column("id")
     member = np.isin(ids, sorted(read_id_list(args.members).ids)) if args.members else store.column("member") == 1
     lrec, ldiff = store.column("lrec").astype(np.float64), store.column("ldiff").astype(np.float64)

@@ -136,8 +136,8 @@ def held_out_thresholds(columns: dict[str, np.ndarray], is_member: np.ndarray, f
 def evaluate(store: StorePath | ScoreStore, members_file: StorePath | None = None, *, n_boot: int = 0,
              alpha: str | None = None, calibration_fraction: float = 0.5, partial: bool = False,
              scores: list[str] | None = None, strict: bool = False, holdout: float | None = None) -> dict[str, Any]:
-    """Attack metrics of the statistic (`lrec` or `ldenoise`), `lmem` and every derived score the store holds, or of `scores` (lower score =
-    member), JSON-ready: one entry per score under its name, and `scores` listing them in order; and
+    """Attack metrics of the store's statistic (`lrec` or `ldenoise`), `lmem` and every derived score it holds, or
+    of `scores` (lower score = member), JSON-ready: one entry per score under its name, and `scores` listing them in order; and
     `blind_baseline` (`store_blind_baseline`: membership from the images alone, on the same rows).
 
     Labels: `members_file` (one member id per line), else the store's `member` column; unlabelled rows are

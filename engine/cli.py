@@ -13,7 +13,7 @@ from .alpha import LABEL_FREE_FORMS, parse_alpha
 from .attack import DECISION_COLUMN, calibrate, evaluate, match_members, predict, readable_store
 from .blind import format_blind_baseline
 from .claims import DEFAULT_FDR, PROCEDURES, claims_store
-from .config import ScoreConfig
+from .config import STATISTICS, ScoreConfig
 from .data import DIRECTIONS, EXAMPLES, read_id_list
 from .errors import MemscoreError
 from .metrics import format_held_out, format_metrics
@@ -193,7 +193,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.score:
         for name in args.score:
             require_score(store, name)
-        frame = frame.drop(columns=[name for name in score_names(store) if name not in args.score])
+        scores = set(score_names(store)) | set(STATISTICS)  # lrec too where it is not held (NaN: not sampled)
+        frame = frame.drop(columns=[name for name in scores if name in frame and name not in args.score])
     out = Path(args.out or Path(args.store).with_suffix(f".{args.format}"))
     if args.format == "parquet":
         write_file(out, lambda path: frame.to_parquet(path, index=False), overwrite=args.overwrite)
@@ -204,7 +205,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe(args: argparse.Namespace):
+def _recipe(args: argparse.Namespace) -> Any:
     """The training recipe of the kind asked for, from the options given (the others keep that kind's defaults)."""
     return alternative_from_arguments(RECIPES, args.kind, args, "--kind")
 

@@ -111,6 +111,9 @@ class ScoreConfig:
             object.__setattr__(self, "samples", 0 if statistic == "ldenoise" else 1)
         if statistic == "lrec" and self.samples == 0:
             raise UsageError("statistic lrec needs the victim's outputs: give --samples 1 or more")
+        if statistic == "ldenoise" and self.defense_noise > 0:
+            raise UsageError("--defense-noise measures a defence on the victim's outputs; ldenoise reads none: "
+                             "measure it on --statistic lrec with --samples")
         object.__setattr__(self, "alpha", label_free_alpha(self.alpha))
         object.__setattr__(self, "victim_options", tuple(sorted(dict(self.victim_options).items())))
         check_settings(self)

@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import PathError, UsageError
 
 MARKER = ".memscore"
-"""The file inside a report or demo folder that says memscore made it, and for what."""
+"""The file inside a folder memscore made (`FOLDER_KINDS`) that says memscore made it, and for what."""
 FOLDER_KINDS = ("report", "demo", "victim", "training")
 
 
@@ -61,7 +61,7 @@ def is_store(path: Path) -> bool:
 
 
 def folder_kind(path: Path) -> str | None:
-    """The kind of folder memscore made at `path` (`store`, `report`, `demo`), or None for anything else."""
+    """The kind of folder memscore made at `path` (`store`, or one of `FOLDER_KINDS`), or None for anything else."""
     if is_store(path):
         return "store"
     try:

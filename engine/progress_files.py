@@ -53,7 +53,7 @@ def read_progress(path: str | os.PathLike) -> dict[str, Any] | None:
 
 class ProgressWatcher:
     """Shows progress files on stderr: one bar per task while it runs (from when its file first appears until its
-    last epoch: epochs, loss and tqdm's own time left) and one counting finished tasks. As a context manager it
+    last epoch: epochs, loss and the time left the trainer estimates) and one counting finished tasks. As a context manager it
     polls the files every `interval` seconds in a thread until the block ends, however it ends; `show=False` shows
     and polls nothing by itself."""
 
@@ -102,8 +102,13 @@ class ProgressWatcher:
                                     leave=False, mininterval=math.inf, disable=not self.show, file=sys.stderr)
         bar = self.bars[label]  # drawn here, once per change of its file (mininterval: never by `update`)
         bar.update(progress["epoch"] - bar.n)
+        shown = {}
         if progress.get("loss") is not None:
-            bar.set_postfix(loss=f"{progress['loss']:.4f}", refresh=False)
+            shown["loss"] = f"{progress['loss']:.4f}"
+        if progress.get("seconds_left") is not None:  # the trainer's own estimate: right after a resume too
+            shown["left"] = tqdm.format_interval(progress["seconds_left"])
+        if shown:
+            bar.set_postfix(shown, refresh=False)
         bar.refresh()
         if progress["epoch"] >= progress["epochs"]:
             bar.close()

@@ -25,6 +25,7 @@ class TrainerKind:
     """What a shadow's result is called inside its folder (a checkpoint file or a model folder)."""
 
     def victim_spec(self, path: str | Path) -> str:
+        """How a result of this kind at `path` is opened as a victim (`diffusers:PATH`, `pix2pix:PATH`)."""
         return f"{self.victim_kind}:{path}"
 
 

@@ -68,9 +68,9 @@ class AlphaOptions(_Options):
 
 @dataclass(frozen=True)
 class PerImageOptions(_Options):
-    reference: str | None = setting(None, "ids of known non-members, whose Lrec the model learns (required)",
+    reference: str | None = setting(None, "ids of known non-members, whose statistic the model learns (required)",
                                     optional=True)
-    model: str = setting(MODELS[0], "the model of a non-member's Lrec given the image", choices=MODELS)
+    model: str = setting(MODELS[0], "the model of a non-member's statistic given the image", choices=MODELS)
     modelled: str = setting(MODELLED[0], "what the model describes for a non-member: lmem (the store's statistic "
                                          "less its alpha times Ldiff) or raw (the statistic itself)", choices=MODELLED)
     folds: int = setting(DEFAULT_FOLDS, "reference rows are scored out of fold by models fitted on the other folds")
@@ -82,7 +82,8 @@ class PerImageOptions(_Options):
 class LiraOptions(_Options):
     offline: bool = setting(False, "use only the shadows that never saw each image")
     fixed_variance: bool = setting(False, "one pooled variance instead of one per image")
-    transform: str = setting(DEFAULT_TRANSFORM, "the transform of Lrec the Gaussians are fitted to",
+    transform: str = setting(DEFAULT_TRANSFORM, "the transform of the statistic the Gaussians are fitted to (logit: "
+                                                               "lrec only)",
                              choices=TRANSFORMS)
     prior_dof: float = setting(PRIOR_DOF, "weight of the pooled variance in each image's own, in observations")
 
@@ -93,8 +94,8 @@ class RmiaOptions(_Options):
     reference: str | None = setting(None, "ids of the population samples z (default: every scored image)",
                                     optional=True)
     gamma: float = setting(GAMMA, "z is dominated when LR(x) / LR(z) >= gamma")
-    temperature: float | None = setting(None, "T of the likelihood exp(-Lrec / T) (default: the median shadow "
-                                              "Lrec)", optional=True)
+    temperature: float | None = setting(None, "T of the likelihood exp(-statistic / T) (default: the median "
+                                              "shadow statistic)", optional=True)
     offline_a: float | None = setting(None, "the offline correction a, in [0, 1] (default: chosen from the "
                                             "shadows)", optional=True)
 

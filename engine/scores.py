@@ -24,7 +24,7 @@ from .precision import autocast, resolve_precision
 from .preprocess import resize
 from .seeding import fit_mask, image_seed
 from .timing import StageTimes
-from .victims import ReconFolder, VictimError, at_size, open_victim
+from .victims import VictimError, at_size, open_victim, shadow_options
 
 
 CPU_BACKBONE_IMAGES = 4
@@ -158,17 +158,30 @@ class Scorer:
         if self.config.shadows:
             from .shadows import read_shadow_set
             self.shadow_set = read_shadow_set(self.config.shadows)
+            victim_options = dict(self.config.victim_options)
             self.shadow_victims = [open_victim(shadow.victim_spec, device=self.device,
-                                               value_range=self.config.victim_range, seed=self.config.seed)
+                                               value_range=self.config.victim_range, seed=self.config.seed,
+                                               **shadow_options(shadow.victim_spec, victim_options))
                                    for shadow in self.shadow_set.shadows]
-        if self.config.samples > 1 and isinstance(self.victim, ReconFolder):
-            raise VictimError(f"{self.config.victim} holds one output per image: --samples {self.config.samples} "
-                              "needs a victim memscore can query (a model)")
-        if self.config.statistic == "ldenoise" and not getattr(self.victim, "takes_denoising", False):
-            raise VictimError(f"statistic ldenoise needs a white-box victim (diffusers:DIR, or a python: module with "
-                              f"denoising_error(x, y, seeds)); {self.config.victim} has none")
+        self._require_statistic()
         self.resize_mode = "skimage" if self.config.preset == "reference" else "bilinear"
         self.precision = resolve_precision(self.config.precision, self.device)
+
+    def _require_statistic(self) -> None:
+        """Refuse, before anything is scored, a statistic the victims cannot give: K samples of a victim without
+        seeds (K copies of one output), ldenoise of a victim or shadow that is not white-box."""
+        if self.config.samples > 1 and not getattr(self.victim, "takes_seeds", False):
+            raise VictimError(f"{self.config.victim} gives one output per image (a folder of outputs, or a model "
+                              f"whose forward takes no seeds): --samples {self.config.samples} would repeat it")
+        if self.config.statistic != "ldenoise":
+            return
+        shadows = self.shadow_set.shadows if self.shadow_set else ()
+        named = [(self.config.victim, self.victim)] + [(f"shadow {shadow.index} of {self.config.shadows}", victim)
+                                                       for shadow, victim in zip(shadows, self.shadow_victims)]
+        for name, victim in named:
+            if not getattr(victim, "takes_denoising", False):
+                raise VictimError(f"statistic ldenoise needs white-box victims (diffusers:DIR, or a python: module "
+                                  f"with denoising_error(x, y, seeds)); {name} is not one")
 
     def autocast(self):
         """The networks' autocast for the resolved precision (bfloat16, or none for fp32)."""

@@ -114,7 +114,7 @@ def add_alternative_arguments(parser: argparse.ArgumentParser, alternatives: dic
         if field.type not in ("bool", bool):  # a flag's default is what its help describes
             defaults = {kind: getattr(f.default, "text", f.default) for kind, f, _ in entries}
             if len(entries) == len(alternatives) and len(set(map(str, defaults.values()))) == 1:
-                notes.append(f"default: {entries[0][1].default}")
+                notes.append(f"default: {defaults[entries[0][0]]}")
             else:
                 notes.append("default " + ", ".join(f"{kind}: {value}" for kind, value in defaults.items()))
         note = "; ".join(notes)

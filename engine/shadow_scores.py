@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import per_shadow_column
 from .data import IdMatch, match_ids, read_id_list
+from .errors import UsageError
 from .likelihood_ratio import ShadowScores, Transform, lira, rmia
 from .score_names import SCORE_MARK, shadow_column
 from .store import ScoreStore, StoreError
@@ -35,9 +36,15 @@ def write_lira(store_path: str | os.PathLike, *, online: bool, fixed_variance: b
     """Write the LiRA column (`shadow_column`: lira, lira_offline, lira_fixed, lira_offline_fixed; lower = member)
     of a finished store and return the record kept in its attributes. The options are those of
     `memscore.likelihood_ratio.lira`."""
-    return _write(store_path, shadow_column("lira", online, fixed_variance), lambda store, lrec, shadow, in_shadow: (
-        lira(lrec, shadow, in_shadow, online=online, fixed_variance=fixed_variance, transform=transform,
-             prior_dof=prior_dof), None))
+    def score(store: ScoreStore, target: np.ndarray, shadow: np.ndarray, in_shadow: np.ndarray
+              ) -> tuple[ShadowScores, IdMatch | None]:
+        if transform == "logit" and store.statistic != "lrec":
+            raise UsageError(f"--transform logit maps values in [0, 1]; {store_path} is built on {store.statistic}, "
+                             "which is not bounded by 1: use log or none")
+        return lira(target, shadow, in_shadow, online=online, fixed_variance=fixed_variance, transform=transform,
+                    prior_dof=prior_dof), None
+
+    return _write(store_path, shadow_column("lira", online, fixed_variance), score)
 
 
 def write_rmia(store_path: str | os.PathLike, *, online: bool, temperature: float | None, offline_a: float | None,

@@ -149,7 +149,7 @@ def train_shadows(data: str | os.PathLike, population_file: str | os.PathLike, k
               "direction": direction,
               "population": {"file": str(population_file), "n": len(ids), "sha256": ids_digest(ids)}}
     with store_lock(out):  # one training run per folder: a second one is refused naming the first
-        manifest = _prepare(out, wanted, str(data), trainer, fresh)
+        manifest = _prepare(out, wanted, str(data), fresh)
         jobs = []
         for entry in manifest["shadows"]:
             members_path, checkpoint = out / entry["members"], out / entry["checkpoint"]
@@ -249,7 +249,7 @@ def _trainer(kind: str) -> TrainerKind:
     return TRAINERS[kind]
 
 
-def _prepare(out: Path, wanted: dict[str, Any], data: str, trainer: TrainerKind, fresh: bool) -> dict[str, Any]:
+def _prepare(out: Path, wanted: dict[str, Any], data: str, fresh: bool) -> dict[str, Any]:
     """The manifest to resume: the existing one when it matches `wanted`, else a new one (only if fresh or none)."""
     existing = _read_manifest(out)
     if existing is not None and not fresh:
@@ -267,8 +267,7 @@ def _prepare(out: Path, wanted: dict[str, Any], data: str, trainer: TrainerKind,
         for entry in (existing or {}).get("shadows", []):
             _delete_shadow(out, entry)
     manifest = {**wanted, "data": data, "shadows": [
-        {"index": i, "members": f"shadow_{i:02d}/{MEMBERS}", "checkpoint": f"shadow_{i:02d}/{trainer.output_name}",
-         "done": False, "seconds": None} for i in range(wanted["k"])]}
+        {**_entry_paths(i, wanted["kind"]), "done": False, "seconds": None} for i in range(wanted["k"])]}
     out.mkdir(parents=True, exist_ok=True)
     _write_manifest(out, manifest)
     return manifest
@@ -316,7 +315,17 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     if manifest["kind"] not in TRAINERS:
         raise ShadowError(f"{path} holds shadows of kind {manifest['kind']!r}, which this memscore does not train "
                           f"({', '.join(TRAINERS)}); start over with --fresh")
+    for position, entry in enumerate(entries):  # paths come from the file: only the ones memscore writes are used
+        if {key: entry[key] for key in ("index", "members", "checkpoint")} != _entry_paths(position, manifest["kind"]):
+            raise ShadowError(f"{path}: shadow {position} names other files than memscore gives it ({entry['members']}, "
+                              f"{entry['checkpoint']}); restore the manifest, or start over with --fresh")
     return manifest
+
+
+def _entry_paths(index: int, kind: str) -> dict[str, Any]:
+    """Where shadow `index` of a `kind` folder keeps its member list and its result, relative to the folder."""
+    return {"index": index, "members": f"shadow_{index:02d}/{MEMBERS}",
+            "checkpoint": f"shadow_{index:02d}/{TRAINERS[kind].output_name}"}
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:

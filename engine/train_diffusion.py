@@ -13,10 +13,12 @@ rerun of the same training resumes there and ends bit-identical to an uninterrup
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +27,20 @@ from tqdm import tqdm
 from .data import Dataset, ids_digest
 from .devices import resolve_device
 from .errors import PathError
-from .outputs import build_folder, mark_folder, remove_folder, require_replaceable, write_file, write_json
+from .outputs import build_folder, claim_folder, remove_folder, require_replaceable, write_file, write_json
 from .precision import PRECISIONS, autocast, resolve_precision
-from .settings import WHOLE_POSITIVE, check_settings, setting
+from .settings import WHOLE_POSITIVE, Rule, check_settings, setting
 from .train import JITTER_LOAD_RATIO, EpochCallback, jitter, load_pairs, seconds_left
+
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
 
 TRAIN_TIMESTEPS = 1000
 LEARNING_RATE = 2e-4
 LEVELS = (1, 2, 2, 4)
 """Channel multipliers of the UNet's levels (each level halves the resolution)."""
+NORM_GROUPS = 8
+"""Groups of the UNet's group norms (fewer for a narrower first level)."""
 STATE = "state.pt"
 STATE_SUFFIX = ".training"
 """The state of an interrupted training of OUT lies in the folder OUT.training, beside it."""
@@ -41,7 +48,13 @@ TRAINING_RECORD = "memscore_training.json"
 
 
 class TrainingStateError(PathError):
-    """An interrupted training that this call cannot resume (another recipe, seed or member set)."""
+    """An interrupted training that this call cannot resume (another recipe, seed or training data)."""
+
+
+SIZE_RULE = Rule(lambda v: isinstance(v, int) and v >= 2 ** (len(LEVELS) - 1) and v % 2 ** (len(LEVELS) - 1) == 0,
+                 f"a multiple of {2 ** (len(LEVELS) - 1)} (each of the UNet's {len(LEVELS)} levels halves it)")
+WIDTH_RULE = Rule(lambda v: isinstance(v, int) and v >= 1 and v % min(NORM_GROUPS, v) == 0,
+                  f"a whole number from 1 to {NORM_GROUPS}, or a multiple of {NORM_GROUPS} (the groups of its norms)")
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,9 @@ class DiffusionRecipe:
     `memscore shadows train --kind diffusion` use this one recipe (options generated from these declarations)."""
 
     size: int = setting(32, "square training size (the model's sample_size: the victim is then fed this size)",
-                        rule=WHOLE_POSITIVE)
+                        rule=SIZE_RULE)
     width: int = setting(32, "UNet width (channels of its first level; the levels have 1, 2, 2, 4 times it)",
-                         rule=WHOLE_POSITIVE)
+                         rule=WIDTH_RULE)
     use_jitter: bool = setting(True, "no random resize-crop and flip (the pix2pix recipe has them)",
                                flag="--no-jitter")
     epochs: int = setting(300, "training epochs (constant rate for the first half, linear decay over the second)",
@@ -64,17 +77,17 @@ class DiffusionRecipe:
     def __post_init__(self) -> None:
         check_settings(self)
 
-    def build_unet(self):
+    def build_unet(self) -> UNet2DModel:
         """A freshly initialised conditional UNet for this recipe (noisy target + RGB condition -> noise)."""
         from diffusers import UNet2DModel
         levels = len(LEVELS)
         return UNet2DModel(sample_size=self.size, in_channels=6, out_channels=3, layers_per_block=2,
                            block_out_channels=tuple(self.width * m for m in LEVELS),
                            down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
-                           norm_num_groups=min(8, self.width))
+                           norm_num_groups=min(NORM_GROUPS, self.width))
 
 
-def noise_scheduler():
+def noise_scheduler() -> DDPMScheduler:
     """The forward process every memscore-trained diffusion victim uses (saved beside its UNet)."""
     from diffusers import DDPMScheduler
     return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="linear", prediction_type="epsilon")
@@ -125,7 +138,7 @@ def train_diffusion(dataset: Dataset, out: str | Path, recipe: DiffusionRecipe =
     if skipped:
         print(f"train-victim: skipped {len(skipped)} unreadable pairs, e.g. {skipped[0]}", file=sys.stderr)
     identity = {"recipe": asdict(recipe), "seed": seed, "members_sha256": ids_digest(sorted(members or [])),
-                "pairs": int(x_all.shape[0])}
+                "pairs": int(x_all.shape[0]), "data_sha256": _tensors_digest(x_all, y_all)}
     torch.manual_seed(seed)
     unet = recipe.build_unet().to(torch_device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=LEARNING_RATE)
@@ -165,26 +178,37 @@ def state_folder(out: str | Path) -> Path:
     return Path(out).with_name(Path(out).name + STATE_SUFFIX)
 
 
+def _tensors_digest(*tensors: torch.Tensor) -> str:
+    """sha256 of the pairs as trained on (pixels of every input and target, in order): the training data itself,
+    whatever its dataset, direction or file names."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _resume(training: _Training, state_dir: Path, identity: dict, overwrite: bool) -> None:
     """Continue from the saved state of the same training; start over (with `overwrite`) or refuse otherwise."""
+    claim_folder(state_dir, "training")
     path = state_dir / STATE
     if not path.is_file():
-        if not state_dir.exists():
-            state_dir.mkdir(parents=True)
-            mark_folder(state_dir, "training")
-        else:
-            require_replaceable(state_dir, "training")
         return
-    require_replaceable(state_dir, "training")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["identity"] != identity:
-        if not overwrite:
-            differs = sorted(k for k in identity if state["identity"].get(k) != identity[k])
-            raise TrainingStateError(f"{state_dir} holds an interrupted training with another {', '.join(differs)}; "
-                                     "rerun it as it was to resume, or pass --overwrite to start over")
-        path.unlink()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = dict(state["identity"])
+    except Exception as error:  # unreadable, or not a state this trainer wrote
+        saved, reason = None, f"cannot be read as a training state ({type(error).__name__}: {error})"
+    else:
+        differs = sorted(k for k in identity if saved.get(k) != identity[k])
+        reason = f"holds an interrupted training with another {', '.join(differs)}"
+    if saved == identity:
+        training.restore(state)
         return
-    training.restore(state)
+    if not overwrite:
+        raise TrainingStateError(f"{path} {reason}; rerun the training as it was to resume, or pass --overwrite to "
+                                 "start over")
+    remove_folder(state_dir, "training")
+    claim_folder(state_dir, "training")
 
 
 def _train_epoch(training: _Training, scheduler, x_all: torch.Tensor, y_all: torch.Tensor, recipe: DiffusionRecipe,

@@ -74,6 +74,9 @@ def test_trainer_writes_a_diffusers_folder_that_resumes_bit_identically(trained,
     with pytest.raises(TrainingStateError, match="recipe"):  # another recipe does not resume that state
         train_diffusion(dataset, tmp_path / "resumed", DiffusionRecipe(size=16, width=8, epochs=5, batch_size=4),
                         members=ids, device="cpu", progress=False)
+    with pytest.raises(TrainingStateError, match="data_sha256"):  # nor the same recipe on other pairs
+        train_diffusion(AlignedFolder(data, "BtoA"), tmp_path / "resumed", recipe, members=ids, device="cpu",
+                        progress=False)
     train_diffusion(dataset, tmp_path / "resumed", recipe, members=ids, device="cpu", progress=False)
     a = load(f"diffusers:{whole}").unet.state_dict()
     b = load(f"diffusers:{tmp_path / 'resumed'}").unet.state_dict()
@@ -146,10 +149,25 @@ def test_a_statistic_the_victim_cannot_give_is_refused_before_a_store_exists(tra
     root, data, members = trained
     with pytest.raises(UsageError, match="--samples"):
         ScoreConfig(victim="diffusers:x", statistic="lrec", samples=0)
+    with pytest.raises(UsageError, match="--defense-noise"):
+        ScoreConfig(victim="diffusers:x", defense_noise=0.1)
     for victim, wrong in (("python:victims_for_tests:blur", ["--statistic", "ldenoise"]),
                           (f"recon:{data}", ["--samples", "2"])):
         assert main(["score", str(data), "--victim", victim, *wrong, "--out", str(tmp_path / "s.zarr"),
                      "--no-progress"]) == 2
         assert not (tmp_path / "s.zarr").exists()
     errors = capsys.readouterr().err
-    assert "needs a white-box victim" in errors and "one output per image" in errors
+    assert "needs white-box victims" in errors and "one output per image" in errors
+
+
+def test_recipes_the_unet_cannot_build_are_refused_while_parsing(trained, tmp_path, capsys):
+    root, data, members = trained
+    with pytest.raises(SystemExit):  # an option of this kind alone: refused by argparse
+        main(["train-victim", str(data), "--kind", "diffusion", "--out", str(tmp_path / "v"), "--width", "12"])
+    assert "--width: must be a whole number from 1 to 8, or a multiple of 8" in capsys.readouterr().err
+    # an option both kinds take: refused by the chosen kind's recipe, before anything is read
+    assert main(["train-victim", str(data), "--kind", "diffusion", "--out", str(tmp_path / "v"), "--size", "36"]) == 2
+    assert "size must be a multiple of 8" in capsys.readouterr().err
+    assert main(["train-victim", str(data), "--kind", "diffusion", "--ngf", "8", "--out", str(tmp_path / "v")]) == 2
+    assert "--ngf does not apply to --kind diffusion" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()

@@ -11,18 +11,20 @@ import math
 import numpy as np
 import pytest
 
+from memscore.config import ScoreConfig
 from memscore.errors import UsageError
 from memscore.likelihood_ratio import lira
 from memscore.metrics import auc
 from memscore.progress_files import EpochProgressFile, ProgressWatcher
 from memscore.recipes import TRAINERS
 from memscore.schedule import ClusterPlan
+from memscore.scores import Scorer
 from memscore.shadows import ShadowError, in_shadow_matrix, membership_plan, read_shadow_set, train_shadows
 from memscore.store import ScoreStore, StoreError
 from memscore.synthetic import write_aligned_dataset
 from memscore.train import TrainingRecipe
 from memscore.train_diffusion import DiffusionRecipe
-from memscore.victims import VICTIM_KINDS, open_victim
+from memscore.victims import open_victim
 from tests.stores_for_tests import store_with_shadow_columns
 
 RECIPE = TrainingRecipe(netG="unet_64", size=64, ngf=4, use_jitter=True, epochs=1, batch_size=2)
@@ -206,10 +208,16 @@ def test_diffusion_shadows_train_end_to_end_and_show_their_progress(dataset, tmp
         assert not (folder / "victim.training").exists()  # the finished training's state is gone
         progress = json.loads((folder / "progress.json").read_text())
         assert progress["epoch"] == progress["epochs"] == 1 and math.isfinite(progress["loss"])
-        if "diffusers" in VICTIM_KINDS:  # the diffusers victim kind is registered by memscore.victims.diffusion
-            assert open_victim(shadow.victim_spec) is not None
+        assert open_victim(shadow.victim_spec) is not None
     shown = capsys.readouterr().err
-    assert "shadow 00" in shown and "shadow 01" in shown and "2/2" in shown and "loss=" in shown
+    assert "shadow 00" in shown and "shadow 01" in shown and "2/2" in shown and "loss=" in shown and "left=" in shown
+    # the shadows are queried as the victim is: its sampler and ldenoise options reach them, its architecture not
+    spec = read_shadow_set(out).shadows[0].victim_spec
+    scorer = Scorer(ScoreConfig(victim=spec, shadows=str(out), victim_options=(
+        ("noises", 2), ("timesteps", "50/100"), ("steps", 3), ("concat", "condition-first"))))
+    assert all((v.module.noises, v.module.timesteps, v.module.steps, v.module.concat) == (2, (50, 100), 3, "noisy-first")
+               for v in scorer.shadow_victims)
+    assert scorer.victim.module.concat == "condition-first"
 
     # a folder switched in but not yet marked done is adopted, not retrained
     manifest["shadows"][1]["done"] = False
@@ -221,6 +229,12 @@ def test_diffusion_shadows_train_end_to_end_and_show_their_progress(dataset, tmp
     assert not retrained and len(read_shadow_set(out).shadows) == 2
     with pytest.raises(ShadowError, match="kind: diffusion -> pix2pix"):
         train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1)
+    edited = json.loads((out / "shadows.json").read_text())  # a manifest naming a file outside its shadow's folder
+    edited["shadows"][0]["checkpoint"] = "../elsewhere/victim"
+    (out / "shadows.json").write_text(json.dumps(edited))
+    with pytest.raises(ShadowError, match="names other files than memscore gives it"):
+        train_shadows(dataset / "data", dataset / "population.txt", 2, out, DIFFUSION_RECIPE, kind="diffusion", seed=1)
+    (out / "shadows.json").write_text(json.dumps(manifest))
     _use_trainer(monkeypatch, "pix2pix", _placeholder_trainer(retrained))
     train_shadows(dataset / "data", dataset / "population.txt", 2, out, RECIPE, seed=1, fresh=True)
     assert not (out / "shadow_00" / "victim").exists() and read_shadow_set(out).kind == "pix2pix"

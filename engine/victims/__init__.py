@@ -168,9 +168,8 @@ class ReconFolder:
         return None
 
     def reconstruct(self, items: list[Prepared], sample: int = 0) -> list[Reconstruction]:
-        """The saved output of each item; a folder holds one per image, so only sample 0 exists."""
-        if sample:
-            raise VictimError(f"recon folder {self.folder} holds one output per image: score it with --samples 1")
+        """The saved output of each item: a folder holds one per image, every `sample` of it (the scorer refuses
+        `--samples` > 1 for victims without seeds)."""
         results: list[Reconstruction] = []
         for item in items:
             try:
@@ -209,16 +208,21 @@ class VictimKind:
     """Whether the target is a checkpoint that may carry its model arguments."""
     statistic: str = "lrec"
     """The membership statistic a store of this kind is built on unless asked otherwise (`ldenoise`: white-box)."""
+    query_options: tuple[str, ...] = ()
+    """The options that say how a model is queried rather than what it is (a sampler, its steps, ldenoise's
+    timesteps): shadows of this kind are queried with the victim's (`shadow_options`)."""
 
 
 VICTIM_KINDS: dict[str, VictimKind] = {}
 
 
 def register_victim(name: str, usage: str, *, options: tuple[str, ...] = (), takes_weights: bool = False,
-                    checkpoint: bool = False, statistic: str = "lrec") -> Callable[[Opener], Opener]:
+                    checkpoint: bool = False, statistic: str = "lrec",
+                    query_options: tuple[str, ...] = ()) -> Callable[[Opener], Opener]:
     """Decorator: make `opener` the way to open `name:TARGET` specs."""
     def register(opener: Opener) -> Opener:
-        VICTIM_KINDS[name] = VictimKind(name, usage, opener, options, takes_weights, checkpoint, statistic)
+        VICTIM_KINDS[name] = VictimKind(name, usage, opener, options, takes_weights, checkpoint, statistic,
+                                        query_options)
         return opener
     return register
 
@@ -315,18 +319,14 @@ for _name, _family in (("pix2pix", pix2pix), ("pix2pixhd", pix2pixhd), ("spade",
 
 
 def _diffusion():
-    """`memscore.victims.diffusion`, imported when a diffusers victim is asked for (diffusers is slow to import and
-    optional)."""
-    try:
-        from . import diffusion
-    except ImportError as error:
-        raise VictimError(f"diffusers:DIR victims need the diffusers and safetensors packages ({error}); "
-                          "pip install diffusers safetensors") from None
+    """`memscore.victims.diffusion`, imported when a diffusers victim is first asked for (diffusers takes seconds to
+    import)."""
+    from . import diffusion
     return diffusion
 
 
 @register_victim("diffusers", "diffusers:DIR", options=("concat", "sampler", "steps", "eta", "timesteps", "noises"),
-                 statistic="ldenoise")
+                 statistic="ldenoise", query_options=("sampler", "steps", "eta", "timesteps", "noises"))
 def _open_diffusers(target: str, weights: str | None, **options: Any) -> nn.Module:
     return _diffusion().load_diffusers(target, **options)
 
@@ -355,6 +355,13 @@ def default_statistic(spec: str) -> str:
     (diffusers), else `lrec` (also for a spec not written yet, such as the API's empty default)."""
     kind = VICTIM_KINDS.get(spec.partition(":")[0])
     return kind.statistic if kind is not None else "lrec"
+
+
+def shadow_options(shadow_spec: str, victim_options: dict[str, Any]) -> dict[str, Any]:
+    """The victim's options a shadow (`shadow_spec`) is queried with too, so the victim and every shadow are measured
+    alike: those of the shadow kind's `query_options` (none for the GAN families, whose checkpoints carry all)."""
+    kind = VICTIM_KINDS[parse_victim_spec(shadow_spec).kind]
+    return {key: value for key, value in victim_options.items() if key in kind.query_options}
 
 
 def trained_size(spec: str) -> int | None:

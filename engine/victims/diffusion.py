@@ -47,7 +47,7 @@ class DiffusionVictim(nn.Module):
         super().__init__()
         self.unet = unet
         self.scheduler_config = dict(scheduler_config)
-        self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
+        self.noise_scheduler = _scheduler(DDPMScheduler, self.scheduler_config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
         n_train = self.noise_scheduler.config.num_train_timesteps
         if self.prediction_type not in PREDICTION_TYPES:
@@ -57,6 +57,7 @@ class DiffusionVictim(nn.Module):
             raise DiffusersError(f"concat={concat!r} is unknown; one of {', '.join(CONCATS)}")
         if sampler not in SAMPLERS:
             raise DiffusersError(f"sampler={sampler!r} is unknown; one of {', '.join(SAMPLERS)}")
+        _scheduler(SAMPLERS[sampler], self.scheduler_config)  # a config the sampler cannot take is refused here
         if not _is_int(steps) or not 1 <= steps <= n_train:
             raise DiffusersError(f"steps={steps!r} must be a whole number from 1 to {n_train}")
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
@@ -113,6 +114,15 @@ class DiffusionVictim(nn.Module):
                     target = y
                 total += (self._unet(noisy, x, t_batch) - target).square().mean(dim=(1, 2, 3))
         return total / (len(self.timesteps) * self.noises)
+
+
+def _scheduler(kind: type, config: dict) -> Any:
+    """A scheduler of `kind` from the folder's config; DiffusersError when diffusers refuses the config."""
+    try:
+        return kind.from_config(config)
+    except Exception as error:  # diffusers raises ValueError, TypeError, NotImplementedError, ... for bad configs
+        raise DiffusersError(f"scheduler/scheduler_config.json cannot make a {kind.__name__} "
+                             f"({type(error).__name__}: {error})") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -181,10 +191,10 @@ def _weights(unet_folder: Path) -> dict[str, torch.Tensor]:
         raise DiffusersError(f"{path}: cannot read safetensors weights ({error})") from None
 
 
-def load_diffusers(folder: str, *, concat: str = "noisy-first", sampler: str = "ddim", steps: int = 20,
-                   eta: float = 0.0, timesteps: Any = DEFAULT_TIMESTEPS, noises: int = 4) -> DiffusionVictim:
+def load_diffusers(folder: str, **options: Any) -> DiffusionVictim:
     """The conditional diffusion model saved in `folder` as DDPMPipeline.save_pretrained writes it:
-    unet/config.json, unet/diffusion_pytorch_model.safetensors and scheduler/scheduler_config.json."""
+    unet/config.json, unet/diffusion_pytorch_model.safetensors and scheduler/scheduler_config.json; `options` are
+    `DiffusionVictim`'s (`timesteps` also as text such as 50/100/200)."""
     root = Path(folder)
     config = _unet_config(root)
     config_path = root / "unet" / "config.json"
@@ -207,7 +217,8 @@ def load_diffusers(folder: str, *, concat: str = "noisy-first", sampler: str = "
         detail = "; ".join(parts) or str(error).splitlines()[-1].strip()  # else a shape mismatch
         raise DiffusersError(f"{root / 'unet' / WEIGHTS}: weights do not fit unet/config.json ({detail})") from None
     try:
-        return DiffusionVictim(unet, scheduler_config, concat=concat, sampler=sampler, steps=steps, eta=eta,
-                               timesteps=parse_timesteps(timesteps), noises=noises)
+        if "timesteps" in options:
+            options["timesteps"] = parse_timesteps(options["timesteps"])
+        return DiffusionVictim(unet, scheduler_config, **options)
     except DiffusersError as error:
         raise DiffusersError(f"{folder}: {error}") from None
